@@ -1,0 +1,113 @@
+"""Schedule, train/eval steps and freezing (no input pipeline needed)."""
+
+import functools
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolo_jax import train
+from yolo_jax.loss import loss_kwargs
+from yolo_jax.models import create_model
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+from configs.mnist import get_config  # noqa: E402
+from test_loss import random_problem  # noqa: E402
+
+
+def reference_lr(global_step, warmup, total, lr_init, lr_end):
+    """The reference's formula (1-based global step)."""
+    if global_step < warmup:
+        return global_step / warmup * lr_init
+    return lr_end + 0.5 * (lr_init - lr_end) * (1 + math.cos((global_step - warmup) / (total - warmup) * math.pi))
+
+
+def test_schedule_matches_reference_formula():
+    config = get_config()
+    spe = 250
+    fn = train.create_learning_rate_fn(config, spe)
+    warmup, total = 2 * spe, 100 * spe
+    for k in (1, 2, 250, warmup - 1, warmup, warmup + 1, (warmup + total) // 2, total - 1, total):
+        expect = reference_lr(k, warmup, total, 1e-4, 1e-6)
+        # optax count = k - 1; optax's float32 polynomial warm-up rounds to ~3e-5 relative.
+        assert float(fn(k - 1)) == pytest.approx(expect, rel=1e-4, abs=1e-12), k
+    assert float(fn(0)) == pytest.approx(1e-4 / warmup, rel=1e-4)  # first update: lr(1), not upstream's 1e-3 quirk
+
+
+def _setup(variant='tiny,smoke', **train_overrides):
+    config = get_config(variant)
+    config.model.num_classes = 3
+    for k, v in train_overrides.items():
+        config.train[k] = v
+    model = create_model(config.model)
+    lr_fn = train.create_learning_rate_fn(config, 10)
+    state = train.create_train_state(config, model, jax.random.key(0), lr_fn)
+    rng = np.random.default_rng(0)
+    outputs, labels, bboxes = random_problem(
+        rng, 4, config.model.input_size, config.model.strides, config.model.anchors, 3, 4, max_bbox=8, p_respond=0.1
+    )
+    batch = {
+        'image': rng.uniform(size=(4, config.model.input_size, config.model.input_size, 3)).astype(np.float32),
+        'labels': tuple(labels),
+        'bboxes': tuple(bboxes),
+        'valid': np.ones(4, np.float32),
+    }
+    step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn))
+    return config, state, batch, step
+
+
+def test_train_steps_reduce_loss_and_update_batch_stats():
+    _, state, batch, step = _setup(lr_init=3e-3, warmup_epochs=0)
+    losses = []
+    first_stats = state.batch_stats
+    for _ in range(15):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics['total']))
+        assert float(metrics['finite']) == 1.0
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert int(state.step) == 15
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), first_stats, state.batch_stats)
+    assert max(jax.tree.leaves(moved)) > 0
+    assert step._cache_size() == 1  # no recompilation across steps
+
+
+def test_nan_guard_skips_update():
+    config, state, batch, _ = _setup()
+    kw, lr_fn = loss_kwargs(config), train.create_learning_rate_fn(config, 10)
+    step = jax.jit(functools.partial(train.train_step, loss_kw=kw, lr_fn=lr_fn, nan_at_step=0))
+    new, metrics = step(state, batch)
+    assert float(metrics['finite']) == 0.0
+    assert int(new.step) == 0  # unchanged state
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(train.NonFiniteLossError, match='step 1'):
+        train._check_finite({k: float(v) for k, v in metrics.items()}, 1)
+
+
+def test_eval_step_weights_padding():
+    config, state, batch, _ = _setup()
+    ev = jax.jit(functools.partial(train.eval_step, loss_kw=loss_kwargs(config)))
+    full = ev(state, batch)
+    half = dict(batch, valid=np.array([1, 1, 0, 0], np.float32))
+    part = ev(state, half)
+    first2 = ev(state, jax.tree.map(lambda x: x[:2], batch))
+    assert float(full['count']) == 4 and float(part['count']) == 2
+    assert float(part['total']) == pytest.approx(float(first2['total']), rel=1e-5)
+
+
+@pytest.mark.parametrize('freeze', ['backbone', 'all_but_heads'])
+def test_freeze_policies(freeze):
+    _, state, batch, step = _setup(freeze=freeze, warmup_epochs=0)
+    new, _ = step(state, batch)
+    changed = jax.tree_util.tree_map_with_path(
+        lambda p, a, b: (jax.tree_util.keystr(p), bool(np.any(np.asarray(a) != np.asarray(b)))), state.params, new.params
+    )
+    for path, did_change in jax.tree.leaves(changed, is_leaf=lambda x: isinstance(x, tuple)):
+        is_output = any(f"'{n}'" in path for n in ('conv_009', 'conv_012'))
+        if freeze == 'backbone':
+            assert did_change == ("'backbone'" not in path), path
+        else:
+            assert did_change == is_output, path

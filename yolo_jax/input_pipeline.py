@@ -1,0 +1,262 @@
+"""tf.data input pipeline: decoded examples → augmented, letterboxed, target-encoded batches (NumPy via TF).
+
+TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the jitted model never touches it.
+The decoded source comes from `yolo_jax.data.sources.load_split` (imported lazily).
+
+Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size, C = num_classes:
+  'image'     float32 (B, S, S, 3) RGB in [0, 1] (letterboxed on grey 128, or stretched).
+  'labels'    tuple over scales (strides ascending) of float32 (B, S_l, S_l, A, 5 + C): [x, y, w, h in input
+              pixels, objectness, smoothed one-hot] at responsible anchors (see data/targets.py).
+  'bboxes'    tuple over scales of float32 (B, max_bbox_per_scale, 4): xywh input pixels of that scale's boxes.
+  'boxes'     float32 (B, max_boxes, 4) x1, y1, x2, y2 in input pixels, zero padded (after augmentation).
+  'classes'   int32 (B, max_boxes), -1 padded.
+  'orig_size' int32 (B, 2): (h, w) of the original decoded image (before augmentation).
+  'valid'     float32 (B,): 1 for real examples, 0 for padding (only the eval set's last batch has padding).
+  'image_id'  (B,) whatever the source gives (int or string).
+
+Determinism: the train order is a seeded shuffle of the whole shard (seed from (config.train.seed, epoch));
+augmentation uses stateless random ops seeded by (config.train.seed, epoch, process index, example index in the
+shard), and maps run with deterministic=True, so batches do not depend on parallelism, timing or `skip_batches`.
+(The shuffle is tf.data's: its op seed is fixed, but a process-wide `tf.random.set_seed` also feeds into it.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from yolo_jax.data import augment as augment_lib
+from yolo_jax.data import letterbox as letterbox_lib
+from yolo_jax.data import targets as targets_lib
+
+# Decoded, cached source datasets, reused across epochs: `ds.cache()` lives with the dataset object, so a fresh
+# `load_split(...).cache()` per epoch would decode everything again.
+_SOURCES: dict[tuple, tuple[tf.data.Dataset, Any]] = {}
+_TF_CONFIGURED = False
+
+
+def _num_threads(config) -> int:
+    """config.data.num_threads, or (0 = auto) the CPUs this process may run on."""
+    n = int(config.data.get('num_threads', 0) or 0)
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_tensorflow(num_threads: int) -> None:
+    """Keeps TF off the GPUs (JAX owns them) and caps its global thread pools; once per process, best effort.
+
+    Both settings only take effect before TF's runtime starts; later calls are silently ignored.
+    """
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    _TF_CONFIGURED = True
+    try:
+        tf.config.set_visible_devices([], 'GPU')
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(num_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+    except RuntimeError:
+        pass
+
+
+def clear_cache() -> None:
+    """Drops the cached decoded sources (frees their memory)."""
+    _SOURCES.clear()
+
+
+def _config_key(config) -> str:
+    parts = {k: config[k].to_dict() for k in ('data', 'model') if k in config}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _source(config, split: str, process_index: int, process_count: int) -> tuple[tf.data.Dataset, Any]:
+    """(unbatched decoded dataset, SplitInfo), memoised; the examples are cached in memory when config.data.cache."""
+    from yolo_jax.data import sources  # lazy: heavy, and written in parallel with this module
+
+    configure_tensorflow(_num_threads(config))  # before TF's first op, which may be inside load_split
+    key = (sources.load_split, _config_key(config), split, process_index, process_count)
+    if key not in _SOURCES:
+        ds, info = sources.load_split(config, split, process_index=process_index, process_count=process_count)
+        _SOURCES[key] = (ds.cache() if config.data.cache else ds, info)
+    return _SOURCES[key]
+
+
+def _options(config) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = _num_threads(config)
+    options.threading.max_intra_op_parallelism = 1  # parallelism comes from the maps, not inside each op
+    options.autotune.enabled = True
+    return options
+
+
+def _shuffle_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit op seed from (seed, epoch)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None):
+    """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels."""
+    size = int(config.model.input_size)
+    mode = config.data.get('resize', 'letterbox')
+    if mode not in letterbox_lib.RESIZE_MODES:
+        raise ValueError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
+
+    def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = example['image']
+        boxes = tf.reshape(tf.cast(example['boxes'], tf.float32), [-1, 4])
+        classes = tf.reshape(tf.cast(example['classes'], tf.int32), [-1])
+        orig_size = tf.shape(image)[:2]
+        if augment_seed is not None:
+            seed, epoch, process_index = augment_seed
+            key = tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), process_index)
+            key = tf.random.experimental.stateless_fold_in(key, index)
+            image, boxes = augment_lib.random_augment(image, boxes, key)
+        image, boxes = letterbox_lib.resize_image_and_boxes(image, boxes, size, mode)
+        return {
+            'image': image,
+            'gt_boxes': boxes,
+            'gt_classes': classes,
+            'orig_size': tf.cast(orig_size, tf.int32),
+            'valid': tf.constant(1.0, tf.float32),
+            'image_id': example['image_id'],
+        }
+
+    return prepare
+
+
+def _padded_batch(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Batches, padding the variable-length gt_boxes with 0 and gt_classes with -1 (= no box)."""
+
+    def pad_value(key: str, spec: tf.TensorSpec) -> tf.Tensor:
+        if spec.dtype == tf.string:
+            return tf.constant('', tf.string)
+        return tf.constant(-1 if key == 'gt_classes' else 0, spec.dtype)
+
+    values = {k: pad_value(k, s) for k, s in ds.element_spec.items()}
+    return ds.padded_batch(batch_size, padding_values=values, drop_remainder=drop_remainder)
+
+
+def _finish_fn(config, *, batch_size: int, pad: bool):
+    """Per-batch map: encodes targets for the whole batch and pads/truncates boxes to max_boxes.
+
+    pad: pad a short batch to `batch_size` examples with valid = 0 (evaluation); otherwise batches are full.
+    """
+    params = targets_lib.TargetParams.from_config(config)
+    max_boxes = int(config.data.max_boxes)
+    size = int(config.model.input_size)
+    label_shapes = targets_lib.grid_shapes(params)
+
+    def pad_rows(x: tf.Tensor, n: tf.Tensor, value) -> tf.Tensor:
+        paddings = tf.concat([[[0, n]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], axis=0)
+        return tf.pad(x, paddings, constant_values=value)
+
+    def finish(batch: dict[str, tf.Tensor]) -> dict[str, Any]:
+        if pad:
+            n = batch_size - tf.shape(batch['image'])[0]
+            id_pad = '' if batch['image_id'].dtype == tf.string else 0
+            batch = {
+                'image': pad_rows(batch['image'], n, 0.0),
+                'gt_boxes': pad_rows(batch['gt_boxes'], n, 0.0),
+                'gt_classes': pad_rows(batch['gt_classes'], n, -1),
+                'orig_size': pad_rows(batch['orig_size'], n, size),  # harmless (h, w) for post-processing
+                'valid': pad_rows(batch['valid'], n, 0.0),
+                'image_id': pad_rows(batch['image_id'], n, id_pad),
+            }
+        gt_boxes, gt_classes = batch['gt_boxes'], batch['gt_classes']
+        labels, bboxes = targets_lib.encode_targets_batch(gt_boxes, gt_classes, params)
+        extra = tf.maximum(max_boxes - tf.shape(gt_boxes)[1], 0)
+        boxes = pad_rows(tf.transpose(gt_boxes, [1, 0, 2]), extra, 0.0)[:max_boxes]
+        classes = pad_rows(tf.transpose(gt_classes), extra, -1)[:max_boxes]
+        b = batch_size  # fully static shapes for the consumer
+        return {
+            'image': tf.ensure_shape(batch['image'], [b, size, size, 3]),
+            'labels': tuple(tf.ensure_shape(x, [b, *shape]) for x, shape in zip(labels, label_shapes, strict=True)),
+            'bboxes': tuple(tf.ensure_shape(x, [b, params.max_bbox_per_scale, 4]) for x in bboxes),
+            'boxes': tf.ensure_shape(tf.transpose(boxes, [1, 0, 2]), [b, max_boxes, 4]),
+            'classes': tf.ensure_shape(tf.transpose(classes), [b, max_boxes]),
+            'orig_size': tf.ensure_shape(batch['orig_size'], [b, 2]),
+            'valid': tf.ensure_shape(batch['valid'], [b]),
+            'image_id': tf.ensure_shape(batch['image_id'], [b]),
+        }
+
+    return finish
+
+
+def create_train_dataset(
+    config,
+    *,
+    epoch: int,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
+    """One epoch of this process's shard, as batches of `batch_size` (this process's part of the global batch).
+
+    Seeded shuffle of the whole shard by (config.train.seed, epoch) (config.data.shuffle_buffer > 0 caps the
+    buffer to bound memory on big datasets), augmentation when config.data.augment, letterbox (or stretch),
+    target encoding, drop_remainder batching. `skip_batches` drops the first batches exactly (for resume),
+    before any augmentation work is spent on them.
+    """
+    ds, info = _source(config, 'train', process_index, process_count)
+    n = int(ds.cardinality())
+    if n < 0:  # unknown: assume an even shard of the split
+        n = -(-info.num_examples // process_count)
+    buffer = max(1, n if config.data.shuffle_buffer <= 0 else min(n, int(config.data.shuffle_buffer)))
+    seed = int(config.train.seed)
+    ds = ds.enumerate()  # the index in the shard seeds this example's augmentation
+    ds = ds.shuffle(buffer, seed=_shuffle_seed(seed, epoch), reshuffle_each_iteration=False)
+    if skip_batches:
+        ds = ds.skip(int(skip_batches) * batch_size)  # same as skipping batches: augmentation is per example
+    augment_seed = (seed, int(epoch), int(process_index)) if config.data.augment else None
+    ds = ds.map(_prepare_fn(config, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _padded_batch(ds, batch_size, drop_remainder=True)
+    ds = ds.map(
+        _finish_fn(config, batch_size=batch_size, pad=False), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def create_eval_dataset(
+    config,
+    *,
+    batch_size: int,
+    split: str = 'test',
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """The whole `split` shard in source order, without augmentation; the last partial batch is padded to
+    `batch_size` with 'valid' = 0 (and no boxes)."""
+    ds, _ = _source(config, split, process_index, process_count)
+    ds = ds.enumerate()
+    ds = ds.map(_prepare_fn(config, augment_seed=None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _padded_batch(ds, batch_size, drop_remainder=False)
+    ds = ds.map(
+        _finish_fn(config, batch_size=batch_size, pad=True), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def dataset_info(config, split: str = 'train'):
+    """The split's `sources.SplitInfo` (num_examples over all processes, class_names)."""
+    return _source(config, split, 0, 1)[1]
+
+
+def steps_per_epoch(config, global_batch_size: int) -> int:
+    """floor(num_train / global_batch_size); config.train.steps_per_epoch > 0 overrides it."""
+    override = int(config.train.get('steps_per_epoch', -1))
+    if override > 0:
+        return override
+    return dataset_info(config, 'train').num_examples // int(global_batch_size)

@@ -1,0 +1,125 @@
+"""The YOLOv3 loss of the TF2 reference (`compute_loss`), as a pure JAX function.
+
+Per scale, with `respond` = 1 on cells/anchors responsible for a ground-truth box (from the targets):
+  giou = respond * (2 - w_gt*h_gt / input_size^2) * (1 - GIoU(pred_xywh, label_xywh))      (pixels)
+  bgd  = (1 - respond) * (max IoU of the predicted box with this scale's ground-truth list < ignore_thresh)
+  conf = (respond - sigmoid(t_conf))^2 * (respond + bgd) * BCE_logits(respond, t_conf)
+  prob = respond * sum_c BCE_logits(smoothed_onehot_c, t_prob_c)
+Each term is summed over the grid, anchors (and classes), averaged over the batch, and summed over
+scales; total = giou + conf + prob. As upstream, gradients flow through the focal factor too.
+`loss_maps` exposes the per-cell terms for debugging; nothing here loops over boxes.
+"""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import ml_collections
+
+from yolo_jax.boxes import giou_xywh, iou_xywh
+from yolo_jax.decode import decode, split_raw
+
+Array = jnp.ndarray
+COMPONENTS = ('giou', 'conf', 'prob')
+
+
+def bce_with_logits(labels: Array, logits: Array) -> Array:
+    """tf.nn.sigmoid_cross_entropy_with_logits: max(x, 0) - x*z + log(1 + exp(-|x|))."""
+    return jnp.maximum(logits, 0.0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def scale_loss_maps(
+    raw: Array,
+    label: Array,
+    bboxes: Array,
+    *,
+    anchors: Sequence[Sequence[float]],
+    stride: int,
+    ignore_thresh: float,
+) -> dict[str, Array]:
+    """Per-cell loss terms of one scale.
+
+    Args:
+      raw: (B, S, S, A*(5+C)) raw network output.
+      label: (B, S, S, A, 5+C) targets: [x, y, w, h] in input pixels, responsibility (0/1), smoothed one-hot.
+      bboxes: (B, M, 4) this scale's ground-truth boxes, xywh in input pixels, zero-padded.
+      anchors: (A, 2) anchor sizes in input pixels. stride: input pixels per cell.
+      ignore_thresh: background predictions overlapping a ground truth by at least this IoU are not penalised.
+
+    Returns:
+      {'giou', 'conf', 'prob': (B, S, S, A) loss per cell and anchor, 'ignored': (B, S, S, A) 1 where a
+       background prediction is ignored by the threshold}.
+    """
+    raw = split_raw(raw.astype(jnp.float32), len(anchors))
+    pred = decode(raw, anchors, stride)
+    input_size = stride * raw.shape[1]
+    pred_xywh, pred_conf = pred[..., :4], pred[..., 4]
+    label_xywh, respond, label_prob = label[..., :4], label[..., 4], label[..., 5:]
+
+    box_scale = 2.0 - label_xywh[..., 2] * label_xywh[..., 3] / float(input_size) ** 2
+    giou = respond * box_scale * (1.0 - giou_xywh(pred_xywh, label_xywh))
+
+    iou = iou_xywh(pred_xywh[..., None, :], bboxes[:, None, None, None, :, :])  # (B, S, S, A, M)
+    below = (jnp.max(iou, axis=-1) < ignore_thresh).astype(jnp.float32)
+    background = (1.0 - respond) * below
+    focal = (respond - pred_conf) ** 2
+    conf = focal * (respond + background) * bce_with_logits(respond, raw[..., 4])
+
+    prob = respond * jnp.sum(bce_with_logits(label_prob, raw[..., 5:]), axis=-1)
+    return {'giou': giou, 'conf': conf, 'prob': prob, 'ignored': (1.0 - respond) * (1.0 - below)}
+
+
+def loss_maps(
+    outputs: Sequence[Array],
+    labels: Sequence[Array],
+    bboxes: Sequence[Array],
+    *,
+    anchors: Sequence[Sequence[Sequence[float]]],
+    strides: Sequence[int],
+    ignore_thresh: float,
+) -> list[dict[str, Array]]:
+    """`scale_loss_maps` for every scale (strides ascending)."""
+    return [
+        scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh)
+        for o, lab, bb, a, s in zip(outputs, labels, bboxes, anchors, strides, strict=True)
+    ]
+
+
+def per_example_losses(maps: Sequence[dict[str, Array]]) -> dict[str, Array]:
+    """Sums per-cell maps over cells, anchors and scales → {'giou', 'conf', 'prob', 'total': (B,)}."""
+    out = {k: sum(jnp.sum(m[k], axis=(1, 2, 3)) for m in maps) for k in COMPONENTS}
+    out['total'] = out['giou'] + out['conf'] + out['prob']
+    return out
+
+
+def yolo_loss(
+    outputs: Sequence[Array],
+    labels: Sequence[Array],
+    bboxes: Sequence[Array],
+    *,
+    anchors: Sequence[Sequence[Sequence[float]]],
+    strides: Sequence[int],
+    ignore_thresh: float,
+    weights: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """The reference loss: (total, {'giou', 'conf', 'prob', 'total'}) scalars, averaged over the batch.
+
+    `weights` (B,) gives a weighted mean over examples instead (e.g. 0 for padding in a last eval batch).
+    """
+    per_example = per_example_losses(
+        loss_maps(outputs, labels, bboxes, anchors=anchors, strides=strides, ignore_thresh=ignore_thresh)
+    )
+    if weights is None:
+        metrics = {k: jnp.mean(v) for k, v in per_example.items()}
+    else:
+        denom = jnp.maximum(jnp.sum(weights), 1e-12)
+        metrics = {k: jnp.sum(v * weights) / denom for k, v in per_example.items()}
+    return metrics['total'], metrics
+
+
+def loss_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The keyword arguments of `yolo_loss` / `loss_maps` that come from the config."""
+    return {
+        'anchors': tuple(tuple(tuple(float(v) for v in a) for a in scale) for scale in config.model.anchors),
+        'strides': tuple(int(s) for s in config.model.strides),
+        'ignore_thresh': float(config.loss.ignore_thresh),
+    }

@@ -1,0 +1,49 @@
+"""Command line: `python -m yolo_jax.main --config=configs/mnist.py --workdir=DIR [--mode=train]`.
+
+Parses flags and hands off; every behaviour lives in the module for its mode. Any config field can be
+overridden, e.g. `--config.train.epochs=5 --config.model.input_size=320`.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.py[:variant].', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'detect'], 'What to run.')
+flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glob.')
+flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
+flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    # TF only feeds the input pipeline: keep it off the accelerators that JAX uses.
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf.config.set_visible_devices([], 'GPU')
+    config = FLAGS.config
+    logging.info('Config:\n%s', config)
+    if FLAGS.mode == 'train':
+        from yolo_jax import train  # noqa: PLC0415
+
+        train.train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == 'eval':
+        from yolo_jax import evaluation  # noqa: PLC0415
+
+        evaluation.evaluate_checkpoint(config, FLAGS.workdir, output=FLAGS.output, weights=FLAGS.weights)
+    else:
+        from yolo_jax import detect  # noqa: PLC0415
+
+        if not FLAGS.images:
+            raise app.UsageError('--mode=detect needs --images=PATH|DIR|GLOB')
+        detect.detect_images(config, FLAGS.workdir, FLAGS.images, output=FLAGS.output, weights=FLAGS.weights)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,41 @@
+"""Model factory: `create_model(config.model)` → a Flax module."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
+
+__all__ = ['Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'init_variables', 'iter_darknet_layers']
+
+_MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def create_model(model_config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None) -> YOLOv3:
+    """Builds the network named by `model_config.name`.
+
+    `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit).
+    """
+    if model_config.name not in _MODELS:
+        raise ValueError(f'config.model.name: unknown model {model_config.name!r}; expected one of {sorted(_MODELS)}')
+    if model_config.dtype not in _DTYPES:
+        raise ValueError(f'config.model.dtype: unknown dtype {model_config.dtype!r}; expected one of {sorted(_DTYPES)}')
+    num_anchors = {len(a) for a in model_config.anchors}
+    if len(num_anchors) != 1 or len(model_config.anchors) != len(model_config.strides):
+        raise ValueError('config.model.anchors: need the same number of anchors at each of the config.model.strides')
+    return _MODELS[model_config.name](
+        num_classes=model_config.num_classes,
+        num_anchors=num_anchors.pop(),
+        width=model_config.width_multiplier,
+        bn_momentum=model_config.bn_momentum,
+        bn_epsilon=model_config.bn_epsilon,
+        bn_axis_name=bn_axis_name,
+        dtype=_DTYPES[model_config.dtype],
+    )
+
+
+def init_variables(model: YOLOv3, rng: jax.Array, input_size: int) -> dict:
+    """Initial {'params', 'batch_stats'} for square inputs of side `input_size` (jit-compiled init)."""
+    x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+    return jax.jit(lambda r: model.init(r, x, train=False))(rng)
