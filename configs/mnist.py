@@ -28,6 +28,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.num_test = 200
     config.data.image_size = 416  # side of the generated MNIST canvas
     config.data.generator_seed = 0
+    # 'overwrite' = the reference (a later patch's white margin may hide an earlier digit); 'darken' keeps both.
+    config.data.generator_paste = 'overwrite'
     config.data.train_annotations = ''  # for dataset='annotations': `path x1,y1,x2,y2,cls ...` text files
     config.data.test_annotations = ''
     config.data.class_names = ''  # one class name per line

@@ -16,15 +16,25 @@ from orbax.checkpoint import checkpoint_managers as policies
 BEST_METRIC = 'val_total'
 
 
+class _EveryEpoch(policies.PreservationPolicy):
+    """Preserves every checkpoint saved with validation metrics (the end-of-epoch ones)."""
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        return [c.metrics is not None for c in checkpoints]
+
+
 def create_manager(workdir: str | Path, *, save_best_only: bool = True) -> ocp.CheckpointManager:
     """Keeps the latest checkpoint and the best one (lowest `val_total`), or every epoch's when
     `save_best_only` is False. Checkpoints saved without metrics (mid-epoch) survive only while latest."""
-    best = policies.BestN(
-        get_metric_fn=lambda m: m[BEST_METRIC],
-        reverse=True,  # BestN keeps the last n after sorting: descending order keeps the lowest loss
-        n=1 if save_best_only else 10**9,
-        keep_checkpoints_without_metrics=False,
-    )
+    if save_best_only:
+        best = policies.BestN(
+            get_metric_fn=lambda m: m[BEST_METRIC],
+            reverse=True,  # BestN keeps the last n after sorting: descending order keeps the lowest loss
+            n=1,
+            keep_checkpoints_without_metrics=False,
+        )
+    else:
+        best = _EveryEpoch()
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=1), best]),
         cleanup_tmp_directories=True,

@@ -203,6 +203,35 @@ class MetricsFile:
                 f.write(json.dumps(record) + '\n')
 
 
+def detection_report(config, model, state: TrainState, eval_ds, writer, step: int, num_images: int = 8) -> dict:
+    """VOC/COCO mAP of the current weights on the eval split, and a grid of test images with predicted boxes
+    (written to TensorBoard). Single process: evaluates this process's shard."""
+    from yolo_jax import evaluation, inference, visualize  # noqa: PLC0415
+
+    variables = jax.device_get(state.variables)
+    result = evaluation.compute_map(config, variables, eval_ds, model=model)
+    batch = next(eval_ds.take(1).as_numpy_iterator())
+    det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], config))
+    names = inference.class_names(config)
+    tiles = [
+        visualize.draw_detections(batch['image'][i], _to_input_pixels(det.boxes[i][det.valid[i]], batch['orig_size'][i],
+                                                                      config), det.classes[i][det.valid[i]],
+                                  det.scores[i][det.valid[i]], names)
+        for i in range(min(num_images, len(batch['image'])))
+    ]
+    writer.write_images(step, {'detections': visualize.grid(tiles, ncols=4)[None]})
+    return result
+
+
+def _to_input_pixels(boxes: np.ndarray, orig_size: np.ndarray, config) -> np.ndarray:
+    """Original-image boxes → the network input's pixels (to draw on the letterboxed input)."""
+    from yolo_jax.data.letterbox import resize_params  # noqa: PLC0415
+
+    sx, sy, dw, dh = resize_params(int(orig_size[0]), int(orig_size[1]), config.model.input_size,
+                                   config.data.get('resize', 'letterbox'))
+    return boxes * np.array([sx, sy, sx, sy]) + np.array([dw, dh, dw, dh])
+
+
 def _check_finite(metrics: dict, step: int) -> None:
     if metrics['finite'] > 0:
         return
@@ -283,43 +312,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     step = start_step
     ckpt_every = t.checkpoint_every_steps
-    while step < total_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        train_ds = input_pipeline.create_train_dataset(
-            config, epoch=epoch, batch_size=local_batch, process_index=jax.process_index(),
-            process_count=jax.process_count(), skip_batches=skip,
-        )
-        t_epoch = time.monotonic()
-        for batch in train_ds.as_numpy_iterator():
-            state, metrics = parallel.train(state, {k: batch[k] for k in STEP_KEYS})
-            step += 1
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(metrics, step)
-            progress.update(step, f"loss {metrics['total']:.2f}")
-            if step % t.log_every_steps == 0 or step == total_steps:
-                progress.log(format_train_line(epoch, step - epoch * steps_per_epoch, steps_per_epoch,
-                                               metrics['lr'], metrics))
-                writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items() if k != 'finite'})
-                metrics_file.write(kind='train', step=step, epoch=epoch, **metrics)
-            if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
-                checkpointing.save(manager, step, state, {'epoch': epoch, 'step': step})
-            if step % steps_per_epoch == 0:
-                break
-        epoch_time = time.monotonic() - t_epoch
-        val = None
-        if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
-            val = evaluate(parallel, state, eval_ds)
-            progress.log(format_val_line(val))
-            writer.write_scalars(step, {f'val/{k}': v for k, v in val.items()})
-            metrics_file.write(kind='val', step=step, epoch=epoch, **val)
-        logging.info('epoch %d done in %.1f s (%.2f img/s)', epoch, epoch_time,
-                     (steps_per_epoch - skip) * t.batch_size / max(epoch_time, 1e-9))
-        ckpt_metrics = {checkpointing.BEST_METRIC: val['total']} if val else None
-        meta = {'epoch': epoch + 1, 'step': step, 'metrics': ckpt_metrics}
-        checkpointing.save(manager, step, state, meta, metrics=ckpt_metrics)
-        writer.flush()
+    try:
+        while step < total_steps:
+            epoch, skip = divmod(step, steps_per_epoch)
+            train_ds = input_pipeline.create_train_dataset(
+                config, epoch=epoch, batch_size=local_batch, process_index=jax.process_index(),
+                process_count=jax.process_count(), skip_batches=skip,
+            )
+            t_epoch, step_before = time.monotonic(), step
+            for batch in train_ds.as_numpy_iterator():
+                state, metrics = parallel.train(state, {k: batch[k] for k in STEP_KEYS})
+                step += 1
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(metrics, step)
+                progress.update(step, f"loss {metrics['total']:.2f}")
+                if step % t.log_every_steps == 0 or step == total_steps:
+                    progress.log(format_train_line(epoch, step - epoch * steps_per_epoch, steps_per_epoch,
+                                                   metrics['lr'], metrics))
+                    writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items() if k != 'finite'})
+                    metrics_file.write(kind='train', step=step, epoch=epoch, **metrics)
+                if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
+                    checkpointing.save(manager, step, state, {'epoch': epoch, 'step': step})
+                if step % steps_per_epoch == 0:
+                    break
+            if step == step_before:
+                raise ValueError(f'epoch {epoch} yielded no batch after skipping {skip}: is '
+                                 f'config.train.steps_per_epoch={t.steps_per_epoch} larger than the training split?')
+            epoch_time = time.monotonic() - t_epoch
+            val = None
+            if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
+                val = evaluate(parallel, state, eval_ds)
+                progress.log(format_val_line(val))
+                writer.write_scalars(step, {f'val/{k}': v for k, v in val.items()})
+                metrics_file.write(kind='val', step=step, epoch=epoch, **val)
+            if (t.map_every_epochs and (epoch + 1) % t.map_every_epochs == 0) or step == total_steps:
+                det = detection_report(config, model, state, eval_ds, writer, step)
+                scalars = {k: float(det[k]) for k in ('map50', 'coco_map', 'coco_map50', 'coco_map75') if k in det}
+                coco = scalars.get('coco_map', float('nan'))
+                progress.log(f"mAP@0.5 (VOC): {scalars['map50']:.4f}, mAP@[.5:.95] (COCO): {coco:.4f}")
+                if step == total_steps:
+                    from yolo_jax import evaluation, inference  # noqa: PLC0415
 
-    manager.wait_until_finished()
+                    progress.log('\n' + evaluation.format_table(det, inference.class_names(config)))
+                writer.write_scalars(step, {f'val/{k}': v for k, v in scalars.items()})
+                metrics_file.write(kind='map', step=step, epoch=epoch, **scalars)
+            logging.info('epoch %d done in %.1f s (%.2f img/s)', epoch, epoch_time,
+                         (steps_per_epoch - skip) * t.batch_size / max(epoch_time, 1e-9))
+            ckpt_metrics = {checkpointing.BEST_METRIC: val['total']} if val else None
+            meta = {'epoch': epoch + 1, 'step': step, 'metrics': ckpt_metrics}
+            checkpointing.save(manager, step, state, meta, metrics=ckpt_metrics)
+            writer.flush()
+    finally:
+        manager.wait_until_finished()  # never leave an async save half done
     logging.info('Training done: %d steps; compiled train-step variants: %d', step, parallel.cache_size())
     return state
 

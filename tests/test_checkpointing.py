@@ -1,0 +1,49 @@
+"""Checkpoint manager: best-by-validation plus latest, round trips, and a half-written save."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yolo_jax import checkpointing
+
+
+def _state(v: float) -> dict:
+    return {'w': jnp.full((3, 2), v), 'step': jnp.asarray(int(v), jnp.int32)}
+
+
+def test_keeps_lowest_validation_loss_and_latest(tmp_path):
+    mgr = checkpointing.create_manager(tmp_path, save_best_only=True)
+    for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5)):
+        checkpointing.save(mgr, step, _state(step), {'epoch': step, 'metrics': {'val_total': loss}},
+                           metrics={'val_total': loss})
+    checkpointing.save(mgr, 5, _state(5), {'epoch': 4, 'step': 5})  # mid-epoch, no metrics
+    mgr.wait_until_finished()
+    assert sorted(mgr.all_steps()) == [2, 5]  # the best (loss 1.0) and the latest
+    assert checkpointing.best_step(mgr) == 2
+    state, meta = checkpointing.restore(mgr, 2, _state(0))
+    np.testing.assert_array_equal(state['w'], np.full((3, 2), 2.0))
+    assert meta['metrics'] == {'val_total': 1.0}
+
+
+def test_save_every_epoch_when_not_best_only(tmp_path):
+    mgr = checkpointing.create_manager(tmp_path, save_best_only=False)
+    for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0)):
+        checkpointing.save(mgr, step, _state(step), {'metrics': {'val_total': loss}}, metrics={'val_total': loss})
+    checkpointing.save(mgr, 4, _state(4), {})
+    checkpointing.save(mgr, 5, _state(5), {})  # replaces mid-epoch 4 as the latest
+    mgr.wait_until_finished()
+    assert sorted(mgr.all_steps()) == [1, 2, 3, 5]
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    mgr = checkpointing.create_manager(tmp_path)
+    checkpointing.save(mgr, 1, _state(1), {'epoch': 1}, metrics={'val_total': 1.0})
+    mgr.wait_until_finished()
+    # What a run killed mid-save leaves: an unfinished temporary directory.
+    tmp = tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp-123'
+    (tmp / 'state').mkdir(parents=True)
+    (tmp / 'state' / 'garbage').write_bytes(b'\x00' * 10)
+    mgr2 = checkpointing.create_manager(tmp_path)
+    assert mgr2.latest_step() == 1
+    state, _ = checkpointing.restore(mgr2, 1, _state(0))
+    assert float(jax.device_get(state['w'])[0, 0]) == 1.0

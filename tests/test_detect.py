@@ -1,0 +1,181 @@
+"""--mode=detect end to end on a tiny random model, checkpoint loading errors, and the drawing helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yolo_jax import checkpointing, detect, inference, train, visualize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs.mnist import get_config  # noqa: E402
+
+
+def small_config(score_threshold: float = 0.05):
+    """tiny,smoke (YOLOv3-tiny, width 1/8, input 64, 10 classes) with a low threshold so that a random
+    model finds boxes."""
+    config = get_config('tiny,smoke')
+    config.eval.score_threshold = score_threshold
+    config.eval.max_detections = 20
+    config.train.eval_batch_size = 2
+    return config
+
+
+def make_workdir(path: Path, config) -> Path:
+    """A workdir holding one checkpoint of a randomly initialised model (saved as training saves it)."""
+    _, _, state = train.build_model_and_state(config, 1, 'none')
+    manager = checkpointing.create_manager(path)
+    metrics = {checkpointing.BEST_METRIC: 1.0}
+    checkpointing.save(manager, 1, state, {'epoch': 1, 'step': 1, 'metrics': metrics}, metrics=metrics)
+    manager.wait_until_finished()
+    return path
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory) -> Path:
+    return make_workdir(tmp_path_factory.mktemp('workdir'), small_config())
+
+
+def write_images(folder: Path) -> list[Path]:
+    """Three RGB images of different shapes (wide PNG, tall JPEG, greyscale square PNG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    shapes = (('wide.png', (40, 90), 'RGB'), ('tall.jpg', (100, 50), 'RGB'), ('grey.png', (64, 64), 'L'))
+    for name, (h, w), mode in shapes:
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        pixels[h // 4 : h // 2, w // 4 : w // 2] = 0  # some structure
+        image = Image.fromarray(pixels).convert(mode)
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def test_detect_end_to_end(workdir, tmp_path):
+    config = small_config()
+    paths = write_images(tmp_path / 'images')
+    out = tmp_path / 'out'
+    results = detect.detect_images(config, workdir, str(tmp_path / 'images'), output=out)
+    assert [Path(r['file']).name for r in results] == sorted(p.name for p in paths)
+    assert sum(len(r['scores']) for r in results) > 0  # the low threshold lets a random model draw boxes
+    saved = json.loads((out / 'detections.json').read_text())
+    assert saved == results
+    for r in results:
+        original = np.asarray(Image.open(r['file']).convert('RGB'))
+        drawn = np.asarray(Image.open(r['output']))
+        assert drawn.shape == original.shape == (r['height'], r['width'], 3)
+        n = len(r['scores'])
+        assert len(r['boxes']) == len(r['classes']) == len(r['class_names']) == n
+        assert r['class_names'] == [str(c) for c in r['classes']]  # MNIST: '0'..'9'
+        assert r['scores'] == sorted(r['scores'], reverse=True) and all(s > 0.05 for s in r['scores'])
+        if n:
+            boxes = np.asarray(r['boxes'])
+            assert np.all(boxes >= 0)
+            assert np.all(boxes[:, 2] <= r['width'] - 1) and np.all(boxes[:, 3] <= r['height'] - 1)
+            assert np.any(drawn != original)  # something was drawn
+        else:
+            np.testing.assert_array_equal(drawn, original)
+
+    # A single file and a glob give the same detections; batch size (and so last-batch padding) does not matter.
+    one = detect.detect_images(config, workdir, paths[1], output=tmp_path / 'one', batch_size=1)
+    same = [r for r in results if r['file'] == str(paths[1])]
+    assert len(one) == 1 and one[0]['classes'] == same[0]['classes']
+    np.testing.assert_allclose(one[0]['boxes'], same[0]['boxes'], atol=1e-3)
+    np.testing.assert_allclose(one[0]['scores'], same[0]['scores'], rtol=1e-4)
+    globbed = detect.detect_images(config, workdir, str(tmp_path / 'images' / '*.png'), output=tmp_path / 'g')
+    assert [Path(r['file']).name for r in globbed] == ['grey.png', 'wide.png']
+
+
+def test_detect_matches_eval_pipeline_preprocessing(workdir, tmp_path):
+    """The detect path (PIL + TF letterbox) feeds the network the same pixels as the input pipeline's map."""
+    import tensorflow as tf
+
+    from yolo_jax import input_pipeline
+
+    config = small_config()
+    path = write_images(tmp_path)[0]
+    image = detect.load_image(path)
+    prepare = input_pipeline._prepare_fn(config, augment_seed=None)
+    example = {'image': tf.constant(image), 'boxes': tf.zeros((0, 4)), 'classes': tf.zeros((0,), tf.int32),
+               'image_id': tf.constant(0)}
+    expect = prepare(tf.constant(0, tf.int64), example)['image'].numpy()
+    np.testing.assert_array_equal(detect.prepare_image(image, config.model.input_size), expect)
+
+
+def test_missing_checkpoint_and_bad_inputs(workdir, tmp_path):
+    config = small_config()
+    images = write_images(tmp_path / 'images')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        detect.detect_images(config, tmp_path / 'nowhere', images[0])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        detect.detect_images(config, tmp_path / 'empty', images[0])
+    with pytest.raises(FileNotFoundError, match='no such file'):
+        detect.detect_images(config, workdir, images[0], weights=tmp_path / 'missing.weights')
+    with pytest.raises(FileNotFoundError, match='no file, directory or glob'):
+        detect.detect_images(config, workdir, str(tmp_path / 'nothing*.png'))
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='broken.png'):
+        detect.detect_images(config, workdir, broken, output=tmp_path / 'out')
+
+
+def test_class_count_mismatch_names_both_numbers(workdir):
+    config = small_config()
+    config.model.num_classes = 3
+    with pytest.raises(ValueError, match=r'predicts 10 classes but config.model.num_classes=3'):
+        inference.load_variables(config, workdir)
+
+
+def test_class_names(tmp_path):
+    config = small_config()
+    assert inference.class_names(config) == [str(i) for i in range(10)]
+    names = tmp_path / 'names.txt'
+    names.write_text('\n'.join(f'digit {i}' for i in range(10)) + '\n')
+    config.data.class_names = str(names)
+    assert inference.class_names(config)[3] == 'digit 3'
+    config.model.num_classes = 80
+    with pytest.raises(ValueError, match='lists 10 names'):
+        inference.class_names(config)
+    config.data.class_names = ''
+    assert inference.class_names(config)[0] == 'person' and len(inference.class_names(config)) == 80
+
+
+def test_draw_detections_and_grid():
+    image = np.full((50, 80, 3), 255, np.uint8)
+    boxes, classes, scores = np.array([[10, 20, 40, 45]]), np.array([2]), np.array([0.9])
+    drawn = visualize.draw_detections(image, boxes, classes, scores, ['a', 'b', 'c'])
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert np.all(image == 255)  # input untouched
+    colour = visualize.class_color(2)
+    assert tuple(drawn[45, 25]) == colour and tuple(drawn[30, 10]) == colour  # bottom and left edges
+    assert tuple(drawn[30, 25]) == (255, 255, 255)  # interior untouched
+    assert visualize.class_color(0) != visualize.class_color(1)
+    empty = visualize.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), np.zeros(0), None)
+    np.testing.assert_array_equal(empty, image)
+
+    tiles = [np.zeros((10, 20, 3), np.uint8), np.ones((5, 5), np.float32), np.zeros((10, 20, 3), np.uint8)]
+    g = visualize.grid(tiles, ncols=2, pad=1)
+    assert g.shape == (2 * 11 + 1, 2 * 21 + 1, 3) and g.dtype == np.uint8
+    assert np.all(g[1:11, 1:21] == 0) and np.all(g[1:6, 22:27] == 255) and np.all(g[0] == 255)
+
+
+@pytest.mark.filterwarnings('ignore:config.model.bn_epsilon')
+def test_detect_with_darknet_weights(workdir, tmp_path):
+    """--weights: the same variables written as a Darknet file give the same detections, without a workdir."""
+    from yolo_jax import darknet
+
+    config = small_config()
+    _, variables = inference.load_variables(config, workdir)
+    weights = tmp_path / 'tiny.weights'
+    darknet.save_weights(weights, variables, config.model)
+    image = write_images(tmp_path / 'images')[0]
+    from_ckpt = detect.detect_images(config, workdir, image, output=tmp_path / 'a')
+    from_weights = detect.detect_images(config, None, image, output=tmp_path / 'b', weights=weights)
+    assert from_weights[0]['classes'] == from_ckpt[0]['classes']
+    np.testing.assert_allclose(from_weights[0]['boxes'], from_ckpt[0]['boxes'], atol=1e-4)

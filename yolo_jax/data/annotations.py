@@ -1,0 +1,297 @@
+"""The TF2 reference's annotation text format: reading with validation, and exporting a dataset to it.
+
+Annotation file: one image per line, `path x1,y1,x2,y2,cls [x1,y1,x2,y2,cls ...]`, integers, boxes in pixels of that
+image (x2 > x1, y2 > y1; x2, y2 exclusive as in the generator, so x2 <= width), cls a 0-based index into the
+class-names file (one name per line). A relative path is taken relative to the annotation file's folder, or, if no
+such file exists, relative to the working directory (how the reference's own files were written). The path may
+contain spaces: it runs up to the first whitespace-separated token that contains a comma. Blank lines and lines
+starting with '#' are skipped.
+
+Problems are reported with `<file>:<line>`: errors (missing or unreadable image, non-integer field, wrong field
+count, empty box, unknown class) raise one `AnnotationError` listing every bad line; boxes reaching outside the
+image are clipped to it with an `AnnotationWarning`, and dropped (with a warning) if nothing is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+_MAX_LISTED_ERRORS = 20
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation or class-names file; the message names file and line number."""
+
+
+class AnnotationWarning(UserWarning):
+    """A fixable annotation problem (box clipped to the image or dropped); the message names file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationRecord:
+    """One validated line.
+
+    Attributes:
+        path: the image file (resolved).
+        boxes: (N, 4) int32 x1, y1, x2, y2 in pixels, clipped to the image.
+        classes: (N,) int32 class ids.
+        width: image width in pixels.
+        height: image height in pixels.
+        line: 1-based line number in the annotation file.
+        image_format: the image's format as PIL names it ('JPEG', 'PNG', ...).
+    """
+
+    path: str
+    boxes: np.ndarray
+    classes: np.ndarray
+    width: int
+    height: int
+    line: int
+    image_format: str
+
+
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """Reads a class-names file: one name per line (surrounding whitespace stripped; trailing blank lines ignored).
+
+    Raises:
+        AnnotationError: missing file, no names, a blank line between names, or a duplicated name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f'{path}: class-names file not found')
+    lines = path.read_text(encoding='utf-8').splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [ln.strip() for ln in lines]
+    if not names:
+        raise AnnotationError(f'{path}: no class names')
+    for i, name in enumerate(names):
+        if not name:
+            raise AnnotationError(f'{path}:{i + 1}: blank class name (it would shift every later class id)')
+        if name in names[:i]:
+            raise AnnotationError(f'{path}:{i + 1}: duplicate class name {name!r}')
+    return tuple(names)
+
+
+def _image_size(path: Path) -> tuple[int, int, str]:
+    """(width, height, PIL format) from the image header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(im.width), int(im.height), str(im.format)
+
+
+def _resolve_image(token: str, base: Path) -> Path:
+    p = Path(token).expanduser()
+    if p.is_absolute():
+        return p
+    beside = base / p
+    return beside if beside.exists() or not p.exists() else p
+
+
+def read_annotations(
+    path: str | os.PathLike,
+    class_names: Sequence[str] | int,
+    *,
+    keep_empty: bool = False,
+) -> list[AnnotationRecord]:
+    """Reads and validates an annotation file (see the module docstring).
+
+    Args:
+        path: the annotation text file.
+        class_names: the class names, or just their number; class ids must lie in [0, len).
+        keep_empty: keep images without boxes (after clipping). The reference skips them; so does this by default,
+            with a warning.
+
+    Returns:
+        The records of the kept lines, in file order.
+
+    Raises:
+        AnnotationError: listing every bad line as `<file>:<line>: <problem>`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f'{path}: annotation file not found')
+    num_classes = class_names if isinstance(class_names, int) else len(class_names)
+    base = path.resolve().parent
+    records: list[AnnotationRecord] = []
+    errors: list[str] = []
+    for number, raw in enumerate(path.read_text(encoding='utf-8').splitlines(), start=1):
+        text = raw.strip()
+        if not text or text.startswith('#'):
+            continue
+        where = f'{path}:{number}'
+        try:
+            record = _parse_line(text, where, base, num_classes, number)
+        except AnnotationError as e:
+            errors.append(str(e))
+            continue
+        if len(record.classes) == 0 and not keep_empty:
+            warnings.warn(f'{where}: no boxes; image skipped', AnnotationWarning, stacklevel=2)
+            continue
+        records.append(record)
+    if errors:
+        shown = '\n'.join(errors[:_MAX_LISTED_ERRORS])
+        more = f'\n... and {len(errors) - _MAX_LISTED_ERRORS} more' if len(errors) > _MAX_LISTED_ERRORS else ''
+        raise AnnotationError(f'{len(errors)} bad annotation line(s):\n{shown}{more}')
+    logging.info('Read %d annotated images from %s', len(records), path)
+    return records
+
+
+def _parse_line(text: str, where: str, base: Path, num_classes: int, number: int) -> AnnotationRecord:
+    tokens = text.split()
+    first_box = next((i for i, t in enumerate(tokens) if i > 0 and ',' in t), len(tokens))
+    if first_box == len(tokens):
+        path_text, box_tokens = text, []
+    else:
+        path_text = text[: text.index(tokens[first_box], len(tokens[0]))].strip()
+        box_tokens = tokens[first_box:]
+    image = _resolve_image(path_text, base)
+    if not image.is_file():
+        if ' ' in path_text and _resolve_image(tokens[0], base).is_file():
+            raise AnnotationError(f'{where}: boxes must be written x1,y1,x2,y2,cls (comma-separated, no spaces)')
+        raise AnnotationError(f'{where}: image not found: {path_text}')
+    try:
+        width, height, image_format = _image_size(image)
+    except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
+        raise AnnotationError(f'{where}: unreadable image {image}: {e}') from e
+
+    boxes, classes = [], []
+    for k, token in enumerate(box_tokens, start=1):
+        fields = token.split(',')
+        if len(fields) != 5:
+            raise AnnotationError(f'{where}: box {k} {token!r} has {len(fields)} fields, expected x1,y1,x2,y2,cls')
+        try:
+            x1, y1, x2, y2, cls = (int(f) for f in fields)
+        except ValueError:
+            raise AnnotationError(f'{where}: box {k} {token!r} has a non-integer field') from None
+        if x2 <= x1 or y2 <= y1:
+            raise AnnotationError(f'{where}: box {k} {token!r} is empty (needs x2 > x1 and y2 > y1)')
+        if not 0 <= cls < num_classes:
+            raise AnnotationError(f'{where}: box {k} {token!r}: class id {cls} not in [0, {num_classes})')
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            if cx2 <= cx1 or cy2 <= cy1:
+                warnings.warn(
+                    f'{where}: box {k} {token!r} lies outside the {width}x{height} image; dropped',
+                    AnnotationWarning,
+                    stacklevel=4,
+                )
+                continue
+            warnings.warn(
+                f'{where}: box {k} {token!r} reaches outside the {width}x{height} image; clipped to '
+                f'{cx1},{cy1},{cx2},{cy2}',
+                AnnotationWarning,
+                stacklevel=4,
+            )
+        boxes.append((cx1, cy1, cx2, cy2))
+        classes.append(cls)
+    return AnnotationRecord(
+        path=str(image),
+        boxes=np.asarray(boxes, np.int32).reshape(-1, 4),
+        classes=np.asarray(classes, np.int32),
+        width=width,
+        height=height,
+        line=number,
+        image_format=image_format,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def format_line(path: str, boxes: np.ndarray, classes: np.ndarray) -> str:
+    """`path x1,y1,x2,y2,cls ...` for integer pixel boxes (N, 4) xyxy (floats are rounded) and classes (N,)."""
+    later = path.split()[1:]
+    if any(c in path for c in '\t\r\n') or any(',' in t for t in later):
+        raise ValueError(f'image path {path!r}: tabs, newlines or a comma after a space cannot be read back')
+    boxes = np.rint(np.asarray(boxes, np.float64)).astype(np.int64).reshape(-1, 4)
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    parts = [path] + [f'{a},{b},{c},{d},{k}' for (a, b, c, d), k in zip(boxes, classes, strict=True)]
+    return ' '.join(parts)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_dataset(
+    examples: Iterable[Mapping[str, np.ndarray]],
+    out_dir: str | os.PathLike,
+    class_names: Sequence[str],
+    *,
+    image_format: str = 'png',
+    overwrite: bool = False,
+) -> Path:
+    """Exports detection examples to image files plus the reference's annotation text, atomically.
+
+    Layout: `out_dir/images/000000.<ext>`, `out_dir/annotations.txt` (paths relative to it) and
+    `out_dir/classes.txt`. Everything is written into a temporary sibling folder that is renamed to `out_dir` only
+    when complete, so an interrupted export leaves no half-written `out_dir`.
+
+    Args:
+        examples: mappings with 'image' (H, W, 3) uint8 RGB, 'boxes' (N, 4) xyxy pixels (rounded to integers) and
+            'classes' (N,) ints — e.g. numpy elements of `sources.load_split`.
+        out_dir: the folder to create.
+        class_names: written to classes.txt.
+        image_format: 'png' (lossless) or 'jpg' (quality 95).
+        overwrite: replace an existing `out_dir` (else FileExistsError).
+
+    Returns:
+        The path of annotations.txt.
+    """
+    from PIL import Image
+
+    ext = {'png': 'png', 'jpg': 'jpg', 'jpeg': 'jpg'}.get(image_format.lower())
+    if ext is None:
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f'{out_dir} exists; pass overwrite=True to replace it')
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.tmp', dir=out_dir.parent))
+    try:
+        (tmp / 'images').mkdir()
+        lines = []
+        for i, ex in enumerate(examples):
+            image = np.asarray(ex['image'], np.uint8)
+            rel = f'images/{i:06d}.{ext}'
+            kwargs = {'quality': 95} if ext == 'jpg' else {}
+            Image.fromarray(image).save(tmp / rel, **kwargs)
+            lines.append(format_line(rel, ex['boxes'], ex['classes']))
+            if (i + 1) % 500 == 0:
+                logging.info('Exported %d images to %s', i + 1, out_dir)
+        (tmp / 'annotations.txt').write_text(''.join(ln + '\n' for ln in lines), encoding='utf-8')
+        (tmp / 'classes.txt').write_text(''.join(n + '\n' for n in class_names), encoding='utf-8')
+        if out_dir.exists():
+            old = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}')
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logging.info('Exported %d images with annotations to %s', len(lines), out_dir)
+    return out_dir / 'annotations.txt'

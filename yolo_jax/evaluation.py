@@ -1,0 +1,403 @@
+"""Detection metrics: the reference's VOC mAP@0.5 and COCO mAP@[.5:.95] (pycocotools), and `--mode=eval`.
+
+Data structures (host side, NumPy), one entry per image, in dataset order:
+  detections:   {'image_id', 'boxes' (k, 4) float64 x1, y1, x2, y2 in ORIGINAL-image pixels, 'scores' (k,),
+                 'classes' (k,) int}
+  ground_truth: {'image_id', 'boxes' (g, 4) float64 x1, y1, x2, y2 in original pixels, 'classes' (g,) int,
+                 'height', 'width'}
+The i-th detections entry belongs to the i-th ground-truth entry (image identity is the list position).
+
+VOC mAP (`voc_map`) is the reference's `get_mAP` (pythonlessons evaluate_mAP.py), step for step:
+  per class, the detections of all images sorted by confidence (stable: ties keep image order); each is matched
+  to the same-class ground truth of maximum IoU in its image (first one on ties), IoU with the VOC "+1 pixel"
+  convention (iw = min(x2) - max(x1) + 1, ...; only boxes with iw > 0 and ih > 0 overlap), detection corners
+  truncated to int as the reference's text files do; TP if that IoU >= 0.5 and the ground truth is unused, else
+  FP (no fallback to the second best); precision/recall from cumulative sums; AP by all-point interpolation
+  (VOC2010+); mAP = mean over the classes present in the ground truth (classes without ground truth are left
+  out, detections or not). One deliberate difference: the reference sorts on confidences rounded to 4 decimals
+  (it writes them as '%.4f' strings); here the full float score orders them.
+
+COCO mAP (`coco_map`) hands the same detections and ground truth (boxes as x, y, w = x2 - x1, h = y2 - y1 in
+original pixels, area = w * h, iscrowd 0) to pycocotools' COCOeval and reports its 12 summary numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from yolo_jax import inference
+from yolo_jax import postprocess as pp
+from yolo_jax.data.letterbox import unletterbox_boxes
+
+VOC_IOU_THRESHOLD = 0.5  # MINOVERLAP of the PASCAL VOC challenge
+COCO_STATS = (
+    'AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large', 'AR1', 'AR10', 'AR100', 'AR_small', 'AR_medium',
+    'AR_large',
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VOC mAP@0.5, as the reference.
+
+
+def voc_ap(rec: Sequence[float], prec: Sequence[float]) -> float:
+    """All-point interpolated AP (VOC2010+) of a precision/recall curve (the reference's `voc_ap`).
+
+    rec, prec: cumulative recall and precision after each detection, in confidence order.
+    """
+    mrec = [0.0, *rec, 1.0]
+    mpre = [0.0, *prec, 0.0]
+    for i in range(len(mpre) - 2, -1, -1):  # precision envelope: max precision at any higher recall
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return float(sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]))
+
+
+def voc_iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with gts (g, 4), xyxy, VOC "+1 pixel" convention; -1 where they do not overlap
+    (iw <= 0 or ih <= 0), so such boxes never become a match."""
+    iw = np.minimum(box[2], gts[:, 2]) - np.maximum(box[0], gts[:, 0]) + 1
+    ih = np.minimum(box[3], gts[:, 3]) - np.maximum(box[1], gts[:, 1]) + 1
+    inter = iw * ih
+    ua = (box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (gts[:, 2] - gts[:, 0] + 1) * (gts[:, 3] - gts[:, 1] + 1)
+    overlap = (iw > 0) & (ih > 0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(overlap, inter / np.where(overlap, ua - inter, 1.0), -1.0)
+
+
+def voc_map(
+    detections: Sequence[dict],
+    ground_truth: Sequence[dict],
+    num_classes: int,
+    iou_threshold: float = VOC_IOU_THRESHOLD,
+    truncate_detections: bool = True,
+) -> dict[str, Any]:
+    """The reference's VOC mAP (see the module docstring).
+
+    Returns:
+      {'map': mean AP over classes with ground truth (NaN if there is no ground truth at all),
+       'per_class': [{'class', 'ap' (None without ground truth), 'num_gt', 'num_det', 'num_tp'}] for every
+       class 0..num_classes-1, 'num_classes_with_gt'}.
+    """
+    if len(detections) != len(ground_truth):
+        raise ValueError(f'{len(detections)} detection entries for {len(ground_truth)} ground-truth entries')
+    per_class = []
+    aps = []
+    for c in range(num_classes):
+        gts = []  # per image: that class's ground-truth boxes
+        for g in ground_truth:
+            cls = np.asarray(g['classes']).reshape(-1)
+            gts.append(np.asarray(g['boxes'], np.float64).reshape(-1, 4)[cls == c])
+        num_gt = sum(len(g) for g in gts)
+        det_img, det_box, det_score = [], [], []
+        for i, d in enumerate(detections):
+            cls = np.asarray(d['classes']).reshape(-1)
+            m = cls == c
+            boxes = np.asarray(d['boxes'], np.float64).reshape(-1, 4)[m]
+            det_img += [i] * int(m.sum())
+            det_box.append(np.trunc(boxes) if truncate_detections else boxes)  # upstream's np.int32 cast
+            det_score.append(np.asarray(d['scores'], np.float64).reshape(-1)[m])
+        scores = np.concatenate(det_score) if det_score else np.zeros(0)
+        boxes = np.concatenate(det_box) if det_box else np.zeros((0, 4))
+        order = np.argsort(-scores, kind='stable')
+        used = [np.zeros(len(g), bool) for g in gts]
+        tp = np.zeros(len(order))
+        for rank, j in enumerate(order):
+            img = det_img[j]
+            if len(gts[img]) == 0:
+                continue  # FP
+            ov = voc_iou(boxes[j], gts[img])
+            best = int(np.argmax(ov))  # first maximum, like upstream's strict `ov > ovmax` scan
+            if ov[best] >= iou_threshold and not used[img][best]:
+                tp[rank] = 1
+                used[img][best] = True
+        fp = 1 - tp
+        entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(order)), 'num_tp': int(tp.sum())}
+        if num_gt > 0:
+            ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+            entry['ap'] = voc_ap(list(ctp / num_gt), list(ctp / np.maximum(ctp + cfp, 1e-12)))
+            aps.append(entry['ap'])
+        per_class.append(entry)
+    return {
+        'map': float(np.mean(aps)) if aps else math.nan,
+        'per_class': per_class,
+        'num_classes_with_gt': len(aps),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COCO mAP@[.5:.95] through pycocotools.
+
+
+def _coco_xywh(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=-1)
+
+
+def coco_map(
+    detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int, verbose: bool = False
+) -> dict[str, Any]:
+    """COCO metrics of the same detections and ground truth with pycocotools' COCOeval ('bbox').
+
+    Returns:
+      {'AP' (mAP@[.5:.95]), 'AP50', 'AP75', ..., 'AR100', ... (COCO_STATS; NaN where COCOeval reports -1, i.e.
+       no ground truth in that range), 'per_class_ap': [AP@[.5:.95] per class or None without ground truth]}.
+      verbose: print pycocotools' own summary table.
+    """
+    try:
+        from pycocotools.coco import COCO  # noqa: PLC0415
+        from pycocotools.cocoeval import COCOeval  # noqa: PLC0415
+    except ImportError as e:  # pragma: no cover
+        raise ImportError('COCO mAP needs pycocotools: pip install pycocotools') from e
+    if len(detections) != len(ground_truth):
+        raise ValueError(f'{len(detections)} detection entries for {len(ground_truth)} ground-truth entries')
+
+    images, annotations, results = [], [], []
+    for i, g in enumerate(ground_truth):
+        images.append({'id': i + 1, 'height': int(g['height']), 'width': int(g['width'])})
+        for box, c in zip(_coco_xywh(g['boxes']), np.asarray(g['classes']).reshape(-1), strict=True):
+            annotations.append({
+                'id': len(annotations) + 1, 'image_id': i + 1, 'category_id': int(c) + 1, 'bbox': box.tolist(),
+                'area': float(box[2] * box[3]), 'iscrowd': 0,
+            })
+    for i, d in enumerate(detections):
+        scores = np.asarray(d['scores'], np.float64).reshape(-1)
+        classes = np.asarray(d['classes']).reshape(-1)
+        for box, s, c in zip(_coco_xywh(d['boxes']), scores, classes, strict=True):
+            results.append({'image_id': i + 1, 'category_id': int(c) + 1, 'bbox': box.tolist(), 'score': float(s)})
+
+    nan_result = {k: math.nan for k in COCO_STATS}
+    if not annotations:
+        return {**nan_result, 'per_class_ap': [None] * num_classes}
+    gt_classes = {a['category_id'] for a in annotations}
+    if not results:  # pycocotools cannot load an empty result list; every AP and AR is 0 then
+        return {**{k: 0.0 for k in COCO_STATS}, 'per_class_ap': [0.0 if c + 1 in gt_classes else None
+                                                                  for c in range(num_classes)]}
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        gt = COCO()
+        gt.dataset = {
+            'images': images, 'annotations': annotations,
+            'categories': [{'id': c + 1, 'name': str(c)} for c in range(num_classes)],
+        }
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, 'bbox')
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    out = {k: (float(v) if v >= 0 else math.nan) for k, v in zip(COCO_STATS, evaluator.stats, strict=True)}
+    precision = evaluator.eval['precision']  # (iou thresholds, recall points, classes, area ranges, max dets)
+    per_class = []
+    for k, cat in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, 0, -1]  # all areas, 100 detections
+        per_class.append(float(p[p > -1].mean()) if cat in gt_classes and np.any(p > -1) else None)
+    out['per_class_ap'] = per_class
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running a model over an evaluation dataset.
+
+
+def _snap(boxes: np.ndarray) -> np.ndarray:
+    """Rounds coordinates within 1e-2 px of an integer to it: undoes the float32 round trip of the pipeline's
+    letterbox for integer annotations (the reference compares against the integer annotation boxes)."""
+    r = np.rint(boxes)
+    return np.where(np.abs(boxes - r) < 1e-2, r, boxes)
+
+
+def _image_id(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def collect_detections(
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    dataset: Iterable[dict] | Any,
+    model: Any = None,
+) -> tuple[list[dict], list[dict]]:
+    """Runs the model over an evaluation dataset → (detections, ground_truth), both in original pixels.
+
+    Args:
+      variables: {'params', 'batch_stats'}.
+      dataset: a tf.data dataset (or any iterable of NumPy batches) as `input_pipeline.create_eval_dataset`
+        makes: 'image' (B, S, S, 3), 'boxes' (B, max_boxes, 4) xyxy in INPUT pixels (zero padded), 'classes'
+        (B, max_boxes) (-1 padded), 'orig_size' (B, 2) (h, w), 'valid' (B,), optionally 'image_id'.
+      model: the Flax module (default create_model(config.model)).
+
+    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize
+    (config.data.resize). Post-processing settings come from config.eval.
+    """
+    if model is None:
+        from yolo_jax.models import create_model  # noqa: PLC0415
+
+        model = create_model(config.model)
+    cfg = pp.PostprocessConfig.from_config(config)
+    batches = dataset.as_numpy_iterator() if hasattr(dataset, 'as_numpy_iterator') else dataset
+    detections, ground_truth = [], []
+    for batch in batches:
+        sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
+        det = jax.device_get(inference.predict(model, variables, batch['image'], sizes, cfg))
+        valid = np.asarray(batch.get('valid', np.ones(len(sizes))))
+        ids = batch.get('image_id', None)
+        for b in range(len(sizes)):
+            if valid[b] <= 0:
+                continue
+            h, w = (int(v) for v in sizes[b])
+            image_id = _image_id(ids[b]) if ids is not None else len(ground_truth)
+            keep = det.valid[b]
+            detections.append({
+                'image_id': image_id,
+                'boxes': det.boxes[b][keep].astype(np.float64),
+                'scores': det.scores[b][keep].astype(np.float64),
+                'classes': det.classes[b][keep].astype(np.int64),
+            })
+            cls = np.asarray(batch['classes'][b]).reshape(-1)
+            real = cls >= 0
+            gt_boxes = unletterbox_boxes(np.asarray(batch['boxes'][b])[real], h, w, cfg.input_size, cfg.resize_mode)
+            ground_truth.append({
+                'image_id': image_id, 'boxes': _snap(gt_boxes), 'classes': cls[real].astype(np.int64),
+                'height': h, 'width': w,
+            })
+    return detections, ground_truth
+
+
+def compute_metrics(
+    detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int, coco: bool = True
+) -> dict[str, Any]:
+    """VOC mAP@0.5 and (when `coco`) COCO metrics of collected detections, flattened for logging.
+
+    Returns {'map50' (VOC, the reference's metric), 'coco_map', 'coco_map50', 'coco_map75' (when coco),
+    'num_images', 'num_detections', 'num_gt', 'per_class': [... VOC entries, + 'coco_ap' when coco]}.
+    """
+    voc = voc_map(detections, ground_truth, num_classes)
+    out: dict[str, Any] = {
+        'map50': voc['map'],
+        'num_images': len(ground_truth),
+        'num_detections': int(sum(len(d['scores']) for d in detections)),
+        'num_gt': int(sum(len(g['classes']) for g in ground_truth)),
+        'per_class': voc['per_class'],
+    }
+    if coco:
+        c = coco_map(detections, ground_truth, num_classes)
+        out.update(coco_map=c['AP'], coco_map50=c['AP50'], coco_map75=c['AP75'], coco=c)
+        for entry, ap in zip(out['per_class'], c['per_class_ap'], strict=True):
+            entry['coco_ap'] = ap
+    return out
+
+
+def compute_map(
+    config: ml_collections.ConfigDict, variables: dict, dataset: Any, *, model: Any = None, coco: bool = True
+) -> dict[str, Any]:
+    """Runs `variables` over an eval dataset and returns `compute_metrics` (for the training loop).
+
+    Scalars for logging: 'map50' (VOC mAP@0.5, as the reference), 'coco_map' (mAP@[.5:.95]), 'coco_map50',
+    'coco_map75'. Single process: it evaluates the examples `dataset` yields (this process's shard).
+    """
+    detections, ground_truth = collect_detections(config, variables, dataset, model=model)
+    return compute_metrics(detections, ground_truth, int(config.model.num_classes), coco=coco)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --mode=eval
+
+
+def _fmt(v: float | None, width: int = 7) -> str:
+    return f'{"-":>{width}}' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:>{width}.2f}'
+
+
+def format_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """Per-class table: AP@0.5 (VOC), AP@[.5:.95] (COCO, when present), #GT, #det, #TP; then the means."""
+    has_coco = 'coco_map' in metrics
+    width = max([5, *(len(n) for n in class_names)])
+    head = f'{"class":<{width}} {"AP50":>7}' + (f' {"AP":>7}' if has_coco else '')
+    head += f' {"#GT":>6} {"#det":>6} {"#TP":>6}'
+    lines = [head, '-' * len(head)]
+    for e in metrics['per_class']:
+        if e['num_gt'] == 0 and e['num_det'] == 0:
+            continue
+        name = class_names[e['class']] if e['class'] < len(class_names) else str(e['class'])
+        row = f'{name:<{width}} {_fmt(e["ap"])}' + (f' {_fmt(e.get("coco_ap"))}' if has_coco else '')
+        lines.append(row + f' {e["num_gt"]:>6} {e["num_det"]:>6} {e["num_tp"]:>6}')
+    lines.append('-' * len(head))
+    lines.append(f'{"mAP":<{width}} {_fmt(metrics["map50"])}' + (f' {_fmt(metrics["coco_map"])}' if has_coco else '')
+                 + f' {metrics["num_gt"]:>6} {metrics["num_detections"]:>6}')
+    lines.append('(AP in %; AP50 = VOC mAP@0.5 over classes with ground truth' +
+                 ('; AP = COCO mAP@[.5:.95])' if has_coco else ')'))
+    return '\n'.join(lines)
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN → None and NumPy → Python, so the file is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path | None,
+    output: str | Path | None = None,
+    weights: str | Path | None = None,
+    *,
+    split: str = 'test',
+) -> dict[str, Any]:
+    """`--mode=eval`: the best checkpoint in workdir (or Darknet `weights`) on the `split` set.
+
+    Prints the per-class table and writes output/metrics.json (metrics, settings, source) and
+    output/detections.json (per image: image_id, boxes xyxy original pixels, scores, classes); output defaults
+    to workdir/eval. Returns the metrics.
+    """
+    from yolo_jax import input_pipeline  # noqa: PLC0415  (TensorFlow: only when data is needed)
+
+    model, variables = inference.load_variables(config, workdir, weights)
+    batch_size = int(config.train.get('eval_batch_size', 1) or 1)
+    dataset = input_pipeline.create_eval_dataset(config, batch_size=batch_size, split=split)
+    detections, ground_truth = collect_detections(config, variables, dataset, model=model)
+    metrics = compute_metrics(detections, ground_truth, int(config.model.num_classes))
+    names = inference.class_names(config)
+    table = format_table(metrics, names)
+    print(table)
+    logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
+                 metrics['num_images'], metrics['map50'], metrics['coco_map'])
+
+    if output is None:
+        if workdir is None:
+            raise ValueError('eval: pass output= when there is no workdir')
+        output = Path(workdir) / 'eval'
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    e = config.eval
+    record = {
+        'source': str(weights) if weights else str(Path(workdir) / 'checkpoints'),
+        'split': split,
+        'settings': {k: e[k] for k in ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma',
+                                       'max_detections')},
+        'class_names': names,
+        'metrics': metrics,
+    }
+    (output / 'metrics.json').write_text(json.dumps(_jsonable(record), indent=1) + '\n')
+    (output / 'detections.json').write_text(json.dumps(_jsonable(detections)) + '\n')
+    print(f'wrote {output / "metrics.json"} and {output / "detections.json"}')
+    return metrics

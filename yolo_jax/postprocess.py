@@ -1,0 +1,360 @@
+"""Post-processing: raw YOLO maps → per-image detections in ORIGINAL-image pixels, batched and jit-compilable.
+
+The semantics are the TF2 reference's `postprocess_boxes` + `nms` (see shared/notes/reference.md):
+
+1. decode every scale (yolo_jax/decode.py) and flatten to N candidates per image, scale by scale, in row-major
+   (row, column, anchor) order, as the reference's reshape(-1, 5+C) + concat;
+2. xywh → xyxy, undo the letterbox (x_orig = (x_input - dw) / scale) or the stretch resize;
+3. clip to [0, w-1] x [0, h-1] (x1, y1 from below, x2, y2 from above, as the reference does);
+4. drop boxes with x1 > x2 or y1 > y2 or zero area (and NaNs);
+5. class = argmax(prob), score = conf * prob[class], keep score > score_threshold;
+6. per-class greedy NMS (drop same-class boxes with IoU > iou_threshold) or gaussian soft-NMS
+   (multiply same-class scores by exp(-IoU^2 / sigma)), keeping boxes whose (re-weighted) score is > 0.
+
+Deliberate differences from the reference, each the right thing to do:
+  * The letterbox is undone with the offsets the letterbox really used, dw = (S - int(scale * w)) // 2
+    (yolo_jax/data/letterbox.py), not the reference's float (S - scale * w) / 2, which is off by up to ~1 px.
+  * At most `max_detections` boxes per image are returned (the best by score); the reference has no cap.
+  * Output is sorted by (re-weighted) score over all classes; the reference lists them class by class.
+  * Scores are float32: after ~25 soft-NMS rounds over near-identical boxes a score underflows to 0 and the
+    box dies, where the reference's float64 keeps it (with a score below 1e-38).
+
+The JAX path is `postprocess` (raw maps) / `postprocess_decoded` (decoded, flattened candidates) → `Detections`
+with a fixed K = max_detections and a valid mask. NMS is one `lax.while_loop` per image (vmapped over the
+batch) that picks the best remaining candidate, records it and re-weights/suppresses the others: at most K
+iterations of O(N) vector work, no Python loop over boxes and no N x N IoU matrix.
+
+`postprocess_boxes_numpy` and `nms_numpy` are the reference's straightforward algorithms in NumPy float64: the
+test oracle, also handy for one-off checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yolo_jax import boxes as boxes_lib
+from yolo_jax import decode as decode_lib
+from yolo_jax.data.letterbox import RESIZE_MODES, resize_params
+
+Array = jnp.ndarray
+
+NMS_METHODS = ('nms', 'soft_nms')
+
+
+def _method(name: str) -> str:
+    """'nms' or 'soft_nms' ('soft-nms', the reference's spelling, is accepted too)."""
+    name = name.replace('-', '_')
+    if name not in NMS_METHODS:
+        raise ValueError(f'config.eval.nms_method: unknown method {name!r}; expected one of {NMS_METHODS}')
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """Everything post-processing needs; frozen and hashable, so it can be a static argument of jit.
+
+    input_size: side S of the square network input (input pixels); strides ascending, anchors (scales, A, 2) in
+    input pixels, as config.model; resize_mode: config.data.resize ('letterbox' or 'stretch'); the rest as
+    config.eval.
+    """
+
+    input_size: int
+    strides: tuple[int, ...]
+    anchors: tuple[tuple[tuple[float, float], ...], ...]
+    resize_mode: str = 'letterbox'
+    score_threshold: float = 0.3
+    iou_threshold: float = 0.45
+    method: str = 'nms'
+    sigma: float = 0.3
+    max_detections: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, 'method', _method(self.method))
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f'config.data.resize: unknown mode {self.resize_mode!r}; expected one of {RESIZE_MODES}')
+        if self.max_detections < 1:
+            raise ValueError(f'config.eval.max_detections must be >= 1, got {self.max_detections}')
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides) -> PostprocessConfig:
+        """From a full config (config.model, config.eval, config.data.resize); keyword overrides win."""
+        m, e = config.model, config.eval
+        data = config.get('data', None)
+        kw = dict(
+            input_size=int(m.input_size),
+            strides=tuple(int(s) for s in m.strides),
+            anchors=tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors),
+            resize_mode=data.get('resize', 'letterbox') if data is not None else 'letterbox',
+            score_threshold=float(e.score_threshold),
+            iou_threshold=float(e.nms_iou_threshold),
+            method=str(e.nms_method),
+            sigma=float(e.soft_nms_sigma),
+            max_detections=int(e.max_detections),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+class Detections(NamedTuple):
+    """Per-image detections, K = max_detections slots, best first; slots with valid = False are zero (class -1).
+
+    boxes: (B, K, 4) float32 x1, y1, x2, y2 in original-image pixels (clipped to the image).
+    scores: (B, K) float32 conf * prob[class] (after soft-NMS: the re-weighted score).
+    classes: (B, K) int32.
+    valid: (B, K) bool.
+    """
+
+    boxes: Array
+    scores: Array
+    classes: Array
+    valid: Array
+
+
+def resize_params_batch(orig_sizes: np.ndarray, input_size: int, mode: str = 'letterbox') -> np.ndarray:
+    """(B, 2) original (h, w) → (B, 4) float32 (scale_x, scale_y, dw, dh): input = original * scale + offset.
+
+    Computed on the host in float64 by `data.letterbox.resize_params`, the function the pipeline's inverse uses,
+    so the integer letterbox offsets are exactly those of the resize (float32 on device could round
+    int(scale * w) differently).
+    """
+    sizes = np.asarray(orig_sizes).reshape(-1, 2)
+    rows = [resize_params(int(h), int(w), int(input_size), mode) for h, w in sizes]
+    return np.asarray(rows, np.float64).reshape(-1, 4).astype(np.float32)
+
+
+def flatten_decoded(decoded: Sequence[Array]) -> Array:
+    """Decoded maps, each (B, S, S, A, 5+C) → (B, N, 5+C), N = sum of S*S*A, scales in the given order."""
+    return jnp.concatenate([d.reshape(d.shape[0], -1, d.shape[-1]) for d in decoded], axis=1)
+
+
+def candidates(
+    pred: Array, resize: Array, orig_sizes: Array, score_threshold: float
+) -> tuple[Array, Array, Array, Array]:
+    """Steps 2-5: decoded candidates → boxes in original pixels, scores, classes and a keep mask.
+
+    Args:
+      pred: (B, N, 5+C) decoded predictions: x, y, w, h in input pixels, then conf and C class probabilities.
+      resize: (B, 4) (scale_x, scale_y, dw, dh) of each image's resize (`resize_params_batch`).
+      orig_sizes: (B, 2) original (h, w) in pixels.
+      score_threshold: keep score > this.
+
+    Returns:
+      boxes (B, N, 4) float32 xyxy original pixels, clipped (zero where x1 > x2 or y1 > y2, as upstream);
+      scores (B, N) float32; classes (B, N) int32; mask (B, N) bool: valid, positive-area and above threshold.
+    """
+    pred = pred.astype(jnp.float32)
+    resize = jnp.asarray(resize, jnp.float32)
+    sizes = jnp.asarray(orig_sizes, jnp.float32)
+    xyxy = boxes_lib.xywh_to_xyxy(pred[..., :4])
+    scale = jnp.stack([resize[:, 0], resize[:, 1]] * 2, axis=-1)[:, None, :]  # (B, 1, 4) as sx, sy, sx, sy
+    offset = jnp.stack([resize[:, 2], resize[:, 3]] * 2, axis=-1)[:, None, :]
+    xyxy = (xyxy - offset) / scale
+    h, w = sizes[:, None, 0], sizes[:, None, 1]
+    x1, y1 = jnp.maximum(xyxy[..., 0], 0.0), jnp.maximum(xyxy[..., 1], 0.0)
+    x2, y2 = jnp.minimum(xyxy[..., 2], w - 1.0), jnp.minimum(xyxy[..., 3], h - 1.0)
+    # Upstream zeroes inverted boxes before its area test: (x1 > x2) and (y1 > y2) together would give a
+    # positive area. NaN coordinates fail every comparison below and are dropped too.
+    inverted = (x1 > x2) | (y1 > y2)
+    xyxy = jnp.where(inverted[..., None], 0.0, jnp.stack([x1, y1, x2, y2], axis=-1))
+    area = (xyxy[..., 2] - xyxy[..., 0]) * (xyxy[..., 3] - xyxy[..., 1])
+    positive = (area > 0) & jnp.isfinite(area)
+    probs = pred[..., 5:]
+    classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    scores = pred[..., 4] * jnp.take_along_axis(probs, classes[..., None], axis=-1)[..., 0]
+    return xyxy, scores, classes, positive & (scores > score_threshold)
+
+
+def _nms_single(
+    boxes: Array,
+    scores: Array,
+    classes: Array,
+    mask: Array,
+    *,
+    iou_threshold: float,
+    max_detections: int,
+    soft: bool,
+    sigma: float,
+) -> tuple[Array, Array, Array, Array]:
+    """Per-class (soft-)NMS of one image's N candidates → K = max_detections (boxes, scores, classes, valid).
+
+    Each iteration takes the best alive candidate (the reference's argmax: first index among ties), records it
+    with its current score, and multiplies the scores of the other same-class candidates by the weight
+    (hard: 0 where IoU > threshold, else 1; soft: exp(-IoU^2 / sigma)); candidates whose score is no longer > 0
+    die, as upstream's `score_mask`. Classes never interact, so running all classes in one loop by global
+    score gives each class exactly the reference's sequence, merged in score order.
+    """
+    k = max_detections
+    cur = jnp.where(mask, scores, 0.0)
+
+    def cond(state):
+        n, alive, *_ = state
+        return (n < k) & jnp.any(alive)
+
+    def body(state):
+        n, alive, cur, picked, picked_scores = state
+        i = jnp.argmax(jnp.where(alive, cur, -jnp.inf))
+        picked = picked.at[n].set(i)
+        picked_scores = picked_scores.at[n].set(cur[i])
+        iou = boxes_lib.iou_xyxy(boxes[i], boxes)  # (N,)
+        if soft:
+            weight = jnp.exp(-(iou * iou) / sigma)
+        else:
+            weight = jnp.where(iou > iou_threshold, 0.0, 1.0)
+        cur = cur * jnp.where(classes == classes[i], weight, 1.0)
+        alive = alive & (cur > 0)
+        alive = alive.at[i].set(False)
+        return n + 1, alive, cur, picked, picked_scores
+
+    init = (jnp.int32(0), mask, cur, jnp.zeros((k,), jnp.int32), jnp.zeros((k,), jnp.float32))
+    n, _, _, picked, picked_scores = jax.lax.while_loop(cond, body, init)
+    valid = jnp.arange(k) < n
+    out_boxes = jnp.where(valid[:, None], boxes[picked], 0.0)
+    out_scores = jnp.where(valid, picked_scores, 0.0)
+    out_classes = jnp.where(valid, classes[picked], -1)
+    return out_boxes, out_scores, out_classes, valid
+
+
+def nms(
+    boxes: Array,
+    scores: Array,
+    classes: Array,
+    mask: Array,
+    *,
+    iou_threshold: float = 0.45,
+    max_detections: int = 100,
+    method: str = 'nms',
+    sigma: float = 0.3,
+) -> Detections:
+    """Batched per-class NMS / soft-NMS (see `_nms_single`).
+
+    Args:
+      boxes: (B, N, 4) xyxy (any unit; IoU is scale-free). scores: (B, N). classes: (B, N) int.
+      mask: (B, N) bool, the candidates to consider.
+      method: 'nms' (greedy, suppress IoU > iou_threshold) or 'soft_nms' (gaussian, sigma).
+
+    Returns:
+      Detections with K = max_detections slots per image, best score first.
+    """
+    b, n = jnp.shape(scores)[:2]
+    k = int(max_detections)
+    if n == 0:  # nothing to select from (argmax of an empty array would not trace)
+        return Detections(
+            jnp.zeros((b, k, 4), jnp.float32), jnp.zeros((b, k), jnp.float32), jnp.full((b, k), -1, jnp.int32),
+            jnp.zeros((b, k), bool),
+        )
+    fn = functools.partial(
+        _nms_single,
+        iou_threshold=float(iou_threshold),
+        max_detections=k,
+        soft=_method(method) == 'soft_nms',
+        sigma=float(sigma),
+    )
+    out = jax.vmap(fn)(
+        jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32), jnp.asarray(classes, jnp.int32),
+        jnp.asarray(mask, bool),
+    )
+    return Detections(*out)
+
+
+def postprocess_decoded(pred: Array, resize: Array, orig_sizes: Array, cfg: PostprocessConfig) -> Detections:
+    """(B, N, 5+C) decoded candidates (input pixels) → Detections in original pixels (steps 2-6)."""
+    boxes, scores, classes, mask = candidates(pred, resize, orig_sizes, cfg.score_threshold)
+    return nms(
+        boxes, scores, classes, mask, iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections,
+        method=cfg.method, sigma=cfg.sigma,
+    )
+
+
+def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg: PostprocessConfig) -> Detections:
+    """Raw model outputs (one (B, S, S, A*(5+C)) map per scale, strides ascending) → Detections.
+
+    resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size, cfg.resize_mode)` (host side);
+    orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
+    """
+    decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides)
+    return postprocess_decoded(flatten_decoded(decoded), resize, orig_sizes, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NumPy oracle: the reference's algorithms, written straightforwardly (float64).
+
+
+def bboxes_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """The reference's `bboxes_iou`: xyxy IoU (no +1), floored at float32 eps."""
+    boxes1, boxes2 = np.asarray(boxes1, np.float64), np.asarray(boxes2, np.float64)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    left_up = np.maximum(boxes1[..., :2], boxes2[..., :2])
+    right_down = np.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    inter = np.maximum(right_down - left_up, 0.0)
+    inter_area = inter[..., 0] * inter[..., 1]
+    union = area1 + area2 - inter_area
+    return np.maximum(inter_area / union, np.finfo(np.float32).eps)
+
+
+def postprocess_boxes_numpy(
+    pred: np.ndarray, orig_hw: tuple[int, int], input_size: int, score_threshold: float, resize_mode: str = 'letterbox'
+) -> np.ndarray:
+    """The reference's `postprocess_boxes` for one image.
+
+    Args:
+      pred: (N, 5+C) decoded candidates: xywh in input pixels, conf, class probabilities.
+      orig_hw: original (h, w).
+
+    Returns:
+      (M, 6) float64 rows [x1, y1, x2, y2 (original pixels), score, class], in candidate order.
+    """
+    pred = np.asarray(pred, np.float64)
+    xywh, conf, prob = pred[:, 0:4], pred[:, 4], pred[:, 5:]
+    coor = np.concatenate([xywh[:, :2] - xywh[:, 2:] * 0.5, xywh[:, :2] + xywh[:, 2:] * 0.5], axis=-1)
+    org_h, org_w = orig_hw
+    sx, sy, dw, dh = resize_params(int(org_h), int(org_w), int(input_size), resize_mode)
+    coor[:, 0::2] = (coor[:, 0::2] - dw) / sx
+    coor[:, 1::2] = (coor[:, 1::2] - dh) / sy
+    coor = np.concatenate([np.maximum(coor[:, :2], [0, 0]), np.minimum(coor[:, 2:], [org_w - 1, org_h - 1])], -1)
+    invalid = np.logical_or(coor[:, 0] > coor[:, 2], coor[:, 1] > coor[:, 3])
+    coor[invalid] = 0
+    with np.errstate(invalid='ignore'):
+        scale = np.sqrt(np.multiply.reduce(coor[:, 2:4] - coor[:, 0:2], axis=-1))
+    scale_mask = np.logical_and(scale > 0, scale < np.inf)
+    classes = np.argmax(prob, axis=-1)
+    scores = conf * prob[np.arange(len(coor)), classes]
+    mask = np.logical_and(scale_mask, scores > score_threshold)
+    return np.concatenate([coor[mask], scores[mask, None], classes[mask, None].astype(np.float64)], axis=-1)
+
+
+def nms_numpy(bboxes: np.ndarray, iou_threshold: float, sigma: float = 0.3, method: str = 'nms') -> np.ndarray:
+    """The reference's `nms`: per class, repeatedly take the best box and re-weight the rest.
+
+    Args:
+      bboxes: (M, 6) rows [x1, y1, x2, y2, score, class].
+
+    Returns:
+      (K, 6) kept rows (scores re-weighted by soft-NMS), class by class in order of first appearance.
+    """
+    soft = _method(method) == 'soft_nms'
+    bboxes = np.asarray(bboxes, np.float64).reshape(-1, 6)
+    best = []
+    for cls in dict.fromkeys(bboxes[:, 5]):  # deterministic order (upstream iterates a set)
+        cls_bboxes = bboxes[bboxes[:, 5] == cls]
+        while len(cls_bboxes) > 0:
+            max_ind = np.argmax(cls_bboxes[:, 4])
+            best_bbox = cls_bboxes[max_ind]
+            best.append(best_bbox)
+            cls_bboxes = np.concatenate([cls_bboxes[:max_ind], cls_bboxes[max_ind + 1 :]])
+            iou = bboxes_iou_numpy(best_bbox[np.newaxis, :4], cls_bboxes[:, :4])
+            weight = np.ones((len(iou),), dtype=np.float64)
+            if soft:
+                weight = np.exp(-(1.0 * iou**2 / sigma))
+            else:
+                weight[iou > iou_threshold] = 0.0
+            cls_bboxes[:, 4] = cls_bboxes[:, 4] * weight
+            cls_bboxes = cls_bboxes[cls_bboxes[:, 4] > 0.0]
+    return np.asarray(best, np.float64).reshape(-1, 6)
