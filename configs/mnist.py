@@ -64,6 +64,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.distributed = False  # call jax.distributed.initialize() (multi-host)
     config.train.checkpoint_every_steps = 50  # also save mid-epoch, for exact resume after a crash (0: epochs only)
     config.train.debug_nan_at_step = -1  # >= 0 poisons the loss at that step (tests the NaN guard)
+    config.train.debug_kill_at_step = -1  # >= 1 SIGKILLs the process after that step (tests exact resume)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.score_threshold = 0.3

@@ -14,8 +14,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from configs.mnist import get_config  # noqa: E402
 from test_loss import random_problem  # noqa: E402
+
+from configs.mnist import get_config  # noqa: E402
 from yolo_jax import train  # noqa: E402
 from yolo_jax.loss import loss_kwargs  # noqa: E402
 from yolo_jax.parallel import PMAP_AXIS, Parallel  # noqa: E402

@@ -66,9 +66,10 @@ def test_sklearn_digits_look_like_inverted_mnist_and_split_deterministically():
 
 
 def test_zip_with_split_folders(tmp_path):
-    members = {f'mnist/{split}/{label}_{i:05d}.png': _digit(label, i) for i, (split, label) in enumerate(
-        [('train', 3), ('train', 1), ('test', 7), ('train', 9), ('test', 0)]
-    )}
+    members = {
+        f'mnist/{split}/{label}_{i:05d}.png': _digit(label, i)
+        for i, (split, label) in enumerate([('train', 3), ('train', 1), ('test', 7), ('train', 9), ('test', 0)])
+    }
     members['mnist/README.txt'] = np.zeros((1, 1), np.uint8)  # not a digit name: ignored
     _write_zip(tmp_path / 'd.zip', members)
     for split in ('train', 'test'):

@@ -2,20 +2,17 @@
 
 import functools
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_loss import random_problem
 
+from configs.mnist import get_config
 from yolo_jax import train
 from yolo_jax.loss import loss_kwargs
 from yolo_jax.models import create_model
-
-sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from configs.mnist import get_config  # noqa: E402
-from test_loss import random_problem  # noqa: E402
 
 
 def reference_lr(global_step, warmup, total, lr_init, lr_end):
@@ -103,7 +100,9 @@ def test_freeze_policies(freeze):
     _, state, batch, step = _setup(freeze=freeze, warmup_epochs=0)
     new, _ = step(state, batch)
     changed = jax.tree_util.tree_map_with_path(
-        lambda p, a, b: (jax.tree_util.keystr(p), bool(np.any(np.asarray(a) != np.asarray(b)))), state.params, new.params
+        lambda p, a, b: (jax.tree_util.keystr(p), bool(np.any(np.asarray(a) != np.asarray(b)))),
+        state.params,
+        new.params,
     )
     for path, did_change in jax.tree.leaves(changed, is_leaf=lambda x: isinstance(x, tuple)):
         is_output = any(f"'{n}'" in path for n in ('conv_009', 'conv_012'))

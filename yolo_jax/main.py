@@ -4,6 +4,7 @@ Parses flags and hands off; every behaviour lives in the module for its mode. An
 overridden, e.g. `--config.train.epochs=5 --config.model.input_size=320`.
 """
 
+import logging as pylogging
 import os
 
 from absl import app, flags, logging
@@ -19,9 +20,17 @@ flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to us
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries:
+    """absl log filter: drops INFO chatter of orbax (tens of lines per checkpoint); keeps its warnings."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= pylogging.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    logging.get_absl_logger().addFilter(_QuietLibraries())  # orbax logs through absl's logger
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     # TF only feeds the input pipeline: keep it off the accelerators that JAX uses.
     import tensorflow as tf  # noqa: PLC0415

@@ -7,6 +7,8 @@ Pure pieces (used by tests and notebooks): `create_learning_rate_fn`, `create_op
 
 import functools
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -296,7 +298,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info('Resumed from %s at step %d (epoch %d)', manager.directory, start_step, meta['epoch'])
     state = parallel.place_state(state)
 
-    writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'), just_logging=not is_main)
+    # TensorBoard only (the console already gets the reference's lines); other processes write nothing.
+    writer = metric_writers.AsyncWriter(
+        metric_writers.SummaryWriter(str(workdir / 'tensorboard')) if is_main else metric_writers.MultiWriter([])
+    )
     if start_step == 0:
         writer.write_hparams({k: v for k, v in _flatten(config).items() if isinstance(v, int | float | str | bool)})
     metrics_file = MetricsFile(workdir, is_main)
@@ -333,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     metrics_file.write(kind='train', step=step, epoch=epoch, **metrics)
                 if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
                     checkpointing.save(manager, step, state, {'epoch': epoch, 'step': step})
+                if step == t.debug_kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, maybe mid-save
                 if step % steps_per_epoch == 0:
                     break
             if step == step_before:

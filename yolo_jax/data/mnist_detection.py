@@ -1,15 +1,19 @@
 """TFDS builder `mnist_detection`: the reference's synthetic MNIST detection set, built once into a data dir.
 
-Each setting (num_train, num_test, image_size, seed, resolved digit source) is its own BuilderConfig whose name
-encodes all of them, e.g. `mnist_detection/n1000-200_size416_seed0_sklearn/1.0.0`, so different settings never
-collide in one data dir. TFDS writes into a temporary `incomplete.*` folder and renames it when the build succeeded:
-an interrupted build leaves no readable dataset and the next call builds again.
+Each setting (num_train, num_test, image_size, seed, resolved digit source, paste mode) is its own BuilderConfig
+whose name encodes all of them, e.g. `mnist_detection/n1000-200_size416_seed0_sklearn/1.0.0`, so different settings
+never collide in one data dir. A path digit source is named by a hash of its absolute path (not of its content:
+after changing the files in place, delete the built folder).
+TFDS writes into a temporary `incomplete.*` folder and renames it when the build succeeded: an interrupted build
+leaves no readable dataset and the next call builds again.
 
 Features, as TFDS's voc/coco: `image` (S, S, 3) uint8 PNG (grey stored as RGB), `image/filename`, `image/id` (int64,
 the index in the split), `objects` = Sequence({'bbox': BBoxFeature (normalized ymin, xmin, ymax, xmax),
 'label': ClassLabel('0'..'9')}). Pixel boxes are recovered exactly by bbox * S rounded (sources.load_split does so).
 
-Reading back without this code: `tfds.builder('mnist_detection/<config name>', data_dir=...)`.
+Examples are stored in generation order (example i = generator image i), so TFDS refuses `shuffle_files=True` on
+this dataset; shuffle downstream. Reading back without this code:
+`tfds.builder('mnist_detection/<config name>', data_dir=...)`.
 """
 
 from __future__ import annotations

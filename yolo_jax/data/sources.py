@@ -179,7 +179,9 @@ def _load_tfds(
     try:
         # shuffle_files=False: files are interleaved in a fixed order (mnist_detection: strictly in example order).
         ds = builder.as_dataset(split=shard, shuffle_files=False)
-    except AssertionError as e:  # TFDS's "could not find data" error
+    except (AssertionError, KeyError) as e:  # TFDS's "could not find data" / "splits is empty" errors
+        if builder.is_prepared():
+            raise
         raise FileNotFoundError(
             f'{dataset} is not prepared in {builder.data_dir_root}. This project never downloads it implicitly: '
             f'on a machine with network run `tfds build {dataset} --data_dir=<dir>` (COCO is ~20 GB), then set '
