@@ -62,6 +62,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.map_every_epochs = 0  # 0 = VOC mAP only after training
     config.train.steps_per_epoch = -1  # -1 = one pass over the training split
     config.train.distributed = False  # call jax.distributed.initialize() (multi-host)
+    config.train.bn_recalibration_batches = 0  # > 0: recompute BatchNorm statistics on this many batches per epoch
     config.train.checkpoint_every_steps = 50  # also save mid-epoch, for exact resume after a crash (0: epochs only)
     config.train.debug_nan_at_step = -1  # >= 0 poisons the loss at that step (tests the NaN guard)
     config.train.debug_kill_at_step = -1  # >= 1 SIGKILLs the process after that step (tests exact resume)
@@ -82,16 +83,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _make_quick(config: ml_collections.ConfigDict) -> None:
-    """A CPU-sized variant: a narrower YOLOv3 at a smaller input, trained for fewer epochs."""
-    config.model.input_size = 320
+    """A CPU-sized variant: YOLOv3 at a quarter of its width and 256 px input (~20 img/s on 2 cores), 25 epochs."""
+    config.model.input_size = 256
     config.model.width_multiplier = 0.25
-    config.model.bn_momentum = 0.9
+    # Thin layers initialised at stddev 0.01 move fast at lr 1e-3: BatchNorm's moving averages lag the weights
+    # (validation loss 3-6x the training loss in a trial run). Recompute them at each epoch's end instead.
+    config.train.bn_recalibration_batches = 25
     config.train.batch_size = 8
     config.train.eval_batch_size = 8
-    config.train.epochs = 30
+    config.train.epochs = 25
     config.train.lr_init = 1e-3
     config.train.lr_end = 1e-5
     config.train.warmup_epochs = 1
+    config.train.map_every_epochs = 5
+    config.train.log_every_steps = 25
 
 
 def _make_tiny(config: ml_collections.ConfigDict) -> None:

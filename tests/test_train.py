@@ -110,3 +110,37 @@ def test_freeze_policies(freeze):
             assert did_change == ("'backbone'" not in path), path
         else:
             assert did_change == is_output, path
+
+
+def test_recalibrate_batch_norm_averages_batch_statistics():
+    """The first BN layer's recalibrated mean/var equal the average of per-batch moments of its input, computed
+    independently (the first conv's output via lax.conv with the model's kernel)."""
+    from yolo_jax.models.layers import conv_padding
+    from yolo_jax.parallel import Parallel
+
+    config, state, batch, _ = _setup()
+    par = Parallel('none', train.train_step, train.eval_step,
+                   functools.partial(train.batch_stats_step, momentum=config.model.bn_momentum))
+    rng = np.random.default_rng(3)
+    batches = [dict(batch, image=rng.uniform(size=batch['image'].shape).astype(np.float32)) for _ in range(3)]
+
+    class _Data:  # the part of tf.data's interface that recalibrate_batch_norm uses
+        def take(self, n):
+            return self
+
+        def as_numpy_iterator(self):
+            return iter(batches)
+
+    new = train.recalibrate_batch_norm(par, state, _Data(), 3)
+    kernel = state.params['backbone']['conv_000']['conv']['kernel']
+    means, variances = [], []
+    for b in batches:
+        y = np.asarray(jax.lax.conv_general_dilated(b['image'], kernel, (1, 1), conv_padding(3, 1),
+                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')), np.float64)
+        means.append(y.mean(axis=(0, 1, 2)))
+        variances.append(y.var(axis=(0, 1, 2)))
+    got = new.batch_stats['backbone']['conv_000']['bn']
+    np.testing.assert_allclose(got['mean'], np.mean(means, 0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got['var'], np.mean(variances, 0), rtol=1e-3, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):  # weights untouched
+        np.testing.assert_array_equal(a, b)

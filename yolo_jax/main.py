@@ -17,6 +17,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'detect'], 'What to run.')
 flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glob.')
 flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
 flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
+flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, fuse dots with XNNPACK/YNN (measured ~15-25% faster '
+                  'train steps here; slows bfloat16 matmuls, so it is skipped for other dtypes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,6 +27,14 @@ class _QuietLibraries:
 
     def filter(self, record) -> bool:
         return record.levelno >= pylogging.WARNING or 'orbax' not in record.pathname
+
+
+def _set_xla_flags(config) -> None:
+    """Adds the CPU flag that speeds float32 training (before JAX starts its backend)."""
+    flag = '--xla_cpu_experimental_ynn_fusion_type=dot'
+    current = os.environ.get('XLA_FLAGS', '')
+    if FLAGS.xla_cpu_ynn_dot and config.model.dtype == 'float32' and 'ynn_fusion_type' not in current:
+        os.environ['XLA_FLAGS'] = f'{current} {flag}'.strip()
 
 
 def main(argv):
@@ -37,6 +47,7 @@ def main(argv):
 
     tf.config.set_visible_devices([], 'GPU')
     config = FLAGS.config
+    _set_xla_flags(config)
     logging.info('Config:\n%s', config)
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415

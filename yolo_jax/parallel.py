@@ -41,6 +41,7 @@ class Parallel:
     mode: str
     train_step: Callable
     eval_step: Callable
+    stats_step: Callable | None = None  # fn(state, batch) -> BatchNorm statistics (recalibration)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -57,15 +58,20 @@ class Parallel:
                 functools.partial(self.eval_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, in_axes=(None, 0),
                 out_axes=None,
             )
+            # BatchNorm's axis_name already makes the statistics global: every device returns the same values.
+            self._stats = self.stats_step and jax.pmap(self.stats_step, axis_name=PMAP_AXIS, in_axes=(None, 0),
+                                                       out_axes=None)
         elif self.mode == 'mesh':
             self.mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
             self.replicated = NamedSharding(self.mesh, P())
             self.batch_sharding = NamedSharding(self.mesh, P('data'))
             self._train = jax.jit(self.train_step, out_shardings=(self.replicated, self.replicated), donate_argnums=0)
             self._eval = jax.jit(self.eval_step, out_shardings=self.replicated)
+            self._stats = self.stats_step and jax.jit(self.stats_step, out_shardings=self.replicated)
         else:
             self._train = jax.jit(self.train_step, donate_argnums=0)
             self._eval = jax.jit(self.eval_step)
+            self._stats = self.stats_step and jax.jit(self.stats_step)
 
     def place_state(self, state: Any) -> Any:
         """Puts the state where the compiled steps expect it (replicated over the mesh)."""
@@ -87,6 +93,9 @@ class Parallel:
 
     def eval(self, state: Any, batch: dict[str, Any]) -> dict:
         return self._eval(state, self.place_batch(batch))
+
+    def stats(self, state: Any, batch: dict[str, Any]) -> Any:
+        return self._stats(state, self.place_batch(batch))
 
     def cache_size(self) -> int:
         """Number of compiled train-step variants (1 after warm-up: no recompilation across steps)."""

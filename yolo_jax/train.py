@@ -182,6 +182,32 @@ def eval_step(state: TrainState, batch: dict, *, loss_kw: dict, axis_name: str |
     return sums
 
 
+def batch_stats_step(state: TrainState, batch: dict, *, momentum: float) -> Any:
+    """This batch's BatchNorm statistics under the current params (per layer 'mean' and 'var').
+
+    Runs BatchNorm in training mode from zero running statistics: one update leaves (1 - momentum) * batch stat.
+    """
+    zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
+    _, updates = state.apply_fn({'params': state.params, 'batch_stats': zeros}, batch['image'], train=True,
+                                mutable=['batch_stats'])
+    return jax.tree.map(lambda x: x / (1.0 - momentum), updates['batch_stats'])
+
+
+def recalibrate_batch_norm(parallel: Parallel, state: TrainState, dataset, num_batches: int) -> TrainState:
+    """Replaces the running BatchNorm statistics by their average over `num_batches` training batches at the
+    current weights ("precise BN", Wu & Johnson 2021). The exponential moving average lags weights that move
+    fast (high learning rates, thin layers): in a quarter-width run its validation loss was 3-6x the loss with
+    recalibrated statistics. Deterministic, so exact resume is unaffected."""
+    total, n = None, 0
+    for batch in dataset.take(num_batches).as_numpy_iterator():
+        stats = parallel.stats(state, {k: batch[k] for k in STEP_KEYS})
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        n += 1
+    if n == 0:
+        return state
+    return state.replace(batch_stats=jax.tree.map(lambda x: x / n, total))
+
+
 def evaluate(parallel: Parallel, state: TrainState, dataset) -> dict[str, float]:
     """Mean validation losses over a dataset (padding examples excluded)."""
     totals: dict[str, float] = {}
@@ -288,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         t.parallel,
         functools.partial(train_step, loss_kw=kw, lr_fn=lr_fn, nan_at_step=t.debug_nan_at_step),
         functools.partial(eval_step, loss_kw=kw),
+        functools.partial(batch_stats_step, momentum=config.model.bn_momentum),
     )
 
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
@@ -346,6 +373,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 raise ValueError(f'epoch {epoch} yielded no batch after skipping {skip}: is '
                                  f'config.train.steps_per_epoch={t.steps_per_epoch} larger than the training split?')
             epoch_time = time.monotonic() - t_epoch
+            if t.bn_recalibration_batches > 0:
+                recal_ds = input_pipeline.create_train_dataset(
+                    config, epoch=epoch, batch_size=local_batch, process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                )
+                state = recalibrate_batch_norm(parallel, state, recal_ds, t.bn_recalibration_batches)
             val = None
             if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
                 val = evaluate(parallel, state, eval_ds)
