@@ -86,7 +86,6 @@ BATCH_SIZE = 4
 IMAGE = 0  # the image of the batch the per-cell figures show
 SHOW = 2  # images drawn in the overview figures
 TOP_K = 8  # decoded candidates drawn per image
-SEED = 0
 
 
 def show(fig, name: str) -> None:
@@ -169,7 +168,8 @@ print('ground-truth boxes per image', gt_valid.sum(axis=1).tolist(), '|', elapse
 # ## Model and variables
 #
 # With `YOLO_WORKDIR` set, the best checkpoint of that workdir (falling back to the latest) is loaded; the config
-# (`YOLO_CONFIG`) must describe the same network. Otherwise a seeded random init, which we optionally train for
+# (`YOLO_CONFIG`) must describe the same network. Otherwise the random init a training run with this config starts
+# from (same seed, same key split as `train.create_train_state`), which we optionally train for
 # `YOLO_TRAIN_STEPS` Adam steps on this very batch: at init every prediction sits at its cell centre with the
 # anchor's size and objectness ≈ 0.5, so the confidence map is nearly uniform; a few steps make it show
 # structure (the loss falls fast on a single batch: this is overfitting on purpose).
@@ -180,8 +180,9 @@ if WORKDIR:
     print('loaded the checkpoint of', WORKDIR)
 else:
     model = create_model(config.model)
-    variables = init_variables(model, jax.random.key(SEED), SIZE)
-    print('random init, seed', SEED)
+    init_rng, _ = jax.random.split(jax.random.key(config.train.seed))  # as train.create_train_state splits it
+    variables = init_variables(model, init_rng, SIZE)
+    print(f'random init: the weights of step 0 of a training run with this config (seed {config.train.seed})')
 params, batch_stats = variables['params'], variables['batch_stats']
 print(f'{sum(x.size for x in jax.tree.leaves(params)):,} parameters | {elapsed()}')
 
@@ -437,8 +438,9 @@ for r in top_candidates(IMAGE, TOP_K):
 # ## The loss by scale and component
 #
 # Batch means (the loss is summed over cells, anchors and classes, averaged over the batch and summed over scales),
-# with the number of responsible and ignored slots per image. At a random init, conf dominates: every one of the
-# 3·(32² + 16² + 8²) = 4032 background slots pays ≈ 0.25 · log 2 until the objectness learns to go to 0.
+# with the number of responsible and ignored slots per image. At a random init conf dominates: each of the
+# 3·(32² + 16² + 8²) = 4032 background slots of a 256 px image pays (0 − 0.5)² · log 2 ≈ 0.17, about 700 per image,
+# and the first updates mostly push the objectness of the background down (the loss history above).
 
 # %%
 print(f'{"scale":>14s} {"giou":>8s} {"conf":>8s} {"prob":>8s} {"total":>8s} {"resp/img":>9s} {"ignored/img":>12s}')
@@ -491,9 +493,10 @@ show(fig, 'heatmaps')
 # Darknet's cfg: in the backbone, `conv_000` is the stem and the five Darknet53 stages (a stride-2 conv then
 # 1/2/8/8/4 residual blocks of two convs) follow; in the head, the convs that lead to each output (`neck→/32`
 # etc., including the 1×1 conv before each upsampling, which feeds the next scale) and the three linear output
-# convolutions (`out/32` = `conv_058`, `out/16` = `conv_066`, `out/8` = `conv_074`). Each conv's norm covers
-# its kernel and BatchNorm scale and bias. Left: L2 norm per group, and the ratio ‖grad‖ / ‖param‖ (how large a
-# plain SGD step is relative to the weights). Right: every conv in Darknet order.
+# convolutions (`out/32` = `conv_058`, `out/16` = `conv_066`, `out/8` = `conv_074` in YOLOv3). Each conv's norm
+# covers its kernel and BatchNorm scale and bias (kernel and bias for the output convs). Left: L2 norm per group,
+# and the ratio ‖grad‖ / ‖param‖ (how large a plain SGD step is relative to the weights). Right: every conv in
+# Darknet order.
 
 # %%
 DARKNET53_REPEATS = (1, 2, 8, 8, 4)

@@ -87,7 +87,7 @@ def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
             break
     from PIL import Image  # noqa: PLC0415
 
-    Image.fromarray(visualize.grid(tiles, ncols=4)).save(out)
+    Image.fromarray(visualize.grid(tiles, ncols=4, pad=4, pad_value=160)).save(out)
 
 
 def main(argv):
