@@ -65,6 +65,7 @@ def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
     import numpy as np  # noqa: PLC0415
 
     from yolo_jax import inference, input_pipeline, visualize  # noqa: PLC0415
+    from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
 
     model, variables = inference.load_variables(config, workdir)
     names = inference.class_names(config)
@@ -74,13 +75,9 @@ def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
         det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], config))
         for i in range(len(batch['image'])):
             if len(tiles) < num_images and batch['valid'][i] > 0:
-                keep = det.valid[i]
+                keep, (h, w) = det.valid[i], batch['orig_size'][i]
                 # The eval images are letterboxed inputs; map the detections (original pixels) onto them.
-                from yolo_jax.data.letterbox import resize_params  # noqa: PLC0415
-
-                sx, sy, dw, dh = resize_params(int(batch['orig_size'][i][0]), int(batch['orig_size'][i][1]),
-                                               config.model.input_size, config.data.resize)
-                boxes = det.boxes[i][keep] * np.array([sx, sy, sx, sy]) + np.array([dw, dh, dw, dh])
+                boxes = letterbox_boxes(det.boxes[i][keep], int(h), int(w), config.model.input_size, config.data.resize)
                 tiles.append(visualize.draw_detections(batch['image'][i], boxes, det.classes[i][keep],
                                                        det.scores[i][keep], names))
         if len(tiles) >= num_images:

@@ -78,3 +78,14 @@ def test_params_reference_values():
     assert scale == 416 / 500 and dw == 0 and dh == (416 - int(scale * 375)) // 2
     with pytest.raises(ValueError):
         letterbox.resize_params(1, 1, 1, 'crop')
+
+
+def test_numpy_forward_and_inverse_box_maps_round_trip():
+    from yolo_jax.data.letterbox import letterbox_boxes, unletterbox_boxes
+
+    boxes = np.array([[3.0, 7.0, 50.0, 91.0], [0.0, 0.0, 120.0, 60.0]])
+    for mode in ('letterbox', 'stretch'):
+        there = letterbox_boxes(boxes, 60, 120, 96, mode)
+        np.testing.assert_allclose(unletterbox_boxes(there, 60, 120, 96, mode), boxes, atol=1e-9)
+    # 120x60 into 96: scale 0.8, 96x48 pasted at dh = 24.
+    np.testing.assert_allclose(letterbox_boxes(boxes[1], 60, 120, 96), [0.0, 24.0, 96.0, 72.0])

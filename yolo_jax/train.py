@@ -235,29 +235,21 @@ def detection_report(config, model, state: TrainState, eval_ds, writer, step: in
     """VOC/COCO mAP of the current weights on the eval split, and a grid of test images with predicted boxes
     (written to TensorBoard). Single process: evaluates this process's shard."""
     from yolo_jax import evaluation, inference, visualize  # noqa: PLC0415
+    from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
 
     variables = jax.device_get(state.variables)
     result = evaluation.compute_map(config, variables, eval_ds, model=model)
     batch = next(eval_ds.take(1).as_numpy_iterator())
     det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], config))
     names = inference.class_names(config)
-    tiles = [
-        visualize.draw_detections(batch['image'][i], _to_input_pixels(det.boxes[i][det.valid[i]], batch['orig_size'][i],
-                                                                      config), det.classes[i][det.valid[i]],
-                                  det.scores[i][det.valid[i]], names)
-        for i in range(min(num_images, len(batch['image'])))
-    ]
+    tiles = []
+    for i in range(min(num_images, len(batch['image']))):
+        keep, (h, w) = det.valid[i], batch['orig_size'][i]
+        boxes = letterbox_boxes(det.boxes[i][keep], int(h), int(w), config.model.input_size, config.data.resize)
+        tiles.append(visualize.draw_detections(batch['image'][i], boxes, det.classes[i][keep], det.scores[i][keep],
+                                               names))
     writer.write_images(step, {'detections': visualize.grid(tiles, ncols=4)[None]})
     return result
-
-
-def _to_input_pixels(boxes: np.ndarray, orig_size: np.ndarray, config) -> np.ndarray:
-    """Original-image boxes → the network input's pixels (to draw on the letterboxed input)."""
-    from yolo_jax.data.letterbox import resize_params  # noqa: PLC0415
-
-    sx, sy, dw, dh = resize_params(int(orig_size[0]), int(orig_size[1]), config.model.input_size,
-                                   config.data.get('resize', 'letterbox'))
-    return boxes * np.array([sx, sy, sx, sy]) + np.array([dw, dh, dw, dh])
 
 
 def _check_finite(metrics: dict, step: int) -> None:

@@ -37,6 +37,13 @@ def resize_params(orig_h: int, orig_w: int, size: int, mode: str = 'letterbox') 
     raise ValueError(f'unknown resize mode {mode!r}; expected one of {RESIZE_MODES}')
 
 
+def letterbox_boxes(boxes: np.ndarray, orig_h: int, orig_w: int, size: int, mode: str = 'letterbox') -> np.ndarray:
+    """Maps boxes (..., 4) x1, y1, x2, y2 from original-image pixels to input pixels (NumPy; e.g. to draw
+    detections on the network input). The inverse of `unletterbox_boxes`."""
+    sx, sy, dw, dh = resize_params(orig_h, orig_w, size, mode)
+    return np.asarray(boxes, np.float64) * np.array([sx, sy, sx, sy]) + np.array([dw, dh, dw, dh])
+
+
 def unletterbox_boxes(boxes: np.ndarray, orig_h: int, orig_w: int, size: int, mode: str = 'letterbox') -> np.ndarray:
     """Maps boxes (..., 4) x1, y1, x2, y2 from input pixels back to original-image pixels (no clipping).
 
