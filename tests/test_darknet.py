@@ -4,18 +4,15 @@ Variables are random NumPy values shaped like the models (not model.init: BatchN
 swapped beta/gamma/mean/var), so every test checks where each value lands.
 """
 
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from configs.mnist import get_config
 from yolo_jax import checkpointing, darknet, train, transfer
 from yolo_jax.models import create_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs.mnist import get_config  # noqa: E402
 
 
 def _mc(name: str, num_classes: int, width: float = 1.0):

@@ -7,7 +7,6 @@ these tests do not depend on yolo_jax.postprocess.
 """
 
 import functools
-import sys
 from pathlib import Path
 
 import jax
@@ -15,13 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs.mnist import get_config
 from yolo_jax import darknet, transfer
 from yolo_jax.data.letterbox import letterbox, unletterbox_boxes
 from yolo_jax.decode import decode, decode_all
 from yolo_jax.models import create_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs.mnist import get_config  # noqa: E402
 
 pytestmark = pytest.mark.shared_data
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from configs.mnist import get_config
 from yolo_jax import checkpointing, detect, inference, train, visualize
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs.mnist import get_config  # noqa: E402
 
 
 def small_config(score_threshold: float = 0.05):

@@ -1,7 +1,6 @@
 """load_split for every source kind: the mnist_detection TFDS builder (built once into a tmp data dir, read back
 exactly), annotation files, and voc/coco through tfds.testing.mock_data — all offline."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from configs.mnist import get_config
 from yolo_jax.data import annotations as ann
 from yolo_jax.data import digits, mnist_detection, mnist_generator, sources
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs.mnist import get_config  # noqa: E402
 
 NUM_TRAIN, NUM_TEST, SIZE = 8, 4, 416
 

@@ -103,12 +103,7 @@ def detect_images(
     model, variables = inference.load_variables(config, workdir, weights)
     names = inference.class_names(config)
     cfg = pp.PostprocessConfig.from_config(config)
-    if output is None:
-        if workdir is None:
-            raise ValueError('detect: pass output= when there is no workdir')
-        output = Path(workdir) / 'detect'
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = inference.output_dir(output, workdir, 'detect')
     batch_size = int(batch_size or config.train.get('eval_batch_size', 1) or 1)
     size = cfg.input_size
     out_names = _output_names(paths)

@@ -382,12 +382,7 @@ def evaluate_checkpoint(
     logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
                  metrics['num_images'], metrics['map50'], metrics['coco_map'])
 
-    if output is None:
-        if workdir is None:
-            raise ValueError('eval: pass output= when there is no workdir')
-        output = Path(workdir) / 'eval'
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = inference.output_dir(output, workdir, 'eval')
     e = config.eval
     record = {
         'source': str(weights) if weights else str(Path(workdir) / 'checkpoints'),

@@ -33,6 +33,17 @@ COCO_CLASS_NAMES = (
 )  # Darknet's coco.names, in the order of the 80 outputs of its COCO weights
 
 
+def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str) -> Path:
+    """Where `--mode=MODE` writes: `output` if given, else WORKDIR/MODE; created if missing."""
+    if output is None:
+        if workdir is None:
+            raise ValueError(f'{mode}: pass output= when there is no workdir')
+        output = Path(workdir) / mode
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
     """Names of the config.model.num_classes classes: config.data.class_names (a file, one name per line) if set,
     else COCO's names for 80 classes, else '0', '1', ... (the MNIST digits)."""
