@@ -6,7 +6,8 @@ YOLOv3 and YOLOv3-tiny at 416 with 80 classes (the COCO heads), randomly initial
 default XLA flags and allocator. For each case: one warm-up call (compile), then timed calls until `--seconds`
 have passed (at least `--min-repeats`); the median call time gives images/s. Post-processing is also timed alone
 on the model's own outputs, twice: with the default settings (score > 0.3, NMS 0.45, K = 100) and in its worst
-case (score threshold 0: every candidate enters NMS, which then runs all K = 100 iterations).
+case (score threshold 0: every candidate enters NMS, which then runs all K = 100 iterations). The forward pass
+alone is also timed with and without BatchNorm folded into the convs (alternating calls; eval/detect fold).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 from yolo_jax import inference  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.defaults import model_config  # noqa: E402
-from yolo_jax.models import create_model, init_variables  # noqa: E402
+from yolo_jax.models import create_model, fold_variables, init_variables  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 416
@@ -68,6 +69,23 @@ def bench_case(model, variables: dict, cfg: pp.PostprocessConfig, images: np.nda
     )
 
 
+def folding_speedup(model, variables: dict, mc, images: np.ndarray, rounds: int = 5) -> dict:
+    """Forward pass with and without BatchNorm folded (models.fold_variables), timed alternately."""
+    folded_model, folded = fold_variables(mc, variables)
+    fns = [jax.jit(lambda v, x, m=m: m.apply(v, x, train=False)) for m in (model, folded_model)]
+    args = [(variables, images), (folded, images)]
+    for fn, a in zip(fns, args):
+        jax.block_until_ready(fn(*a))
+    times = [[], []]
+    for _ in range(rounds):
+        for i, (fn, a) in enumerate(zip(fns, args)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            times[i].append(time.perf_counter() - t0)
+    bn, fold = (statistics.median(t) for t in times)
+    return dict(forward_ms_bn=1e3 * bn, forward_ms_folded=1e3 * fold, folding_speedup=bn / fold)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'inference.json'))
@@ -87,19 +105,21 @@ def main() -> None:
             tuple(tuple(float(v) for v in a) for a in s) for s in mc.anchors))
         for batch in (int(b) for b in args.batches.split(',')):
             images = rng.uniform(size=(batch, SIZE, SIZE, 3)).astype(np.float32)
-            rows.append(dict(model=name, batch=batch, **bench_case(model, variables, cfg, images, args)))
+            rows.append(dict(model=name, batch=batch, **bench_case(model, variables, cfg, images, args),
+                             **folding_speedup(model, variables, mc, images)))
             r = rows[-1]
             print(f'{name:<12} batch {batch:>2}: {r["images_s"]:7.2f} img/s ({r["ms_per_image"]:.1f} ms/img, '
                   f'{r["timed_calls"]} calls); post-processing {r["postprocess_ms_per_batch"]:.1f} ms/batch, '
-                  f'worst case {r["postprocess_worst_ms_per_batch"]:.1f} ms/batch', flush=True)
+                  f'worst case {r["postprocess_worst_ms_per_batch"]:.1f} ms/batch; forward with BN folded '
+                  f'{r["folding_speedup"]:.2f}x', flush=True)
 
     print(f'\nInference at {SIZE}x{SIZE}, 80 classes, float32, {os.cpu_count()} CPUs, {jax.devices()[0].platform}')
     print(f'{"model":<12} {"batch":>5} {"img/s":>8} {"ms/img":>8} {"post ms/batch":>14} {"post worst":>11} '
-          f'{"dets/img":>9}')
+          f'{"dets/img":>9} {"BN folded":>9}')
     for r in rows:
         print(f'{r["model"]:<12} {r["batch"]:>5} {r["images_s"]:>8.2f} {r["ms_per_image"]:>8.1f} '
               f'{r["postprocess_ms_per_batch"]:>14.2f} {r["postprocess_worst_ms_per_batch"]:>11.2f} '
-              f'{r["detections_per_image"]:>9.1f}')
+              f'{r["detections_per_image"]:>9.1f} {r["folding_speedup"]:>8.2f}x')
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(

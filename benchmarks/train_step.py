@@ -1,12 +1,17 @@
-"""Images/s of the compiled train step for YOLOv3 and YOLOv3-tiny at several input sizes and batch sizes.
+"""Our compiled train step against a TF2 `tf.function` baseline of the same network and loss, side by side.
 
-    python benchmarks/train_step.py                       # the default grid (see --models/--sizes/--batches)
-    python benchmarks/train_step.py --models=yolov3_tiny --sizes=416 --batches=4 --repeats=5
+    python benchmarks/train_step.py                                   # YOLOv3 + tiny at 160 and 416, batch 4
+    python benchmarks/train_step.py --models=yolov3 --sizes=416 --variants=xla,matmul --repeats=7
+    python benchmarks/train_step.py --ynn=off --variants=xla,matmul,matmul:bfloat16   # bf16 wants YNN off
+    python benchmarks/train_step.py --allocator=system                # glibc malloc instead of jemalloc
 
-Compile time is reported separately from the step time; each timed step blocks on its result. Targets are
-random but realistic (responsible cells hold boxes near their cell, 6 boxes per image). Prints a table and
-saves JSON (default benchmarks/results/train_step.json). Figures are machine- and load-dependent: compare
-rows measured in the same run.
+For each model and size, every implementation (TF first, then our `--variants`: config.model.conv_impl[:dtype])
+is compiled, warmed up, then timed in rounds: one step of each per round, so drifting machine load hits them
+alike. Reports images/s min/median/max, compile time, the ratio ours/TF (median over rounds of TF's step time
+over ours in the same round), forward GFLOPs per image (XLA's cost analysis of the float32 forward pass) and
+achieved GFLOP/s (3x forward FLOPs per image: forward, input and weight gradients). Prints a table and saves
+JSON (default benchmarks/results/train_step.json). The allocator and XLA flags are process-wide: they apply to
+TF and JAX alike, and a run with other settings is another invocation (see --allocator, --ynn).
 """
 
 import argparse
@@ -20,74 +25,162 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / 'tests')]
+sys.path[:0] = [str(REPO), str(REPO / 'tests'), str(REPO / 'benchmarks')]
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from test_loss import random_problem  # noqa: E402
-
-from configs.mnist import get_config  # noqa: E402
-from yolo_jax import train  # noqa: E402
-from yolo_jax.loss import loss_kwargs  # noqa: E402
+from yolo_jax import cpu_env  # noqa: E402  (no JAX yet: flags must be set before its backend starts)
 
 
-def measure(model_name: str, size: int, batch: int, repeats: int) -> dict:
+def _parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--models', default='yolov3_tiny,yolov3')
+    p.add_argument('--sizes', default='160,416')
+    p.add_argument('--batch', type=int, default=4)
+    p.add_argument('--variants', default='xla,matmul', help='ours: conv_impl[:dtype], comma-separated')
+    p.add_argument('--repeats', type=int, default=5, help='timed rounds after one warm-up step each')
+    p.add_argument('--no_tf', action='store_true', help='ours only (ratios are then omitted)')
+    p.add_argument('--allocator', choices=('jemalloc', 'system'), default='jemalloc')
+    p.add_argument('--ynn', choices=('on', 'off'), default='on', help=f'XLA flag {cpu_env.YNN_DOT_FLAG}')
+    p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results' / 'train_step.json'))
+    return p.parse_args()
+
+
+def _ours(model_name: str, size: int, batch: int, variant: str, data: dict):
+    """(step fn, forward GFLOPs/image, compile s) for our train step with conv_impl[:dtype] = variant."""
+    import jax  # noqa: PLC0415
+
+    from configs.mnist import get_config  # noqa: PLC0415
+    from yolo_jax import train  # noqa: PLC0415
+    from yolo_jax.loss import loss_kwargs  # noqa: PLC0415
+
+    impl, _, dtype = variant.partition(':')
     config = get_config('tiny' if model_name == 'yolov3_tiny' else '')
-    config.model.input_size = size
+    config.model.update(input_size=size, conv_impl=impl, dtype=dtype or 'float32')
     config.train.batch_size = batch
-    _, lr_fn, state = train.build_model_and_state(config, 100, 'none')
-    rng = np.random.default_rng(0)
-    m = config.model
-    _, labels, bboxes = random_problem(rng, batch, size, m.strides, m.anchors, m.num_classes, 6, max_bbox=100)
-    data = {
-        'image': rng.uniform(size=(batch, size, size, 3)).astype(np.float32),
-        'labels': tuple(labels),
-        'bboxes': tuple(bboxes),
-        'valid': np.ones(batch, np.float32),
-    }
+    model, lr_fn, state = train.build_model_and_state(config, 100, 'none')
     step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn), donate_argnums=0)
-    data = jax.device_put(data)
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, data)  # warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data)
+    holder = {'state': state}
+
+    def run() -> None:
+        holder['state'], metrics = compiled(holder['state'], data)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    rates = [batch / t for t in times]
-    return {
-        'model': model_name, 'input_size': size, 'batch': batch, 'compile_s': compile_s,
-        'step_s_median': statistics.median(times), 'images_s_min': min(rates),
-        'images_s_median': statistics.median(rates), 'images_s_max': max(rates), 'repeats': repeats,
-        'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
-    }
+
+    return run, compile_s
+
+
+def _forward_gflops(model_name: str, size: int) -> float:
+    """Forward GFLOPs per image of the float32 network (XLA cost analysis, batch 1, inference mode)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from configs.mnist import get_config  # noqa: PLC0415
+    from yolo_jax.models import create_model  # noqa: PLC0415
+
+    config = get_config('tiny' if model_name == 'yolov3_tiny' else '')
+    model = create_model(config.model)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost['flops']) / 1e9
+
+
+def _tf(model_name: str, size: int, batch: int, problem: tuple):
+    """(step fn, trace + first step s) for the TF/Keras baseline (benchmarks/tf_baseline.py)."""
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+    import tf_baseline  # noqa: PLC0415
+
+    from configs.mnist import get_config  # noqa: PLC0415
+    from yolo_jax.loss import loss_kwargs  # noqa: PLC0415
+
+    config = get_config('tiny' if model_name == 'yolov3_tiny' else '')
+    config.model.input_size = size
+    keras.utils.set_random_seed(config.train.seed)
+    model = tf_baseline.build_model(config.model)
+    step = tf_baseline.make_train_step(model, tf_baseline.make_optimizer(config, 100), loss_kwargs(config))
+    images, labels, bboxes = problem
+    images = tf.constant(images)
+    labels, bboxes = tuple(tf.constant(x) for x in labels), tuple(tf.constant(x) for x in bboxes)
+    run = lambda: step(images, labels, bboxes).numpy()  # noqa: E731
+    t0 = time.perf_counter()
+    run()  # traces the graph and runs it once
+    return run, time.perf_counter() - t0
+
+
+def measure(model_name: str, size: int, batch: int, variants: list[str], repeats: int, with_tf: bool) -> list[dict]:
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from test_loss import random_problem  # noqa: PLC0415
+
+    from configs.mnist import get_config  # noqa: PLC0415
+
+    m = get_config('tiny' if model_name == 'yolov3_tiny' else '').model
+    rng = np.random.default_rng(0)
+    _, labels, bboxes = random_problem(rng, batch, size, m.strides, m.anchors, m.num_classes, 6, max_bbox=100)
+    images = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
+    data = jax.device_put({'image': images, 'labels': tuple(labels), 'bboxes': tuple(bboxes),
+                           'valid': np.ones(batch, np.float32)})
+    runners, compile_s = {}, {}
+    if with_tf:
+        runners['tf'], compile_s['tf'] = _tf(model_name, size, batch, (images, labels, bboxes))
+    for v in variants:
+        runners[v], compile_s[v] = _ours(model_name, size, batch, v, data)
+        runners[v]()  # warm-up
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    gflops = _forward_gflops(model_name, size)
+    rows = []
+    for name, ts in times.items():
+        rates = [batch / t for t in ts]
+        row = {
+            'model': model_name, 'input_size': size, 'batch': batch, 'impl': 'tf.function' if name == 'tf' else name,
+            'compile_s': compile_s[name], 'step_s_median': statistics.median(ts), 'images_s_min': min(rates),
+            'images_s_median': statistics.median(rates), 'images_s_max': max(rates), 'repeats': repeats,
+            'forward_gflops_per_image': gflops,
+            'achieved_gflops_s': 3 * gflops * batch / statistics.median(ts),
+        }
+        if with_tf and name != 'tf':
+            row['ratio_vs_tf'] = statistics.median(t_tf / t for t_tf, t in zip(times['tf'], ts))
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--models', default='yolov3_tiny,yolov3')
-    p.add_argument('--sizes', default='160,320,416')
-    p.add_argument('--batches', default='4,16')
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results' / 'train_step.json'))
-    args = p.parse_args()
+    args = _parse_args()
+    if args.allocator == 'jemalloc':
+        if cpu_env.find_jemalloc() is None:
+            sys.exit('--allocator=jemalloc: libjemalloc.so.2 not found (apt-get install libjemalloc2)')
+        cpu_env.exec_with_jemalloc(sys.argv)
+    cpu_env.set_ynn_dot_flag(args.ynn == 'on')
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import jax  # noqa: PLC0415
+
+    header = f"{'model':<12} {'size':>5} {'impl':<16} {'compile s':>9} {'step s':>7} {'img/s min/med/max':>18} " \
+             f"{'GFLOP/s':>8} {'ours/TF':>7}"
+    print(header)
     rows = []
-    print(f"{'model':<12} {'size':>5} {'batch':>5} {'compile s':>10} {'step s':>8} {'img/s min/med/max':>22}")
     for model_name in args.models.split(','):
         for size in (int(s) for s in args.sizes.split(',')):
-            for batch in (int(b) for b in args.batches.split(',')):
-                r = measure(model_name, size, batch, args.repeats)
+            for r in measure(model_name, size, args.batch, args.variants.split(','), args.repeats, not args.no_tf):
                 rows.append(r)
                 rates = f"{r['images_s_min']:.2f}/{r['images_s_median']:.2f}/{r['images_s_max']:.2f}"
-                print(f"{model_name:<12} {size:>5} {batch:>5} {r['compile_s']:>10.1f} {r['step_s_median']:>8.3f} "
-                      f'{rates:>22}', flush=True)
+                ratio = f"{r['ratio_vs_tf']:.2f}x" if 'ratio_vs_tf' in r else ''
+                print(f"{model_name:<12} {size:>5} {r['impl']:<16} {r['compile_s']:>9.1f} {r['step_s_median']:>7.3f} "
+                      f"{rates:>18} {r['achieved_gflops_s']:>8.1f} {ratio:>7}", flush=True)
     meta = {
         'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
-        'cpus': os.cpu_count(), 'machine': platform.machine(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+        'cpus': os.cpu_count(), 'machine': platform.machine(), 'processor': platform.processor(),
+        'xla_flags': os.environ.get('XLA_FLAGS', ''),
+        'allocator': 'jemalloc' if cpu_env.jemalloc_loaded() else 'system',
+        'malloc_conf': os.environ.get('MALLOC_CONF', ''), 'date': time.strftime('%Y-%m-%d %H:%M'),
+        'command': ' '.join(sys.argv),
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

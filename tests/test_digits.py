@@ -90,13 +90,25 @@ def test_folder_without_split_folders_uses_the_name_hash(tmp_path):
     np.testing.assert_array_equal(test.images, np.stack([_digit(int(n[0]), int(n[2:6])) for n in want_test]))
 
 
+def test_a_single_split_folder_is_split_by_name_hash(tmp_path):
+    names = [f'test/{i % 10}_{i:04d}.pgm' for i in range(60)]
+    _write_zip(tmp_path / 'only_test.zip', {n: _digit(i % 10, i) for i, n in enumerate(names)})
+    train = digits.load_digits(str(tmp_path / 'only_test.zip'), 'train')
+    test = digits.load_digits(str(tmp_path / 'only_test.zip'), 'test')
+    want_test = [n for n in sorted(names) if int(hashlib.sha1(Path(n).name.encode()).hexdigest(), 16) % 100 < 20]
+    assert len(train) + len(test) == 60 and len(test) == len(want_test) > 0
+    np.testing.assert_array_equal(test.labels, [int(Path(n).name[0]) for n in want_test])
+
+
 def test_white_on_black_collection_is_inverted_and_bad_inputs_are_clear(tmp_path):
-    _write_zip(tmp_path / 'w.zip', {f'test/{k}_{k}.pgm': 255 - _digit(k, k) for k in range(5)})
+    members = {f'test/{k}_{k}.pgm': 255 - _digit(k, k) for k in range(5)}
+    members.update({f'train/{k}_{k + 5}.pgm': 255 - _digit(k, k + 5) for k in range(3)})
+    _write_zip(tmp_path / 'w.zip', members)
     d = digits.load_digits(str(tmp_path / 'w.zip'), 'test')
     np.testing.assert_array_equal(d.images, np.stack([_digit(k, k) for k in range(5)]))
-    with pytest.raises(digits.DigitSourceError, match=r'no train/ folder'):
-        digits.load_digits(str(tmp_path / 'w.zip'), 'train')
-    _write_zip(tmp_path / 'bad.zip', {'test/12_0.png': _digit(1, 0)})
+    d = digits.load_digits(str(tmp_path / 'w.zip'), 'train')
+    np.testing.assert_array_equal(d.images, np.stack([_digit(k, k + 5) for k in range(3)]))
+    _write_zip(tmp_path / 'bad.zip', {'test/12_0.png': _digit(1, 0), 'train/1_1.png': _digit(1, 1)})
     with pytest.raises(digits.DigitSourceError, match='0..9'):
         digits.load_digits(str(tmp_path / 'bad.zip'), 'test')
     with pytest.raises(digits.DigitSourceError, match='no such file'):
@@ -165,14 +177,13 @@ def test_shared_mnist_test_digits_zip(shared_data):
     path = shared_data / 'mnist' / 'mnist_test_digits.zip'
     if not path.is_file():
         pytest.skip(f'{path} not found')
-    d = digits.load_digits(str(path), 'test')
-    assert len(d) == 10_000 and d.images.shape == (10_000, 28, 28)
-    assert np.bincount(d.labels).min() > 800  # every class well represented
-    assert (d.images[:, 0, :] == 255).mean() > 0.99  # already inverted: kept as is (white border)
+    train, test = digits.load_digits(str(path), 'train'), digits.load_digits(str(path), 'test')
+    assert len(train) + len(test) == 10_000 and 1_500 < len(test) < 2_500  # only a test/ folder: split by name hash
+    assert train.images.shape[1:] == (28, 28) and np.bincount(test.labels).min() > 150  # every class represented
+    assert (train.images[:, 0, :] == 255).mean() > 0.99  # already inverted: kept as is (white border)
     with zipfile.ZipFile(path) as z:
-        first = sorted(n for n in z.namelist() if n.endswith('.pgm'))[0]
+        first = sorted(n for n in z.namelist() if n.endswith('.pgm') and digits._hash_split(Path(n).name) == 'test')[0]
         want = np.asarray(Image.open(io.BytesIO(z.read(first))))
-    assert d.labels[0] == int(Path(first).name.split('_')[0])
-    np.testing.assert_array_equal(d.images[0], want)
-    with pytest.raises(digits.DigitSourceError, match='train'):
-        digits.load_digits(str(path), 'train')
+    assert test.labels[0] == int(Path(first).name.split('_')[0])
+    np.testing.assert_array_equal(test.images[0], want)
+    assert not set(map(bytes, train.images[:200])) & set(map(bytes, test.images))  # disjoint pools

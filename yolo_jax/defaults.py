@@ -37,4 +37,5 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
     m.bn_epsilon = 1e-3
     m.width_multiplier = 1.0  # scales every layer's channel count (1.0 = the published network)
     m.dtype = 'float32'  # compute dtype; params stay float32
+    m.conv_impl = 'xla'  # 'xla' (lax.conv), 'matmul' (every conv as a matmul), 'matmul_1x1' (1x1 convs only)
     return m

@@ -100,7 +100,9 @@ def detect_images(
     Returns that same list.
     """
     paths = find_images(images)
-    model, variables = inference.load_variables(config, workdir, weights)
+    model, variables = inference.load_variables(
+        config, workdir, weights, fold=config.eval.get('fold_batchnorm', False)
+    )
     names = inference.class_names(config)
     cfg = pp.PostprocessConfig.from_config(config)
     output = inference.output_dir(output, workdir, 'detect')

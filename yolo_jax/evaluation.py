@@ -371,7 +371,9 @@ def evaluate_checkpoint(
     """
     from yolo_jax import input_pipeline  # noqa: PLC0415  (TensorFlow: only when data is needed)
 
-    model, variables = inference.load_variables(config, workdir, weights)
+    model, variables = inference.load_variables(
+        config, workdir, weights, fold=config.eval.get('fold_batchnorm', False)
+    )
     batch_size = int(config.train.get('eval_batch_size', 1) or 1)
     dataset = input_pipeline.create_eval_dataset(config, batch_size=batch_size, split=split)
     detections, ground_truth = collect_detections(config, variables, dataset, model=model)

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
-from yolo_jax.models import create_model
+from yolo_jax.models import create_model, fold_variables
 
 COCO_CLASS_NAMES = (
     'person', 'bicycle', 'car', 'motorbike', 'aeroplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
@@ -103,9 +103,12 @@ def _restore_target(config: ml_collections.ConfigDict) -> Any:
 
 
 def load_variables(
-    config: ml_collections.ConfigDict, workdir: str | Path | None, weights: str | Path | None = None
+    config: ml_collections.ConfigDict, workdir: str | Path | None, weights: str | Path | None = None, *,
+    fold: bool = False,
 ) -> tuple[Any, dict]:
-    """(model, {'params', 'batch_stats'}) for inference.
+    """(model, variables) for inference: {'params', 'batch_stats'}, or with `fold` the BatchNorm-folded model
+    and its {'params'} (same outputs, fewer ops; models.fold_batchnorm). eval/detect pass
+    config.eval.fold_batchnorm.
 
     With `weights`: a Darknet .weights file (yolo_jax.darknet). Otherwise the best checkpoint in
     workdir/checkpoints (lowest validation loss), falling back to the latest. Raises FileNotFoundError for a
@@ -121,7 +124,8 @@ def load_variables(
 
         variables = darknet.load_weights(str(path), config.model)
         check_num_classes(variables['params'], model, config.model, f'Darknet weights {path}')
-        return model, {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+        variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+        return _maybe_fold(fold, config, model, variables)
 
     if workdir is None or not Path(workdir).is_dir():
         raise FileNotFoundError(f'workdir {workdir} does not exist: train first (--mode=train) or pass --weights=FILE')
@@ -149,7 +153,13 @@ def load_variables(
             f'{source} does not match config.model (name={m.name}, num_classes={m.num_classes}, '
             f'width_multiplier={m.width_multiplier}, config.train.freeze={config.train.freeze}): {e}'
         ) from e
-    return model, {'params': state.params, 'batch_stats': state.batch_stats}
+    return _maybe_fold(fold, config, model, {'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def _maybe_fold(fold: bool, config: ml_collections.ConfigDict, model: Any, variables: dict) -> tuple[Any, dict]:
+    if fold:
+        return fold_variables(config.model, variables)
+    return model, variables
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,8 +12,9 @@ Every loader returns a `Digits` for one split ('train' or 'test'): images of sha
     a path     - a folder with MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
                  t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); raw MNIST is white-on-black: inverted.
                - a folder or .zip of images named `<label>_<id>.<ext>`. Images in `train/` and `test/` folders (at
-                 any depth) form those splits. If there is no such folder, every image is assigned by a hash of its
-                 file name: sha1(name) % 100 < 20 -> test, else train (stable when files are added or removed).
+                 any depth) form those splits. If there are not both such folders (no split folder, or e.g. only the
+                 MNIST `test/` digits), every image is assigned by a hash of its file name: sha1(name) % 100 < 20 ->
+                 test, else train (stable when files are added or removed).
                  Polarity is detected from the image borders: white-on-black sets are inverted.
 """
 
@@ -357,21 +358,20 @@ def _load_image_collection(path: Path, split: str) -> Digits:
     digit_names = [n for n in names if _IMAGE_NAME.match(Path(n).name)]
     if not digit_names:
         raise DigitSourceError(f'{path}: no digit images named <label>_<id>.<ext> (and no MNIST IDX files) were found')
-    has_split_folders = any(_split_of(n) is not None for n in digit_names)
-    if has_split_folders:
+    present = sorted({s for n in digit_names if (s := _split_of(n)) is not None})
+    if present == sorted(SPLITS):
         chosen = [n for n in digit_names if _split_of(n) == split]
         skipped = sum(_split_of(n) is None for n in digit_names)
         if skipped:
             logging.warning('%s: %d digit images outside train/ and test/ folders are ignored', path, skipped)
-        if not chosen:
-            present = sorted({s for n in digit_names if (s := _split_of(n)) is not None})
-            raise DigitSourceError(
-                f'{path}: has no {split}/ folder of digits (it holds only {present}); the generator needs separate '
-                'train and test digits. Use a source with both, or one without split folders (then split by name '
-                'hash), or digit_source=sklearn/auto.'
-            )
         how = f'{split}/ folder'
     else:
+        if present:
+            # e.g. the 10k MNIST test digits alone: split them by name so train and test canvases stay disjoint.
+            logging.warning(
+                '%s: only a %s/ folder of digits; splitting its images by name hash (%d%% test)',
+                path, present[0], TEST_FRACTION_PERCENT,
+            )
         chosen = [n for n in digit_names if _hash_split(Path(n).name) == split]
         how = f'name-hash split, {TEST_FRACTION_PERCENT}% test'
 

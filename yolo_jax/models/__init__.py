@@ -4,19 +4,30 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from yolo_jax.models.fold import fold_batchnorm
+from yolo_jax.models.layers import CONV_IMPLS
 from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
 
-__all__ = ['Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'init_variables', 'iter_darknet_layers']
+__all__ = [
+    'CONV_IMPLS', 'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
+    'init_variables', 'iter_darknet_layers',
+]
 
 _MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
-def create_model(model_config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None) -> YOLOv3:
+def create_model(
+    model_config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None, folded: bool = False
+) -> YOLOv3:
     """Builds the network named by `model_config.name`.
 
-    `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit).
+    `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit). `folded=True`
+    builds the inference-only network without BatchNorm whose params come from `fold_batchnorm`.
     """
+    conv_impl = model_config.get('conv_impl', 'xla')
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f'config.model.conv_impl: unknown {conv_impl!r}; expected one of {list(CONV_IMPLS)}')
     if model_config.name not in _MODELS:
         raise ValueError(f'config.model.name: unknown model {model_config.name!r}; expected one of {sorted(_MODELS)}')
     if model_config.dtype not in _DTYPES:
@@ -32,7 +43,15 @@ def create_model(model_config: ml_collections.ConfigDict, *, bn_axis_name: str |
         bn_epsilon=model_config.bn_epsilon,
         bn_axis_name=bn_axis_name,
         dtype=_DTYPES[model_config.dtype],
+        conv_impl=conv_impl,
+        folded=folded,
     )
+
+
+def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3, dict]:
+    """(folded model, its variables) from a trained model's {'params', 'batch_stats'}; same outputs, no BN."""
+    params = fold_batchnorm(variables['params'], variables['batch_stats'], epsilon=model_config.bn_epsilon)
+    return create_model(model_config, folded=True), {'params': params}
 
 
 def init_variables(model: YOLOv3, rng: jax.Array, input_size: int) -> dict:

@@ -6,12 +6,18 @@ stride-2 conv here pads ((1, 0), (1, 0)) and runs VALID, which is what Darknet c
 inputs. Flax's 'SAME' would pad bottom/right and shift every feature by one pixel: never use it there.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jnp.ndarray
+
+# How convolutions are computed (config.model.conv_impl); every choice has the same parameters and results.
+CONV_IMPLS = ('xla', 'matmul', 'matmul_1x1')
 
 # Keras' default for conv kernels in the TF2 reference (random_normal, stddev 0.01).
 KERNEL_INIT = nn.initializers.normal(stddev=0.01)
@@ -32,8 +38,156 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(8, int(round(channels * width / 8)) * 8)
 
 
+def im2col(x: Array, kernel_size: int, stride: int) -> Array:
+    """(B, H, W, C) → (B, Ho, Wo, k*k*C) patches with Darknet's padding, ordered (row, column, channel).
+
+    Row-major over the kernel window, so `patches @ kernel.reshape(k*k*C, F)` is the convolution.
+    """
+    k = kernel_size
+    (pt, pb), (pl, pr) = conv_padding(k, stride)
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    taps = [
+        x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+        for i in range(k)
+        for j in range(k)
+    ]
+    return taps[0] if k == 1 else jnp.concatenate(taps, axis=-1)
+
+
+class MatmulConv(nn.Module):
+    """A Darknet convolution computed as one matmul (1x1: directly; kxk: over im2col patches).
+
+    Same parameter names, shapes and initialisation as `nn.Conv` with Darknet's padding, so checkpoints and
+    Darknet weights are interchangeable between implementations. XLA's CPU convolutions (above all their
+    weight gradients on large maps with few channels) run far below its matmul speed; as matmuls the forward
+    and both gradients are large GEMMs. Accumulates in float32 whatever the compute dtype.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param('kernel', KERNEL_INIT, (k, k, cin, self.features), jnp.float32)
+        patches = im2col(x.astype(self.dtype), k, self.stride)
+        w = kernel.reshape(k * k * cin, self.features).astype(self.dtype)
+        y = jax.lax.dot_general(patches, w, (((3,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+        return y.astype(self.dtype)
+
+
+def make_conv(
+    features: int, kernel_size: int, stride: int, *, use_bias: bool, impl: str, dtype: Any, name: str
+) -> nn.Module:
+    """The convolution module for `impl` (one of CONV_IMPLS); 'matmul_1x1' uses matmuls for 1x1 convs only."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f'config.model.conv_impl: unknown {impl!r}; expected one of {CONV_IMPLS}')
+    if impl == 'matmul' or (impl == 'matmul_1x1' and kernel_size == 1):
+        return MatmulConv(features, kernel_size, stride, use_bias=use_bias, dtype=dtype, name=name)
+    k = kernel_size
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=conv_padding(k, stride),
+        use_bias=use_bias,
+        kernel_init=KERNEL_INIT,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def _batch_stats(x: Array, axis_name: str | None) -> tuple[Array, Array]:
+    """Per-channel mean and (biased, two-pass) variance over all but the last axis, across devices if named.
+
+    Two-pass: E[x^2] - E[x]^2 loses ~1e-3 relative in float32 when |mean| >> std, enough for single- and
+    multi-device runs (different summation orders) to drift apart.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    mean = lax.pmean(mean, axis_name) if axis_name else mean
+    var = jnp.mean(jnp.square(x - mean), axes)
+    return mean, (lax.pmean(var, axis_name) if axis_name else var)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, axis_name: str | None):
+    """Training-mode BatchNorm on float32 (..., C): (y, batch mean, batch variance).
+
+    The hand-written backward pass (the textbook formula, three fused passes) replaces autodiff's, which XLA
+    compiles into many more passes over the activation: BatchNorm's gradient was the largest cost of the CPU
+    train step. The mean and variance outputs are for the running averages only: their cotangents are ignored.
+    """
+    return _bn_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _bn_fwd(x, scale, bias, epsilon, axis_name):
+    mean, var = _batch_stats(x, axis_name)
+    inv = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (inv * scale) + bias
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _bn_bwd(epsilon, axis_name, residuals, cotangents):
+    x, mean, inv, scale = residuals
+    dy = cotangents[0]
+    axes = tuple(range(x.ndim - 1))
+    xhat = (x - mean) * inv
+    dbias, dscale = jnp.sum(dy, axes), jnp.sum(dy * xhat, axes)  # this device's share: pmean'd with the grads
+    n = x.size // x.shape[-1]
+    total_bias, total_scale = dbias, dscale
+    if axis_name:  # the statistics span every device's batch: so do the terms that flow back through them
+        total_bias, total_scale = lax.psum((dbias, dscale), axis_name)
+        n = n * lax.psum(1, axis_name)
+    dx = (scale * inv) * (dy - total_bias / n - xhat * (total_scale / n))
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with Flax's variable layout ('scale', 'bias'; batch_stats 'mean', 'var').
+
+    Same semantics as `nn.BatchNorm(use_fast_variance=False)`: biased two-pass batch variance, running averages
+    `ra = momentum * ra + (1 - momentum) * batch_stat`, statistics in float32 whatever the compute dtype.
+    """
+
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool) -> Array:
+        c = x.shape[-1]
+        scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if use_running_average:
+            y = (x - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+                ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+        return y.astype(self.dtype)
+
+
 class ConvBN(nn.Module):
-    """Conv (no bias) → BatchNorm → LeakyReLU(0.1); the `convolutional` block of Darknet."""
+    """Conv (no bias) → BatchNorm → LeakyReLU(0.1); the `convolutional` block of Darknet.
+
+    `folded=True` is the inference form after `fold_batchnorm`: a conv with bias and no BatchNorm.
+    """
 
     features: int
     kernel_size: int = 3
@@ -42,31 +196,27 @@ class ConvBN(nn.Module):
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = 'xla'
+    folded: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        k = self.kernel_size
-        x = nn.Conv(
-            self.features,
-            (k, k),
-            strides=(self.stride, self.stride),
-            padding=conv_padding(k, self.stride),
-            use_bias=False,
-            kernel_init=KERNEL_INIT,
-            dtype=self.dtype,
-            name='conv',
-        )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
+        conv = make_conv(
+            self.features, self.kernel_size, self.stride, use_bias=self.folded, impl=self.conv_impl,
+            dtype=self.dtype, name='conv',
+        )
+        x = conv(x)
+        if self.folded:
+            if train:
+                raise ValueError('a BatchNorm-folded model is for inference only (train=False)')
+            return nn.leaky_relu(x, negative_slope=0.1)
+        x = BatchNorm(
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.bn_axis_name if train else None,
-            # Two-pass variance: E[x^2] - E[x]^2 loses ~1e-3 relative in float32 when |mean| >> std, enough
-            # for single- and multi-device runs (different summation orders) to drift apart.
-            use_fast_variance=False,
             dtype=self.dtype,
             name='bn',
-        )(x)
+        )(x, use_running_average=not train)
         return nn.leaky_relu(x, negative_slope=0.1)
 
 
