@@ -165,15 +165,6 @@ def main() -> None:
     header = f"{'model':<12} {'size':>5} {'impl':<16} {'compile s':>9} {'step s':>7} {'img/s min/med/max':>18} " \
              f"{'GFLOP/s':>8} {'ours/TF':>7}"
     print(header)
-    rows = []
-    for model_name in args.models.split(','):
-        for size in (int(s) for s in args.sizes.split(',')):
-            for r in measure(model_name, size, args.batch, args.variants.split(','), args.repeats, not args.no_tf):
-                rows.append(r)
-                rates = f"{r['images_s_min']:.2f}/{r['images_s_median']:.2f}/{r['images_s_max']:.2f}"
-                ratio = f"{r['ratio_vs_tf']:.2f}x" if 'ratio_vs_tf' in r else ''
-                print(f"{model_name:<12} {size:>5} {r['impl']:<16} {r['compile_s']:>9.1f} {r['step_s_median']:>7.3f} "
-                      f"{rates:>18} {r['achieved_gflops_s']:>8.1f} {ratio:>7}", flush=True)
     meta = {
         'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
         'cpus': os.cpu_count(), 'machine': platform.machine(), 'processor': platform.processor(),
@@ -184,7 +175,19 @@ def main() -> None:
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))
+    rows = []
+    for model_name in args.models.split(','):
+        for size in (int(s) for s in args.sizes.split(',')):
+            for r in measure(model_name, size, args.batch, args.variants.split(','), args.repeats, not args.no_tf):
+                rows.append(r)
+                rates = f"{r['images_s_min']:.2f}/{r['images_s_median']:.2f}/{r['images_s_max']:.2f}"
+                ratio = f"{r['ratio_vs_tf']:.2f}x" if 'ratio_vs_tf' in r else ''
+                print(f"{model_name:<12} {size:>5} {r['impl']:<16} {r['compile_s']:>9.1f} {r['step_s_median']:>7.3f} "
+                      f"{rates:>18} {r['achieved_gflops_s']:>8.1f} {ratio:>7}", flush=True)
+            # Saved after every case (atomically): a later case that runs out of memory keeps the earlier ones.
+            tmp = out.with_suffix('.json.tmp')
+            tmp.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))
+            tmp.replace(out)
     print(f'saved {out}')
 
 
