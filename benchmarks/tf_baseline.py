@@ -1,26 +1,18 @@
 """A TensorFlow 2 / Keras baseline of our YOLOv3 train step: same network, same loss, same optimizer settings.
 
-    python benchmarks/tf_baseline.py                       # the grid of benchmarks/train_step.py, in TensorFlow
-    python benchmarks/tf_baseline.py --models=yolov3_tiny --sizes=416 --batches=4 --repeats=5
+Timed side by side with our step by benchmarks/train_step.py (one process, alternating rounds).
 
 `build_model` is a Keras functional model layer for layer equal to `yolo_jax.models.create_model` (Darknet
 padding, width multiplier, BatchNorm settings, output order); `compute_loss` is `yolo_jax.loss.yolo_loss` in TF
 ops; `make_train_step` is a `tf.function` (forward in training mode, loss, gradients, Keras Adam).
 `copy_flax_params` loads our Flax variables into the Keras model so both can be compared
 (tests/test_tf_baseline.py). The step is graph-mode without XLA: `jit_compile=True` fails on the gradient of
-nearest-neighbour resizing. Float32, NHWC. Prints a table and saves JSON (default
-benchmarks/results/tf_baseline.json), in the format of benchmarks/train_step.py so rows can be set side by side:
-compare rows measured on the same machine under the same load.
+nearest-neighbour resizing. Float32, NHWC.
 """
 
-import argparse
-import json
 import math
 import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from yolo_jax.decode import MAX_LOG_WH  # noqa: E402
 from yolo_jax.models import iter_darknet_layers  # noqa: E402
 from yolo_jax.models.layers import scaled_channels  # noqa: E402
+from yolo_jax.models.yolov3 import DARKNET53_STAGES  # noqa: E402
 
 keras = tf.keras
 Tensor = tf.Tensor
@@ -94,7 +87,7 @@ def _yolov3(mc: ml_collections.ConfigDict, x: Tensor) -> list[Tensor]:
     c = _Convs(mc, 'backbone', 0)
     x = c.bn(x, 32)
     routes = []
-    for features, repeats in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+    for features, repeats in DARKNET53_STAGES:
         x = c.bn(x, features, 3, stride=2)
         for _ in range(repeats):
             shortcut = x
@@ -313,76 +306,3 @@ def make_train_step(
 def count_values(model: keras.Model) -> int:
     """Trainable + non-trainable values (kernels, biases, BN gamma/beta/moving mean/var)."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights + model.non_trainable_weights))
-
-
-# ------------------------------------------------------------------------------------------------- benchmark
-
-
-def measure(model_name: str, size: int, batch: int, repeats: int) -> dict:
-    """Times the TF step as benchmarks/train_step.py times ours: same config, same random targets."""
-    from test_loss import random_problem  # noqa: PLC0415
-
-    from configs.mnist import get_config  # noqa: PLC0415
-    from yolo_jax.loss import loss_kwargs  # noqa: PLC0415
-
-    config = get_config('tiny' if model_name == 'yolov3_tiny' else '')
-    config.model.input_size = size
-    config.train.batch_size = batch
-    keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config.model)
-    step = make_train_step(model, make_optimizer(config, 100), loss_kwargs(config))
-    rng = np.random.default_rng(0)
-    m = config.model
-    _, labels, bboxes = random_problem(rng, batch, size, m.strides, m.anchors, m.num_classes, 6, max_bbox=100)
-    images = tf.constant(rng.uniform(size=(batch, size, size, 3)).astype(np.float32))
-    labels, bboxes = tuple(tf.constant(x) for x in labels), tuple(tf.constant(x) for x in bboxes)
-    t0 = time.perf_counter()
-    step(images, labels, bboxes).numpy()  # traces the graph, then runs it once (the warm-up)
-    trace_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(images, labels, bboxes).numpy()
-        times.append(time.perf_counter() - t0)
-    rates = [batch / t for t in times]
-    return {
-        'model': model_name, 'input_size': size, 'batch': batch, 'trace_and_first_step_s': trace_s,
-        'step_s_median': statistics.median(times), 'images_s_min': min(rates),
-        'images_s_median': statistics.median(rates), 'images_s_max': max(rates), 'repeats': repeats,
-        'params': int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-    }
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--models', default='yolov3_tiny,yolov3')
-    p.add_argument('--sizes', default='160,320,416')
-    p.add_argument('--batches', default='4,16')
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results' / 'tf_baseline.json'))
-    args = p.parse_args()
-    rows = []
-    print(f"{'model':<12} {'size':>5} {'batch':>5} {'trace s':>10} {'step s':>8} {'img/s min/med/max':>22}")
-    for model_name in args.models.split(','):
-        for size in (int(s) for s in args.sizes.split(',')):
-            for batch in (int(b) for b in args.batches.split(',')):
-                r = measure(model_name, size, batch, args.repeats)
-                rows.append(r)
-                rates = f"{r['images_s_min']:.2f}/{r['images_s_median']:.2f}/{r['images_s_max']:.2f}"
-                print(f"{model_name:<12} {size:>5} {batch:>5} {r['trace_and_first_step_s']:>10.1f} "
-                      f"{r['step_s_median']:>8.3f} {rates:>22}", flush=True)
-    meta = {
-        'framework': 'tensorflow', 'tensorflow': tf.__version__, 'keras': keras.__version__,
-        'devices': [d.device_type for d in tf.config.list_logical_devices()], 'jit_compile': False,
-        'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
-        'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
-        'cpus': os.cpu_count(), 'machine': platform.machine(),
-    }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))
-    print(f'saved {out}')
-
-
-if __name__ == '__main__':
-    main()

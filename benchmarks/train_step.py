@@ -45,7 +45,7 @@ def _parse_args() -> argparse.Namespace:
 
 
 def _ours(model_name: str, size: int, batch: int, variant: str, data: dict):
-    """(step fn, forward GFLOPs/image, compile s) for our train step with conv_impl[:dtype] = variant."""
+    """(step fn, compile s) for our train step with conv_impl[:dtype] = variant."""
     import jax  # noqa: PLC0415
 
     from configs.mnist import get_config  # noqa: PLC0415
@@ -56,7 +56,7 @@ def _ours(model_name: str, size: int, batch: int, variant: str, data: dict):
     config = get_config('tiny' if model_name == 'yolov3_tiny' else '')
     config.model.update(input_size=size, conv_impl=impl, dtype=dtype or 'float32')
     config.train.batch_size = batch
-    model, lr_fn, state = train.build_model_and_state(config, 100, 'none')
+    _, lr_fn, state = train.build_model_and_state(config, 100, 'none')
     step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()

@@ -7,8 +7,6 @@ so conv_W(x) followed by it equals conv_{W*s}(x) + (beta - mean * s). The folded
 
 from typing import Any
 
-import jax.numpy as jnp
-
 
 def fold_batchnorm(params: dict, batch_stats: dict, *, epsilon: float) -> dict:
     """Params of the folded model from the params and batch_stats of a trained one.
@@ -29,7 +27,6 @@ def _fold(params: Any, stats: Any, epsilon: float, path: str) -> Any:
         conv, bn, running = params['conv'], params['bn'], stats['bn']
         scale = bn['scale'] * (running['var'] + epsilon) ** -0.5
         kernel = conv['kernel'] * scale
-        bias = bn['bias'] - running['mean'] * scale + conv.get('bias', 0.0) * scale
-        return {'conv': {'kernel': kernel, 'bias': jnp.asarray(bias, kernel.dtype)}}
+        return {'conv': {'kernel': kernel, 'bias': bn['bias'] - running['mean'] * scale}}
     stats = stats if isinstance(stats, dict) else {}
     return {k: _fold(v, stats.get(k), epsilon, f'{path}{k}/') for k, v in params.items()}

@@ -23,6 +23,10 @@ YOLOV3_OUTPUT_CONVS = ('conv_058', 'conv_066', 'conv_074')
 YOLOV3_TINY_OUTPUT_CONVS = ('conv_009', 'conv_012')
 
 
+# Darknet53's five stages: (channels of the stride-2 conv, residual blocks), at width 1.
+DARKNET53_STAGES = ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4))
+
+
 class _Convs:
     """Creates the submodules of one parent with consecutive Darknet names `conv_NNN`."""
 
@@ -78,7 +82,7 @@ class Darknet53(_Base):
         c = _Convs(self, 0, train)
         x = c.bn(x.astype(self.dtype), 32)
         routes = []
-        for features, repeats in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        for features, repeats in DARKNET53_STAGES:
             x = c.bn(x, features, 3, stride=2)
             for _ in range(repeats):
                 shortcut = x
