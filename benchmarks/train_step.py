@@ -9,9 +9,12 @@ For each model and size, every implementation (TF first, then our `--variants`: 
 is compiled, warmed up, then timed in rounds: one step of each per round, so drifting machine load hits them
 alike. Reports images/s min/median/max, compile time, the ratio ours/TF (median over rounds of TF's step time
 over ours in the same round), forward GFLOPs per image (XLA's cost analysis of the float32 forward pass) and
-achieved GFLOP/s (3x forward FLOPs per image: forward, input and weight gradients). Prints a table and saves
-JSON (default benchmarks/results/train_step.json). The allocator and XLA flags are process-wide: they apply to
-TF and JAX alike, and a run with other settings is another invocation (see --allocator, --ynn).
+achieved GFLOP/s (3x forward FLOPs per image: forward, input and weight gradients), and that as a fraction of a
+peak: on GPUs the vendor's dense peak for the compute dtype (MFU; `--peak_tflops` overrides), on CPUs the rate
+of a 2048^3 matmul measured in the same process. Prints a table and saves JSON (default
+benchmarks/results/train_step.json). On a GPU: `--no_tf --sizes=416 --batch=16` (TF here is the CPU build).
+The allocator is process-wide (it applies to TF and JAX alike); the XLA flags apply to our side only (TF runs
+without XLA). A run with other settings is another invocation (see --allocator, --ynn).
 """
 
 import argparse
@@ -40,6 +43,7 @@ def _parse_args() -> argparse.Namespace:
     p.add_argument('--no_tf', action='store_true', help='ours only (ratios are then omitted)')
     p.add_argument('--allocator', choices=('jemalloc', 'system'), default='jemalloc')
     p.add_argument('--ynn', choices=('on', 'off'), default='on', help=f'XLA flag {cpu_env.YNN_DOT_FLAG}')
+    p.add_argument('--peak_tflops', type=float, default=None, help='peak TFLOP/s for the MFU column')
     p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results' / 'train_step.json'))
     return p.parse_args()
 
@@ -87,6 +91,39 @@ def _forward_gflops(model_name: str, size: int) -> float:
     return float(cost['flops']) / 1e9
 
 
+# Dense peak TFLOP/s by device kind (substring) and compute dtype; float32 matmuls on these GPUs run as TF32
+# under JAX's default precision, so TF32 tensor-core peaks. SXM parts; from NVIDIA's data sheets.
+GPU_PEAK_TFLOPS = {
+    'H200': {'float32': 494.7, 'bfloat16': 989.4},
+    'H100': {'float32': 494.7, 'bfloat16': 989.4},
+    'A100': {'float32': 156.0, 'bfloat16': 312.0},
+}
+
+
+@functools.cache
+def _peak_tflops(dtype: str, override: float | None) -> tuple[float, str]:
+    """(peak TFLOP/s, where it comes from) for the MFU column."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    if override:
+        return override, '--peak_tflops'
+    kind = jax.devices()[0].device_kind
+    for name, peaks in GPU_PEAK_TFLOPS.items():
+        if name in kind:
+            return peaks[dtype], f'{name} data sheet, {dtype}'
+    n = 2048
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+    jax.block_until_ready(f(a))
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(ts) / 1e12, f'measured {n}^3 {dtype} matmul, this process'
+
+
 def _tf(model_name: str, size: int, batch: int, problem: tuple):
     """(step fn, trace + first step s) for the TF/Keras baseline (benchmarks/tf_baseline.py)."""
     import keras  # noqa: PLC0415
@@ -110,7 +147,9 @@ def _tf(model_name: str, size: int, batch: int, problem: tuple):
     return run, time.perf_counter() - t0
 
 
-def measure(model_name: str, size: int, batch: int, variants: list[str], repeats: int, with_tf: bool) -> list[dict]:
+def measure(
+    model_name: str, size: int, batch: int, variants: list[str], repeats: int, with_tf: bool, peak: float | None
+) -> list[dict]:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from test_loss import random_problem  # noqa: PLC0415
@@ -146,6 +185,9 @@ def measure(model_name: str, size: int, batch: int, variants: list[str], repeats
             'forward_gflops_per_image': gflops,
             'achieved_gflops_s': 3 * gflops * batch / statistics.median(ts),
         }
+        if name != 'tf':
+            row['peak_tflops'], row['peak_source'] = _peak_tflops(name.partition(':')[2] or 'float32', peak)
+            row['mfu'] = row['achieved_gflops_s'] / (1e3 * row['peak_tflops'])
         if with_tf and name != 'tf':
             row['ratio_vs_tf'] = statistics.median(t_tf / t for t_tf, t in zip(times['tf'], ts))
         rows.append(row)
@@ -163,7 +205,7 @@ def main() -> None:
     import jax  # noqa: PLC0415
 
     header = f"{'model':<12} {'size':>5} {'impl':<16} {'compile s':>9} {'step s':>7} {'img/s min/med/max':>18} " \
-             f"{'GFLOP/s':>8} {'ours/TF':>7}"
+             f"{'GFLOP/s':>8} {'of peak':>7} {'ours/TF':>7}"
     print(header)
     meta = {
         'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
@@ -178,12 +220,14 @@ def main() -> None:
     rows = []
     for model_name in args.models.split(','):
         for size in (int(s) for s in args.sizes.split(',')):
-            for r in measure(model_name, size, args.batch, args.variants.split(','), args.repeats, not args.no_tf):
+            for r in measure(model_name, size, args.batch, args.variants.split(','), args.repeats, not args.no_tf,
+                             args.peak_tflops):
                 rows.append(r)
                 rates = f"{r['images_s_min']:.2f}/{r['images_s_median']:.2f}/{r['images_s_max']:.2f}"
                 ratio = f"{r['ratio_vs_tf']:.2f}x" if 'ratio_vs_tf' in r else ''
+                mfu = f"{r['mfu']:.0%}" if 'mfu' in r else ''
                 print(f"{model_name:<12} {size:>5} {r['impl']:<16} {r['compile_s']:>9.1f} {r['step_s_median']:>7.3f} "
-                      f"{rates:>18} {r['achieved_gflops_s']:>8.1f} {ratio:>7}", flush=True)
+                      f"{rates:>18} {r['achieved_gflops_s']:>8.1f} {mfu:>7} {ratio:>7}", flush=True)
             # Saved after every case (atomically): a later case that runs out of memory keeps the earlier ones.
             tmp = out.with_suffix('.json.tmp')
             tmp.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))

@@ -1,0 +1,72 @@
+"""CPU process settings (yolo_jax/cpu_env.py): the XLA flag helper and what the flag does to results.
+
+Oracle for the flag: the same train-step loss and gradients computed in a process without it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yolo_jax import cpu_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One train-step loss and gradient norm of a small YOLOv3-tiny (BatchNorm statistics, convs, the loss's reductions).
+_SCRIPT = """
+import json, numpy as np, jax, optax
+from test_loss import random_problem
+from configs.mnist import get_config
+from yolo_jax import train
+from yolo_jax.loss import loss_kwargs
+c = get_config('tiny'); c.model.update(input_size=96, width_multiplier=0.25)
+m = c.model
+_, labels, bboxes = random_problem(np.random.default_rng(0), 2, 96, m.strides, m.anchors, m.num_classes, 4)
+images = np.random.default_rng(1).uniform(size=(2, 96, 96, 3)).astype(np.float32)
+batch = {'image': images, 'labels': tuple(labels), 'bboxes': tuple(bboxes)}
+_, _, s = train.build_model_and_state(c, 10, 'none')
+f = lambda p: train._losses(p, s.batch_stats, s.apply_fn, batch, loss_kwargs(c), train=True)[0]
+loss, g = jax.jit(jax.value_and_grad(f))(s.params)
+print(json.dumps({'loss': float(loss), 'grad_norm': float(optax.tree.norm(g))}))
+"""
+
+
+def _run(xla_flags: str) -> dict:
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu', PYTHONPATH=f'{REPO}:{REPO / "tests"}')
+    out = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_ynn_flag_is_added_once_and_keeps_other_flags(monkeypatch):
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+    cpu_env.set_ynn_dot_flag(True)
+    cpu_env.set_ynn_dot_flag(True)
+    flags = os.environ['XLA_FLAGS'].split()
+    assert flags == ['--xla_force_host_platform_device_count=2', cpu_env.YNN_DOT_FLAG]
+
+
+def test_ynn_flag_disabled_or_user_set_is_left_alone(monkeypatch):
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot')
+    cpu_env.set_ynn_dot_flag(True)  # the user's own choice wins
+    assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=dot'
+    monkeypatch.delenv('XLA_FLAGS')
+    cpu_env.set_ynn_dot_flag(False)
+    assert 'XLA_FLAGS' not in os.environ
+
+
+def test_jemalloc_lookup_names_an_existing_library():
+    path = cpu_env.find_jemalloc()
+    assert path is None or (os.path.exists(path) and 'jemalloc' in path)
+
+
+@pytest.mark.slow
+def test_ynn_flag_is_accepted_and_keeps_the_loss_and_gradients():
+    """XLA rejects an unknown fusion type at start-up; YNN only reorders float32 sums, so results agree closely."""
+    want = _run('')
+    got = _run(cpu_env.YNN_DOT_FLAG)
+    assert got['loss'] == pytest.approx(want['loss'], rel=1e-4)
+    assert got['grad_norm'] == pytest.approx(want['grad_norm'], rel=1e-3)
