@@ -110,7 +110,7 @@ def _peak_tflops(dtype: str, override: float | None) -> tuple[float, str]:
         return override, '--peak_tflops'
     kind = jax.devices()[0].device_kind
     for name, peaks in GPU_PEAK_TFLOPS.items():
-        if name in kind:
+        if name in kind and dtype in peaks:
             return peaks[dtype], f'{name} data sheet, {dtype}'
     n = 2048
     a = jnp.ones((n, n), dtype)
@@ -188,8 +188,8 @@ def measure(
         if name != 'tf':
             row['peak_tflops'], row['peak_source'] = _peak_tflops(name.partition(':')[2] or 'float32', peak)
             row['mfu'] = row['achieved_gflops_s'] / (1e3 * row['peak_tflops'])
-        if with_tf and name != 'tf':
-            row['ratio_vs_tf'] = statistics.median(t_tf / t for t_tf, t in zip(times['tf'], ts))
+            if with_tf:
+                row['ratio_vs_tf'] = statistics.median(t_tf / t for t_tf, t in zip(times['tf'], ts))
         rows.append(row)
     return rows
 

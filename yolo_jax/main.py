@@ -21,8 +21,8 @@ flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glo
 flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
 flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
 flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, run dots and reductions with YNNPACK (XLA flag '
-                  '--xla_cpu_experimental_ynn_fusion_type=dot,reduce; measured ~35% faster train steps here); skipped '
-                  'for bfloat16, whose YNN dots are slower than XLA\'s.')
+                  f'{cpu_env.YNN_DOT_FLAG}; measured ~35% faster train steps here); skipped for bfloat16, whose '
+                  "YNN dots are slower than XLA's.")
 flags.DEFINE_bool('jemalloc', True, 'Restart under jemalloc (if installed: apt-get install libjemalloc2), '
                   'keeping freed memory: measured faster and steadier CPU steps (README, benchmarks).')
 flags.mark_flags_as_required(['config', 'workdir'])
