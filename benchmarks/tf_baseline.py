@@ -236,7 +236,10 @@ def loss_components(
     outputs: Sequence[Tensor], labels: Sequence[Tensor], bboxes: Sequence[Tensor], loss_kw: dict
 ) -> dict[str, Tensor]:
     """{'giou', 'conf', 'prob', 'total'} scalars: summed over scales, mean over the batch (as `yolo_loss` with
-    weights=None, which is how `train.train_step` calls it). `loss_kw` = `yolo_jax.loss.loss_kwargs(config)`."""
+    weights=None, which is how `steps.train_step` calls it).
+
+    `loss_kw`: `yolo_jax.loss.loss_kwargs(spec, config.loss)`.
+    """
     scales = zip(outputs, labels, bboxes, loss_kw['anchors'], loss_kw['strides'], strict=True)
     per_scale = [scale_losses(o, lab, bb, a, s, loss_kw['ignore_thresh']) for o, lab, bb, a, s in scales]
     out = {k: tf.reduce_mean(tf.add_n([p[k] for p in per_scale])) for k in ('giou', 'conf', 'prob')}
@@ -255,7 +258,7 @@ def compute_loss(
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """`train.create_learning_rate_fn`: linear warm-up from 0 then cosine to lr_end, at (0-based) update k+1."""
+    """`steps.create_learning_rate_fn`: linear warm-up from 0 then cosine to lr_end, at (0-based) update k+1."""
 
     def __init__(self, lr_init: float, lr_end: float, warmup_steps: int, total_steps: int):
         self.lr_init, self.lr_end = float(lr_init), float(lr_end)

@@ -60,3 +60,20 @@ def test_readme_overrides_apply():
 def test_unknown_field_is_an_error():
     with pytest.raises(Exception, match=re.escape('nonexistent')):
         _parse('--config=configs/mnist.py', '--config.train.nonexistent=1')
+
+
+def test_default_config_is_the_mnist_reference_and_experiment_configs_build_on_it():
+    default = _parse('--config=configs/default.py')
+    mnist = _parse('--config=configs/mnist.py')
+    assert default.to_dict() == mnist.to_dict()
+    assert default.train.parallel == 'mesh' and default.eval.fold_batchnorm is True
+
+
+def test_library_code_never_re_defaults_config_fields():
+    """`.get(key, fallback)` on a config hides disagreements with configs/: every field is read directly."""
+    offenders = []
+    for path in sorted((REPO / 'yolo_jax').rglob('*.py')):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r'config\w*(\.\w+)*\.get\(', line):
+                offenders.append(f'{path.relative_to(REPO)}:{n}: {line.strip()}')
+    assert not offenders, offenders

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs.mnist import get_config
-from yolo_jax import checkpointing, darknet, train, transfer
+from yolo_jax import checkpointing, darknet, steps, train, transfer
 from yolo_jax.models import create_model
 
 
@@ -207,14 +207,14 @@ def test_transfer_from_darknet_80_to_10_classes(tmp_path, caplog):
     assert 'skipped head/conv_009: output conv shape mismatch' in log and '(255,) vs (45,)' in log
     assert 'Fine-tuning Darknet weights with config.model.bn_epsilon=0.001' in log
     # The result is what training starts from.
-    _, _, state = train.build_model_and_state(config, steps_per_epoch=2, parallel_mode='none')
+    _, _, state = train.build_model_and_state(config, steps_per_epoch=2)
     _assert_trees_equal(state.variables, variables)
 
 
 def _save_checkpoint(workdir: Path, config, variables: dict, step: int = 3) -> None:
     model = create_model(config.model)
-    lr_fn = train.create_learning_rate_fn(config, 2)
-    state = train.create_train_state(config, model, jax.random.key(0), lr_fn, variables)
+    lr_fn = steps.create_learning_rate_fn(config.train, 2)
+    state = steps.create_train_state(config.train, model, variables, lr_fn)
     manager = checkpointing.create_manager(workdir)
     checkpointing.save(manager, step, state, {'epoch': 1, 'step': step}, metrics={checkpointing.BEST_METRIC: 1.0})
     manager.wait_until_finished()
@@ -248,7 +248,7 @@ def test_transfer_errors(tmp_path):
         transfer.initial_variables(config, model)
     (tmp_path / 'empty').mkdir()
     config.train.init_from = str(tmp_path / 'empty')
-    with pytest.raises(FileNotFoundError, match='no orbax checkpoint'):
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
         transfer.initial_variables(config, model)
 
     # YOLOv3 weights into YOLOv3-tiny: a Darknet file and a checkpoint.

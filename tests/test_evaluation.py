@@ -191,10 +191,11 @@ def workdir(tmp_path_factory):
 
 def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
     config = small_config()
-    model, variables = inference.load_variables(config, workdir)
+    model, variables, spec = inference.load_detector(config, workdir, fold=False)
+    cfg = evaluation.postprocess_config(config, spec)
     batches = make_batches(config, SPECS)
     dataset = tf.data.Dataset.from_tensor_slices({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
-    dets, gts = evaluation.collect_detections(config, variables, dataset.batch(2))
+    dets, gts = evaluation.collect_detections(cfg, model, variables, dataset.batch(2).as_numpy_iterator())
     assert len(dets) == len(gts) == 3  # the padding example is skipped
     for (hw, boxes, classes), g, i in zip(SPECS, gts, range(3)):
         assert g['image_id'] == 100 + i and (g['height'], g['width']) == hw
@@ -204,7 +205,7 @@ def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
     keep = np.asarray(first.valid[1])
     assert keep.sum() > 0 and len(dets[1]['scores']) == keep.sum()
     np.testing.assert_allclose(dets[1]['boxes'], np.asarray(first.boxes[1])[keep], rtol=1e-6)
-    metrics = evaluation.compute_map(config, variables, batches)
+    metrics = evaluation.compute_metrics(*evaluation.collect_detections(cfg, model, variables, batches), 10)
     assert metrics['num_images'] == 3 and metrics['num_gt'] == 6
     assert 0.0 <= metrics['map50'] <= 1.0 and 0.0 <= metrics['coco_map'] <= 1.0
     assert sum(e['ap'] is not None for e in metrics['per_class']) == 5  # classes 1, 2, 4, 7, 9
@@ -215,7 +216,7 @@ def test_evaluate_checkpoint_writes_table_and_json(workdir, tmp_path, monkeypatc
 
     config = small_config()
     batches = make_batches(config, SPECS)
-    monkeypatch.setattr(input_pipeline, 'create_eval_dataset', lambda *a, **k: batches)
+    monkeypatch.setattr(input_pipeline.Data, 'eval_batches', lambda *a, **k: iter(batches))
     metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
     table = capsys.readouterr().out
     assert 'AP50' in table and 'mAP' in table and '#GT' in table

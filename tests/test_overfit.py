@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs.mnist import get_config
-from yolo_jax import evaluation, input_pipeline, train
+from yolo_jax import evaluation, input_pipeline, steps, train
 from yolo_jax.loss import loss_kwargs
 
 
@@ -25,9 +25,10 @@ def test_overfit_four_images_finds_digits(tmp_path):
     config.train.lr_init, config.train.lr_end = 2e-3, 2e-3
     config.eval.score_threshold = 0.3
 
-    _, lr_fn, state = train.build_model_and_state(config, 1, 'none')
-    step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn))
-    batch = next(input_pipeline.create_eval_dataset(config, batch_size=4, split='train').as_numpy_iterator())
+    model, lr_fn, state = train.build_model_and_state(config, 1)
+    data = input_pipeline.Data(config)
+    step = jax.jit(functools.partial(steps.train_step, loss_kw=loss_kwargs(data.spec, config.loss), lr_fn=lr_fn))
+    batch = next(data.eval_batches(4, 'train'))
     feed = {k: batch[k] for k in train.STEP_KEYS}
     losses = []
     for _ in range(300):
@@ -35,7 +36,9 @@ def test_overfit_four_images_finds_digits(tmp_path):
         losses.append(float(metrics['total']))
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10]), (losses[:3], losses[-3:])
 
-    dataset = input_pipeline.create_eval_dataset(config, batch_size=4, split='train')
-    result = evaluation.compute_map(config, jax.device_get(state.variables), dataset, coco=False)
+    cfg = evaluation.postprocess_config(config, data.spec)
+    variables = jax.device_get(state.variables)
+    dets, gts = evaluation.collect_detections(cfg, model, variables, data.eval_batches(4, 'train'))
+    result = evaluation.compute_metrics(dets, gts, data.spec.num_classes, coco=False)
     assert result['num_gt'] >= 4
     assert result['map50'] > 0.8, result['per_class']

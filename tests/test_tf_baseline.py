@@ -11,11 +11,12 @@ import pytest
 
 tf = pytest.importorskip('tensorflow', reason='tensorflow is needed for the TF baseline')
 
+from helpers import loss_kw  # noqa: E402
 from test_loss import CASES, random_problem  # noqa: E402
 
 from configs.mnist import get_config  # noqa: E402
 from yolo_jax.defaults import model_config  # noqa: E402
-from yolo_jax.loss import loss_kwargs, yolo_loss  # noqa: E402
+from yolo_jax.loss import yolo_loss  # noqa: E402
 from yolo_jax.models import create_model, iter_darknet_layers  # noqa: E402
 from yolo_jax.train import create_learning_rate_fn  # noqa: E402
 
@@ -117,7 +118,7 @@ def test_train_step_loss_and_batch_stats_match_flax(pair):
     config, model, variables, _, images = pair
     keras_model = tb.build_model(config.model)  # a fresh copy: the step changes the weights
     tb.copy_flax_params(keras_model, variables)
-    m, kw = config.model, loss_kwargs(config)
+    m, kw = config.model, loss_kw(config)
     _, labels, bboxes = random_problem(np.random.default_rng(2), BATCH, SIZE, m.strides, m.anchors, CLASSES, 4)
     outputs, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
     want, _ = _jax_loss(kw)(outputs, labels, bboxes)

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import loss_kw
 from test_loss import random_problem
 
 from configs.mnist import get_config
-from yolo_jax import train
-from yolo_jax.loss import loss_kwargs
-from yolo_jax.models import create_model
+from yolo_jax import steps, train
+from yolo_jax.models import create_model, init_variables
 
 
 def reference_lr(global_step, warmup, total, lr_init, lr_end):
@@ -25,7 +25,7 @@ def reference_lr(global_step, warmup, total, lr_init, lr_end):
 def test_schedule_matches_reference_formula():
     config = get_config()
     spe = 250
-    fn = train.create_learning_rate_fn(config, spe)
+    fn = steps.create_learning_rate_fn(config.train, spe)
     warmup, total = 2 * spe, 100 * spe
     for k in (1, 2, 250, warmup - 1, warmup, warmup + 1, (warmup + total) // 2, total - 1, total):
         expect = reference_lr(k, warmup, total, 1e-4, 1e-6)
@@ -39,9 +39,10 @@ def _setup(variant='tiny,smoke', **train_overrides):
     config.model.num_classes = 3
     for k, v in train_overrides.items():
         config.train[k] = v
-    model = create_model(config.model)
-    lr_fn = train.create_learning_rate_fn(config, 10)
-    state = train.create_train_state(config, model, jax.random.key(0), lr_fn)
+    model = create_model(config.model, freeze=config.train.freeze)
+    lr_fn = steps.create_learning_rate_fn(config.train, 10)
+    variables = init_variables(model, jax.random.key(0), config.model.input_size)
+    state = steps.create_train_state(config.train, model, variables, lr_fn)
     rng = np.random.default_rng(0)
     outputs, labels, bboxes = random_problem(
         rng, 4, config.model.input_size, config.model.strides, config.model.anchors, 3, 4, max_bbox=8, p_respond=0.1
@@ -52,7 +53,7 @@ def _setup(variant='tiny,smoke', **train_overrides):
         'bboxes': tuple(bboxes),
         'valid': np.ones(4, np.float32),
     }
-    step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn))
+    step = jax.jit(functools.partial(steps.train_step, loss_kw=loss_kw(config), lr_fn=lr_fn))
     return config, state, batch, step
 
 
@@ -72,21 +73,20 @@ def test_train_steps_reduce_loss_and_update_batch_stats():
 
 
 def test_nan_guard_skips_update():
-    config, state, batch, _ = _setup()
-    kw, lr_fn = loss_kwargs(config), train.create_learning_rate_fn(config, 10)
-    step = jax.jit(functools.partial(train.train_step, loss_kw=kw, lr_fn=lr_fn, nan_at_step=0))
+    config, state, batch, step = _setup()
+    batch = dict(batch, image=np.full_like(batch['image'], np.nan))  # a NaN input poisons loss and gradients
     new, metrics = step(state, batch)
     assert float(metrics['finite']) == 0.0
     assert int(new.step) == 0  # unchanged state
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(train.NonFiniteLossError, match='step 1'):
-        train._check_finite({k: float(v) for k, v in metrics.items()}, 1)
+        train._check_finite({k: float(v) for k, v in metrics.items()}, 1, has_checkpoint=False)
 
 
 def test_eval_step_weights_padding():
     config, state, batch, _ = _setup()
-    ev = jax.jit(functools.partial(train.eval_step, loss_kw=loss_kwargs(config)))
+    ev = jax.jit(functools.partial(steps.eval_step, loss_kw=loss_kw(config)))
     full = ev(state, batch)
     half = dict(batch, valid=np.array([1, 1, 0, 0], np.float32))
     part = ev(state, half)
@@ -99,6 +99,10 @@ def test_eval_step_weights_padding():
 def test_freeze_policies(freeze):
     _, state, batch, step = _setup(freeze=freeze, warmup_epochs=0)
     new, _ = step(state, batch)
+    # Frozen parts run BatchNorm in inference mode: their statistics stay bit-identical, the rest move.
+    frozen = train.frozen_stats_mask(state.batch_stats, freeze)
+    for f, a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)):
+        assert f == bool(np.all(np.asarray(a) == np.asarray(b)))
     changed = jax.tree_util.tree_map_with_path(
         lambda p, a, b: (jax.tree_util.keystr(p), bool(np.any(np.asarray(a) != np.asarray(b)))),
         state.params,
@@ -119,19 +123,12 @@ def test_recalibrate_batch_norm_averages_batch_statistics():
     from yolo_jax.parallel import Parallel
 
     config, state, batch, _ = _setup()
-    par = Parallel('none', train.train_step, train.eval_step,
-                   functools.partial(train.batch_stats_step, momentum=config.model.bn_momentum))
+    par = Parallel('mesh', steps.train_step, steps.eval_step,
+                   functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum))
     rng = np.random.default_rng(3)
     batches = [dict(batch, image=rng.uniform(size=batch['image'].shape).astype(np.float32)) for _ in range(3)]
 
-    class _Data:  # the part of tf.data's interface that recalibrate_batch_norm uses
-        def take(self, n):
-            return self
-
-        def as_numpy_iterator(self):
-            return iter(batches)
-
-    new = train.recalibrate_batch_norm(par, state, _Data(), 3)
+    new = train.recalibrate_batch_norm(par, state, batches, 'none')
     kernel = state.params['backbone']['conv_000']['conv']['kernel']
     means, variances = [], []
     for b in batches:

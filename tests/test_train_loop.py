@@ -1,4 +1,4 @@
-"""End-to-end training through `python -m yolo_jax.main`: exact resume after a kill, and the NaN guard.
+"""End-to-end training through `python -m yolo_jax.main`: exact resume after a kill, the NaN guard, freezing.
 
 Uses the `tiny,smoke` config variant (YOLOv3-tiny, 64 px input, 16 train / 8 test images of the bundled
 offline digits), built once into a temporary TFDS data dir shared by the tests of this module.
@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,44 +44,120 @@ def _train_losses(workdir: Path) -> dict[int, float]:
     return out
 
 
+def _wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 600) -> None:
+    """Returns once metrics.jsonl logs `step` (the process runs on), or fails if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = workdir / 'metrics.jsonl'
+        if path.exists() and any(json.loads(ln).get('step', 0) >= step for ln in path.read_text().splitlines()
+                                 if ln.strip().endswith('}')):
+            return
+        assert proc.poll() is None, 'the run ended before it could be killed'
+        time.sleep(0.02)
+    raise TimeoutError(f'step {step} not reached in {timeout} s')
+
+
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
+    epochs = '--config.train.epochs=6'  # 24 steps: the kill lands mid-run
     full = tmp_path / 'full'
-    proc = subprocess.run(_cmd(full, data_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(_cmd(full, data_dir, epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected = _train_losses(full)
-    assert sorted(expected) == list(range(1, 9))  # 2 epochs x 4 steps, logged every step
-    assert 'total_val_loss' in proc.stderr and 'epoch: 1 step:    4/4' in proc.stderr
+    assert sorted(expected) == list(range(1, 25))  # 6 epochs x 4 steps, logged every step
+    assert 'total_val_loss' in proc.stderr and 'epoch: 5 step:    4/4' in proc.stderr
 
-    # The same run SIGKILLs itself after step 7 (epoch 1, step 3 of 4), right after the asynchronous save of the
-    # mid-epoch checkpoint of step 6 started: the save may or may not have completed.
+    # SIGKILL from outside once step 9 is logged: wherever the run is then (a step, an async save, an eval).
     resumed = tmp_path / 'resumed'
-    proc = subprocess.run(_cmd(resumed, data_dir, '--config.train.debug_kill_at_step=7'), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
-    assert max(_train_losses(resumed)) == 7
+    proc = subprocess.Popen(_cmd(resumed, data_dir, epochs), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_step(proc, resumed, 9)
+    finally:
+        proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
 
-    # Rerun the same command: it resumes from the last complete checkpoint (6, or the epoch's end at 4).
-    proc = subprocess.run(_cmd(resumed, data_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    # Rerun the same command: it resumes from the last complete checkpoint.
+    proc = subprocess.run(_cmd(resumed, data_dir, epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     match = re.search(r'Resumed from \S+ at step (\d+)', proc.stderr)
-    assert match and int(match.group(1)) in (4, 6), proc.stderr[-4000:]
-    resume_step = int(match.group(1))
+    assert match and int(match.group(1)) >= 4, proc.stderr[-4000:]
     assert not list((resumed / 'checkpoints').glob('*tmp*'))  # no half-written checkpoint left behind
+    records = [json.loads(ln) for ln in (resumed / 'metrics.jsonl').read_text().splitlines()]
+    steps = [r['step'] for r in records if r['kind'] == 'train']
+    assert steps == list(range(1, 25))  # each step once: the replayed steps replaced, not appended
     got = _train_losses(resumed)
-    for step in range(resume_step + 1, 9):  # the steps after the resume point equal the uninterrupted run's
+    for step in range(1, 25):  # before the kill and after the resume, the losses equal the uninterrupted run's
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
 
 
-def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+def test_divergence_stops_run_and_says_what_was_kept(tmp_path, data_dir):
     workdir = tmp_path / 'nan'
-    # Step index 5 is the 6th update (epoch 1): epoch 0's checkpoint (step 4) is the last good one.
-    proc = subprocess.run(_cmd(workdir, data_dir, '--config.train.debug_nan_at_step=5'), cwd=REPO, env=_env(),
+    # A fresh run that diverges at once: no checkpoint exists, and the message says so.
+    proc = subprocess.run(_cmd(workdir, data_dir, '--config.train.lr_init=1e30'), cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode != 0
-    assert 'non-finite value at step 6' in proc.stderr and 'total' in proc.stderr
+    assert re.search(r'non-finite value at step [1-4] ', proc.stderr), proc.stderr[-3000:]
+    assert 'No checkpoint had been written yet' in proc.stderr
+    # One good epoch, then the same run continued with an exploding learning rate: epoch 0's checkpoint stays.
+    proc = subprocess.run(_cmd(workdir, data_dir, '--config.train.epochs=1'), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(_cmd(workdir, data_dir, '--config.train.lr_init=1e30'), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert re.search(r'non-finite value at step [5-8] ', proc.stderr), proc.stderr[-3000:]
+    assert 'The last good checkpoint is kept' in proc.stderr
     from yolo_jax import checkpointing
 
     mgr = checkpointing.create_manager(workdir)
     assert mgr.latest_step() == 4
     meta = checkpointing.restore_meta(mgr, 4)
     assert meta['epoch'] == 1 and meta['metrics']['val_total'] > 0
+
+
+def test_freeze_backbone_keeps_params_and_statistics_and_eval_ignores_training_flags(tmp_path, data_dir):
+    """freeze=backbone: backbone params AND BatchNorm statistics bit-identical to the transferred start; then eval
+    and detect of that checkpoint run without the training-only flags (freeze, grad clipping)."""
+    import numpy as np
+
+    from yolo_jax import checkpointing
+
+    start = tmp_path / 'start'
+    proc = subprocess.run(_cmd(start, data_dir, '--config.train.epochs=1'), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frozen = tmp_path / 'frozen'
+    flags = ('--config.train.freeze=backbone', '--config.train.grad_clip_norm=10', f'--config.train.init_from={start}',
+             '--config.train.bn_recalibration_batches=2')
+    proc = subprocess.run(_cmd(frozen, data_dir, *flags), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, _, _ = checkpointing.load_model(start)
+    after, step, _ = checkpointing.load_model(frozen / 'checkpoints' / '8')
+    for part in ('params', 'batch_stats'):
+        for a, b in zip(jax_leaves(before[part]['backbone']), jax_leaves(after[part]['backbone']), strict=True):
+            np.testing.assert_array_equal(a, b)
+        moved = [np.any(a != b) for a, b in zip(jax_leaves(before[part]['head']), jax_leaves(after[part]['head']),
+                                                 strict=True)]
+        assert any(moved), part
+
+    proc = subprocess.run(_cmd(frozen, data_dir, '--mode=eval'), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((frozen / 'eval' / 'metrics.json').read_text())['metrics']['num_images'] == 8
+    image = tmp_path / 'digit.png'
+    from PIL import Image
+
+    Image.fromarray(np.full((50, 70, 3), 255, np.uint8)).save(image)
+    proc = subprocess.run(_cmd(frozen, data_dir, '--mode=detect', f'--images={image}'), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads((frozen / 'detect' / 'detections.json').read_text())) == 1
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)

@@ -1,7 +1,9 @@
 """Orbax checkpoints: the latest (for exact resume) and the best by validation loss, in one manager.
 
-Layout: `workdir/checkpoints/<step>/{state, meta}`. `state` is the whole TrainState (params, batch_stats,
-optimizer state, step, RNG); `meta` is JSON (epoch, data position, validation metrics, config). Orbax writes
+Layout: `workdir/checkpoints/<step>/{state, meta}`. `state` is the whole TrainState (step, params, batch_stats,
+optimizer state); `meta` is JSON (epoch, step, validation metrics, the model config and the detection spec).
+Inference restores only params and batch_stats (`restore_model`, an orbax partial restore), so evaluating a
+checkpoint never depends on training-only settings such as the optimizer or the freeze policy. Orbax writes
 each checkpoint to a temporary directory and renames it when complete, so a run killed mid-save leaves no
 broken checkpoint behind (the half-written temporary is ignored and cleaned up by the next run).
 """
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -62,6 +65,61 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
 
 def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def read_only_manager(directory: str | Path) -> ocp.CheckpointManager:
+    """A manager that never writes or cleans up (safe while a training run writes to the same directory)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=('state', 'meta'))
+
+
+def inference_step(manager: ocp.CheckpointManager) -> int | None:
+    """The checkpoint to run inference from: the best by validation loss, else the latest (None if none)."""
+    step = best_step(manager)
+    return manager.latest_step() if step is None else step
+
+
+def checkpoint_location(path: str | Path) -> tuple[Path, int | None]:
+    """(checkpoints directory, step or None) for a workdir, its checkpoints/ or one checkpoints/<step>."""
+    path = Path(path).expanduser().absolute()
+    if (path / 'checkpoints').is_dir():
+        return path / 'checkpoints', None
+    if path.name.isdigit() and (path / 'state').is_dir():
+        return path.parent, int(path.name)
+    return path, None
+
+
+def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, dict]:
+    """({'params', 'batch_stats'} as NumPy arrays, step, meta) of a yolo_jax checkpoint, for inference or transfer.
+
+    `path` is a workdir (its best checkpoint by validation loss, else the latest), its checkpoints/ directory or
+    one checkpoints/<step>. Restores only params and batch_stats (orbax partial restore) in the shapes the
+    checkpoint's own metadata records: no optimizer, no training settings, no target model needed. `what` names
+    the setting the path came from in errors (e.g. 'config.train.init_from').
+    """
+    directory, step = checkpoint_location(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f'{what}: no checkpoint directory at {directory} (train first, or pass --weights)')
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    handlers = {'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f'{what}: no checkpoint in {directory} (train first, or pass --weights)')
+        if step is None:
+            step = inference_step(manager)
+        elif step not in steps:
+            raise FileNotFoundError(f'{what}: no checkpoint at step {step} in {directory}')
+        metadata = manager.item_metadata(step)['state']
+        tree = getattr(metadata, 'tree', metadata)
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree[k])
+                    for k in ('params', 'batch_stats')}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        args = ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True)
+        restored = manager.restore(step, args=ocp.args.Composite(state=args, meta=ocp.args.JsonRestore()))
+    variables = jax.tree.map(np.asarray, {k: restored['state'][k] for k in ('params', 'batch_stats')})
+    return variables, step, restored['meta']
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:

@@ -1,6 +1,7 @@
-"""Building blocks for configs: published anchors and the `config.model` block.
+"""Building blocks for configs: published anchors, the `config.model` block and the default config.
 
-Config files under `configs/` call these; nothing here reads a config at import time.
+Config files under `configs/` call these; library code reads the config it is given and never re-defaults a
+field, so every default lives here, once.
 """
 
 import ml_collections
@@ -37,5 +38,67 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
     m.bn_epsilon = 1e-3
     m.width_multiplier = 1.0  # scales every layer's channel count (1.0 = the published network)
     m.dtype = 'float32'  # compute dtype; params stay float32
-    m.conv_impl = 'xla'  # 'xla' (lax.conv), 'matmul' (every conv as a matmul), 'matmul_1x1' (1x1 convs only)
     return m
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with the TF2 reference's values (YOLOv3 at 416 on the MNIST detection set)."""
+    config = ml_collections.ConfigDict()
+    config.model = model_config('yolov3', num_classes=10, input_size=416)
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
+
+    d = config.data = ml_collections.ConfigDict()
+    d.dataset = 'mnist_detection'  # or 'annotations', 'voc/2007', 'coco/2017'
+    d.data_dir = ''  # '' = ~/tensorflow_datasets (or $TFDS_DATA_DIR)
+    d.digit_source = 'auto'  # 'auto', 'tfds', 'sklearn', or a path to a folder/zip/IDX dir
+    d.num_train = 1000
+    d.num_test = 200
+    d.image_size = 416  # side of the generated MNIST canvas
+    d.generator_seed = 0
+    # 'overwrite' = the reference (a later patch's white margin may hide an earlier digit); 'darken' keeps both.
+    d.generator_paste = 'overwrite'
+    d.train_annotations = ''  # for dataset='annotations': `path x1,y1,x2,y2,cls ...` text files
+    d.test_annotations = ''
+    d.class_names = ''  # a file with one class name per line (dataset='annotations')
+    d.augment = True  # random flip, crop and translate, each with p=0.5
+    d.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
+    d.label_smoothing = 0.01
+    d.positive_iou = 0.3  # anchors with IoU > this are responsible for a box
+    d.max_bbox_per_scale = 100
+    d.max_boxes = 100  # ground-truth boxes kept per image (padded), for evaluation
+    d.shuffle_buffer = 1000
+    d.cache = True
+    d.num_threads = 0  # tf.data threads; 0 = every CPU this process may use
+
+    t = config.train = ml_collections.ConfigDict()
+    t.batch_size = 4  # global batch, split over devices and processes
+    t.eval_batch_size = 4
+    t.epochs = 100
+    t.warmup_epochs = 2
+    t.lr_init = 1e-4
+    t.lr_end = 1e-6
+    t.adam_eps = 1e-7  # Keras' default, as the reference (optax's is 1e-8)
+    t.grad_clip_norm = 0.0  # 0 disables clipping
+    t.seed = 0
+    t.parallel = 'mesh'  # 'mesh' (jit over a device mesh; one device is a mesh of one) or 'pmap'
+    t.init_from = ''  # a Darknet .weights file or an earlier workdir
+    t.freeze = 'none'  # 'none', 'backbone' or 'all_but_heads'
+    t.save_best_only = True
+    t.log_every_steps = 10
+    t.eval_every_epochs = 1
+    t.map_every_epochs = 0  # 0 = VOC mAP only after training
+    t.steps_per_epoch = -1  # -1 = one pass over the training split
+    t.bn_recalibration_batches = 0  # > 0: recompute BatchNorm statistics on this many batches per epoch
+    t.checkpoint_every_steps = 50  # also save mid-epoch, for exact resume after a crash (0: epochs only)
+
+    e = config.eval = ml_collections.ConfigDict()
+    e.split = 'test'  # --mode=eval evaluates this split
+    e.score_threshold = 0.3
+    e.nms_iou_threshold = 0.45
+    e.nms_method = 'nms'  # or 'soft_nms'
+    e.soft_nms_sigma = 0.3
+    e.max_detections = 100
+    e.fold_batchnorm = True  # eval/detect: BatchNorm folded into the convs (same outputs, faster)
+    return config

@@ -22,7 +22,7 @@ from absl import logging
 from PIL import Image
 
 from yolo_jax import inference, visualize
-from yolo_jax import postprocess as pp
+from yolo_jax.evaluation import postprocess_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -100,13 +100,11 @@ def detect_images(
     Returns that same list.
     """
     paths = find_images(images)
-    model, variables = inference.load_variables(
-        config, workdir, weights, fold=config.eval.get('fold_batchnorm', False)
-    )
-    names = inference.class_names(config)
-    cfg = pp.PostprocessConfig.from_config(config)
+    model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
+    names = spec.class_names
+    cfg = postprocess_config(config, spec)
     output = inference.output_dir(output, workdir, 'detect')
-    batch_size = int(batch_size or config.train.get('eval_batch_size', 1) or 1)
+    batch_size = int(batch_size or config.train.eval_batch_size)
     size = cfg.input_size
     out_names = _output_names(paths)
 

@@ -39,6 +39,7 @@ from absl import logging
 from yolo_jax import inference
 from yolo_jax import postprocess as pp
 from yolo_jax.data.letterbox import unletterbox_boxes
+from yolo_jax.spec import DetectionSpec
 
 VOC_IOU_THRESHOLD = 0.5  # MINOVERLAP of the PASCAL VOC challenge
 COCO_STATS = (
@@ -223,36 +224,32 @@ def _image_id(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def postprocess_config(config: ml_collections.ConfigDict, spec: DetectionSpec, **overrides) -> pp.PostprocessConfig:
+    """Post-processing settings: the spec's geometry, config.eval's thresholds, config.data.resize."""
+    return pp.PostprocessConfig.from_spec(spec.input_size, spec.strides, spec.anchors, config.eval,
+                                          config.data.resize, **overrides)
+
+
 def collect_detections(
-    config: ml_collections.ConfigDict,
-    variables: dict,
-    dataset: Iterable[dict] | Any,
-    model: Any = None,
+    cfg: pp.PostprocessConfig, model: Any, variables: dict, batches: Iterable[dict]
 ) -> tuple[list[dict], list[dict]]:
-    """Runs the model over an evaluation dataset → (detections, ground_truth), both in original pixels.
+    """Runs the model over evaluation batches → (detections, ground_truth), both in original pixels.
 
     Args:
-      variables: {'params', 'batch_stats'}.
-      dataset: a tf.data dataset (or any iterable of NumPy batches) as `input_pipeline.create_eval_dataset`
-        makes: 'image' (B, S, S, 3), 'boxes' (B, max_boxes, 4) xyxy in INPUT pixels (zero padded), 'classes'
-        (B, max_boxes) (-1 padded), 'orig_size' (B, 2) (h, w), 'valid' (B,), optionally 'image_id'.
-      model: the Flax module (default create_model(config.model)).
+      cfg: post-processing settings (`postprocess_config`).
+      model, variables: the Flax module and its variables ({'params', 'batch_stats'}, or folded {'params'}).
+      batches: NumPy batches as `input_pipeline.Data.eval_batches` yields: 'image' (B, S, S, 3), 'boxes'
+        (B, max_boxes, 4) xyxy in INPUT pixels (zero padded), 'classes' (B, max_boxes) (-1 padded), 'orig_size'
+        (B, 2) (h, w), 'valid' (B,), optionally 'image_id'.
 
-    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize
-    (config.data.resize). Post-processing settings come from config.eval.
+    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize.
     """
-    if model is None:
-        from yolo_jax.models import create_model  # noqa: PLC0415
-
-        model = create_model(config.model)
-    cfg = pp.PostprocessConfig.from_config(config)
-    batches = dataset.as_numpy_iterator() if hasattr(dataset, 'as_numpy_iterator') else dataset
     detections, ground_truth = [], []
     for batch in batches:
         sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
         det = jax.device_get(inference.predict(model, variables, batch['image'], sizes, cfg))
-        valid = np.asarray(batch.get('valid', np.ones(len(sizes))))
-        ids = batch.get('image_id', None)
+        valid = np.asarray(batch['valid']) if 'valid' in batch else np.ones(len(sizes))
+        ids = batch['image_id'] if 'image_id' in batch else None
         for b in range(len(sizes)):
             if valid[b] <= 0:
                 continue
@@ -272,6 +269,61 @@ def collect_detections(
                 'image_id': image_id, 'boxes': _snap(gt_boxes), 'classes': cls[real].astype(np.int64),
                 'height': h, 'width': w,
             })
+    return detections, ground_truth
+
+
+def _pad_rows(x: np.ndarray, n: int, value: float) -> np.ndarray:
+    out = np.full((n, *x.shape[1:]), value, x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+def gather_across_processes(
+    detections: list[dict], ground_truth: list[dict], max_detections: int
+) -> tuple[list[dict], list[dict]]:
+    """Every process's (detections, ground_truth) in process order, on every process; unchanged for one process.
+
+    Variable-length lists travel as fixed-shape padded arrays (`multihost_utils.process_allgather`); image ids
+    become (process, index) strings, unique across processes.
+    """
+    if jax.process_count() == 1:
+        return detections, ground_truth
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    n = np.array([len(ground_truth)])
+    n_max = int(np.max(multihost_utils.process_allgather(n)))
+    g_max = int(np.max(multihost_utils.process_allgather(np.array([max([len(g['classes']) for g in ground_truth],
+                                                                         default=0)]))))
+    k, g = max_detections, max(g_max, 1)
+
+    def stack(items: list[dict], key: str, rows: int, cols: tuple[int, ...], value: float, dtype) -> np.ndarray:
+        out = np.full((n_max, rows, *cols), value, dtype)
+        for i, item in enumerate(items):
+            out[i, : len(item[key])] = item[key]
+        return out
+
+    local = {
+        'det_boxes': stack(detections, 'boxes', k, (4,), 0.0, np.float64),
+        'det_scores': stack(detections, 'scores', k, (), 0.0, np.float64),
+        'det_classes': stack(detections, 'classes', k, (), -1, np.int64),
+        'gt_boxes': stack(ground_truth, 'boxes', g, (4,), 0.0, np.float64),
+        'gt_classes': stack(ground_truth, 'classes', g, (), -1, np.int64),
+        'size': _pad_rows(np.array([[x['height'], x['width']] for x in ground_truth], np.int64).reshape(-1, 2),
+                          n_max, 0),
+        'count': n,
+    }
+    every = multihost_utils.process_allgather(local)  # each leaf: (processes, ...)
+    detections, ground_truth = [], []
+    for p in range(len(every['count'])):
+        for i in range(int(every['count'][p][0])):
+            keep = every['det_classes'][p, i] >= 0
+            real = every['gt_classes'][p, i] >= 0
+            image_id = f'{p}/{i}'
+            detections.append({'image_id': image_id, 'boxes': every['det_boxes'][p, i][keep],
+                               'scores': every['det_scores'][p, i][keep], 'classes': every['det_classes'][p, i][keep]})
+            h, w = (int(v) for v in every['size'][p, i])
+            ground_truth.append({'image_id': image_id, 'boxes': every['gt_boxes'][p, i][real],
+                                 'classes': every['gt_classes'][p, i][real], 'height': h, 'width': w})
     return detections, ground_truth
 
 
@@ -297,18 +349,6 @@ def compute_metrics(
         for entry, ap in zip(out['per_class'], c['per_class_ap'], strict=True):
             entry['coco_ap'] = ap
     return out
-
-
-def compute_map(
-    config: ml_collections.ConfigDict, variables: dict, dataset: Any, *, model: Any = None, coco: bool = True
-) -> dict[str, Any]:
-    """Runs `variables` over an eval dataset and returns `compute_metrics` (for the training loop).
-
-    Scalars for logging: 'map50' (VOC mAP@0.5, as the reference), 'coco_map' (mAP@[.5:.95]), 'coco_map50',
-    'coco_map75'. Single process: it evaluates the examples `dataset` yields (this process's shard).
-    """
-    detections, ground_truth = collect_detections(config, variables, dataset, model=model)
-    return compute_metrics(detections, ground_truth, int(config.model.num_classes), coco=coco)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,26 +400,23 @@ def evaluate_checkpoint(
     workdir: str | Path | None,
     output: str | Path | None = None,
     weights: str | Path | None = None,
-    *,
-    split: str = 'test',
 ) -> dict[str, Any]:
-    """`--mode=eval`: the best checkpoint in workdir (or Darknet `weights`) on the `split` set.
+    """`--mode=eval`: the best checkpoint in workdir (or Darknet `weights`) on the config.eval.split set.
 
     Prints the per-class table and writes output/metrics.json (metrics, settings, source) and
     output/detections.json (per image: image_id, boxes xyxy original pixels, scores, classes); output defaults
     to workdir/eval. Returns the metrics.
     """
-    from yolo_jax import input_pipeline  # noqa: PLC0415  (TensorFlow: only when data is needed)
+    from yolo_jax.input_pipeline import Data  # noqa: PLC0415  (TensorFlow: only when data is needed)
 
-    model, variables = inference.load_variables(
-        config, workdir, weights, fold=config.eval.get('fold_batchnorm', False)
-    )
-    batch_size = int(config.train.get('eval_batch_size', 1) or 1)
-    dataset = input_pipeline.create_eval_dataset(config, batch_size=batch_size, split=split)
-    detections, ground_truth = collect_detections(config, variables, dataset, model=model)
-    metrics = compute_metrics(detections, ground_truth, int(config.model.num_classes))
-    names = inference.class_names(config)
-    table = format_table(metrics, names)
+    model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
+    split = config.eval.split
+    data = Data(config)
+    cfg = postprocess_config(config, spec)
+    detections, ground_truth = collect_detections(cfg, model, variables,
+                                                  data.eval_batches(int(config.train.eval_batch_size), split))
+    metrics = compute_metrics(detections, ground_truth, spec.num_classes)
+    table = format_table(metrics, spec.class_names)
     print(table)
     logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
                  metrics['num_images'], metrics['map50'], metrics['coco_map'])
@@ -391,10 +428,17 @@ def evaluate_checkpoint(
         'split': split,
         'settings': {k: e[k] for k in ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma',
                                        'max_detections')},
-        'class_names': names,
+        'class_names': list(spec.class_names),
         'metrics': metrics,
     }
-    (output / 'metrics.json').write_text(json.dumps(_jsonable(record), indent=1) + '\n')
-    (output / 'detections.json').write_text(json.dumps(_jsonable(detections)) + '\n')
+    write_json_atomic(output / 'metrics.json', _jsonable(record), indent=1)
+    write_json_atomic(output / 'detections.json', _jsonable(detections))
     print(f'wrote {output / "metrics.json"} and {output / "detections.json"}')
     return metrics
+
+
+def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
+    """Writes JSON to a temporary file beside `path`, then renames it: readers never see half a file."""
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=indent) + '\n')
+    tmp.replace(path)

@@ -1,4 +1,4 @@
-"""Loading a trained model and running it: `load_variables`, the jitted `predict`, and class names.
+"""Loading a trained detector and running it: `load_detector` (model, variables, spec) and the jitted `predict`.
 
 `predict` = forward pass (BatchNorm in inference mode) + post-processing (postprocess.py) in one jitted program;
 the letterbox parameters are computed on the host from the original sizes, so nothing inside jit touches TF.
@@ -14,11 +14,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
+from yolo_jax.errors import ConfigError
 from yolo_jax.models import create_model, fold_variables
+from yolo_jax.spec import DetectionSpec, build_spec, check_num_classes
 
 COCO_CLASS_NAMES = (
     'person', 'bicycle', 'car', 'motorbike', 'aeroplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
@@ -44,24 +45,6 @@ def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str)
     return output
 
 
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-    """Names of the config.model.num_classes classes: config.data.class_names (a file, one name per line) if set,
-    else COCO's names for 80 classes, else '0', '1', ... (the MNIST digits)."""
-    n = int(config.model.num_classes)
-    path = config.data.get('class_names', '') if 'data' in config else ''
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f'config.data.class_names: no such file {p}')
-        names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-        if len(names) != n:
-            raise ValueError(f'config.data.class_names: {p} lists {len(names)} names but config.model.num_classes={n}')
-        return names
-    if n == len(COCO_CLASS_NAMES):
-        return list(COCO_CLASS_NAMES)
-    return [str(i) for i in range(n)]
-
-
 def _output_classes(shapes: dict, model: Any, num_anchors: int) -> dict[str, int]:
     """{output conv: number of classes its kernel predicts} from a params tree of arrays or metadata (.shape)."""
     out = {}
@@ -74,46 +57,73 @@ def _output_classes(shapes: dict, model: Any, num_anchors: int) -> dict[str, int
     return out
 
 
-def check_num_classes(params: dict, model: Any, model_config: ml_collections.ConfigDict, source: str) -> None:
+def check_num_classes_in_params(
+    params: dict, model: Any, model_config: ml_collections.ConfigDict, source: str
+) -> None:
     """Raises a ValueError naming both numbers when `params` (arrays or shape metadata) predict a different number
     of classes than config.model.num_classes."""
     num_anchors = len(model_config.anchors[0])
     found = set(_output_classes(params, model, num_anchors).values())
     if found and found != {int(model_config.num_classes)}:
         got = ', '.join(str(c) for c in sorted(found))
-        raise ValueError(
+        raise ConfigError(
             f'{source} predicts {got} classes but config.model.num_classes={model_config.num_classes}; '
             f'use --config.model.num_classes={got} (and matching config.data.class_names) to load it'
         )
 
 
-def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
-    """A manager that never writes or cleans up (safe while a training run writes to the same directory)."""
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    return ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+def inference_spec(config: ml_collections.ConfigDict, meta: dict | None = None) -> DetectionSpec:
+    """The spec to detect with: a checkpoint's own (its `meta`), else config.model with the data set's class
+    names (read without building anything). Either way config.model.num_classes must agree."""
+    if meta and 'spec' in meta:
+        spec = DetectionSpec.from_json(meta['spec'])
+        check_num_classes(config.model.num_classes, spec.class_names, 'the checkpoint')
+        return spec
+    from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow)
+
+    names = sources.get_class_names(config)
+    return build_spec(config.model, names, f'config.data.dataset={config.data.dataset!r}')
 
 
-def _restore_target(config: ml_collections.ConfigDict) -> Any:
-    """The abstract (shape-only) TrainState the checkpoint is restored into, built as training builds it."""
-    from yolo_jax import train  # noqa: PLC0415  (pulls in the loss and optimizer code: only when restoring)
-
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.train.init_from = ''  # the checkpoint replaces any initial weights: don't load them just to discard them
-    return jax.eval_shape(lambda: train.build_model_and_state(cfg, 1, 'none')[2])
+def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(x))
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def load_variables(
+def check_compatible(variables: dict, model: Any, model_config: ml_collections.ConfigDict, source: str,
+                     saved_model: dict | None = None) -> None:
+    """ConfigError in a few lines when `variables` do not fit `model` (config.model): the differing settings when
+    the source recorded its model (`saved_model`), and the first mismatching tensors."""
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    want = _shape_tree(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+    got = _shape_tree({k: variables[k] for k in ('params', 'batch_stats')})
+    if want == got:
+        return
+    lines = [f'{source} does not fit config.model (name={model_config.name}, num_classes={model_config.num_classes}, '
+             f'width_multiplier={model_config.width_multiplier}):']
+    if saved_model:
+        lines += [f'  config.model.{k}: checkpoint {saved_model[k]!r}, config {model_config[k]!r}'
+                  for k in ('name', 'num_classes', 'width_multiplier')
+                  if k in saved_model and saved_model[k] != model_config[k]]
+    diff = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    lines += [f'  {k}: checkpoint {got.get(k, "missing")}, model {want.get(k, "missing")}' for k in diff[:3]]
+    if len(diff) > 3:
+        lines.append(f'  ... and {len(diff) - 3} more tensors')
+    raise ConfigError('\n'.join(lines))
+
+
+def load_detector(
     config: ml_collections.ConfigDict, workdir: str | Path | None, weights: str | Path | None = None, *,
-    fold: bool = False,
-) -> tuple[Any, dict]:
-    """(model, variables) for inference: {'params', 'batch_stats'}, or with `fold` the BatchNorm-folded model
-    and its {'params'} (same outputs, fewer ops; models.fold_batchnorm). eval/detect pass
+    fold: bool,
+) -> tuple[Any, dict, DetectionSpec]:
+    """(model, variables, spec) for inference: {'params', 'batch_stats'}, or with `fold` the BatchNorm-folded
+    model and its {'params'} (same outputs, fewer ops; models.fold_batchnorm). eval/detect pass
     config.eval.fold_batchnorm.
 
     With `weights`: a Darknet .weights file (yolo_jax.darknet). Otherwise the best checkpoint in
-    workdir/checkpoints (lowest validation loss), falling back to the latest. Raises FileNotFoundError for a
-    missing workdir, checkpoint or weights file, and ValueError when the checkpoint's class count (from its
-    output convolutions) or architecture differs from config.model.
+    workdir/checkpoints (lowest validation loss), falling back to the latest: only its params and batch_stats
+    are read, so training-only settings (optimizer, clipping, freezing) play no part. Raises FileNotFoundError
+    for a missing workdir, checkpoint or weights file, and ConfigError when the weights do not fit config.model.
     """
     model = create_model(config.model)
     if weights:
@@ -123,37 +133,28 @@ def load_variables(
         from yolo_jax import darknet  # noqa: PLC0415  (optional feature, imported on demand)
 
         variables = darknet.load_weights(str(path), config.model)
-        check_num_classes(variables['params'], model, config.model, f'Darknet weights {path}')
+        check_num_classes_in_params(variables['params'], model, config.model, f'Darknet weights {path}')
         variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-        return _maybe_fold(fold, config, model, variables)
+        spec = inference_spec(config)
+    else:
+        if workdir is None or not Path(workdir).is_dir():
+            raise FileNotFoundError(f'workdir {workdir} does not exist: train first (--mode=train) or pass '
+                                    '--weights=FILE')
+        variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
+        source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
+        check_compatible(variables, model, config.model, source, meta.get('model'))
+        spec = inference_spec(config, meta)
+    model, variables = _maybe_fold(fold, config, model, variables)
+    return model, variables, spec
 
-    if workdir is None or not Path(workdir).is_dir():
-        raise FileNotFoundError(f'workdir {workdir} does not exist: train first (--mode=train) or pass --weights=FILE')
-    directory = Path(workdir).absolute() / 'checkpoints'
-    if not directory.is_dir():
-        raise FileNotFoundError(f'no checkpoint in {workdir}: {directory} does not exist (train first, or pass '
-                                '--weights=FILE)')
-    manager = _read_only_manager(directory)
-    step = checkpointing.best_step(manager)
-    if step is None:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f'no checkpoint in {directory} (train first, or pass --weights=FILE)')
-    source = f'checkpoint {directory / str(step)}'
-    try:  # cheap metadata read: a clear message before orbax's shape error
-        metadata = ocp.StandardCheckpointer().metadata(directory / str(step) / 'state').item_metadata
-        check_num_classes(metadata['params'], model, config.model, source)
-    except (FileNotFoundError, KeyError, TypeError, AttributeError):
-        pass
-    try:
-        state, _ = checkpointing.restore(manager, step, _restore_target(config))
-    except (ValueError, KeyError) as e:
-        m = config.model
-        raise ValueError(
-            f'{source} does not match config.model (name={m.name}, num_classes={m.num_classes}, '
-            f'width_multiplier={m.width_multiplier}, config.train.freeze={config.train.freeze}): {e}'
-        ) from e
-    return _maybe_fold(fold, config, model, {'params': state.params, 'batch_stats': state.batch_stats})
+
+def load_variables(
+    config: ml_collections.ConfigDict, workdir: str | Path | None, weights: str | Path | None = None, *,
+    fold: bool,
+) -> tuple[Any, dict]:
+    """(model, variables) of `load_detector`."""
+    model, variables, _ = load_detector(config, workdir, weights, fold=fold)
+    return model, variables
 
 
 def _maybe_fold(fold: bool, config: ml_collections.ConfigDict, model: Any, variables: dict) -> tuple[Any, dict]:

@@ -1,7 +1,9 @@
 """tf.data input pipeline: decoded examples → augmented, letterboxed, target-encoded batches (NumPy via TF).
 
 TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the jitted model never touches it.
-The decoded source comes from `yolo_jax.data.sources.load_split` (imported lazily).
+`Data` is created once per run: it prepares the data set (building the MNIST set is an explicit, logged step),
+knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams train batches for
+(epoch, skip) and eval batches padded to the same count on every process.
 
 Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size, C = num_classes:
   'image'     float32 (B, S, S, 3) RGB in [0, 1] (letterboxed on grey 128, or stretched).
@@ -22,8 +24,8 @@ shard), and maps run with deterministic=True, so batches do not depend on parall
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,16 +34,13 @@ import tensorflow as tf
 from yolo_jax.data import augment as augment_lib
 from yolo_jax.data import letterbox as letterbox_lib
 from yolo_jax.data import targets as targets_lib
-
-# Decoded, cached source datasets, reused across epochs: `ds.cache()` lives with the dataset object, so a fresh
-# `load_split(...).cache()` per epoch would decode everything again.
-_SOURCES: dict[tuple, tuple[tf.data.Dataset, Any]] = {}
-_TF_CONFIGURED = False
+from yolo_jax.errors import DataError
+from yolo_jax.spec import build_spec
 
 
 def _num_threads(config) -> int:
     """config.data.num_threads, or (0 = auto) the CPUs this process may run on."""
-    n = int(config.data.get('num_threads', 0) or 0)
+    n = int(config.data.num_threads)
     if n > 0:
         return n
     try:
@@ -51,14 +50,10 @@ def _num_threads(config) -> int:
 
 
 def configure_tensorflow(num_threads: int) -> None:
-    """Keeps TF off the GPUs (JAX owns them) and caps its global thread pools; once per process, best effort.
+    """Keeps TF off the GPUs (JAX owns them) and caps its global thread pools; best effort.
 
     Both settings only take effect before TF's runtime starts; later calls are silently ignored.
     """
-    global _TF_CONFIGURED
-    if _TF_CONFIGURED:
-        return
-    _TF_CONFIGURED = True
     try:
         tf.config.set_visible_devices([], 'GPU')
     except (RuntimeError, ValueError):
@@ -68,28 +63,6 @@ def configure_tensorflow(num_threads: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(num_threads)
     except RuntimeError:
         pass
-
-
-def clear_cache() -> None:
-    """Drops the cached decoded sources (frees their memory)."""
-    _SOURCES.clear()
-
-
-def _config_key(config) -> str:
-    parts = {k: config[k].to_dict() for k in ('data', 'model') if k in config}
-    return json.dumps(parts, sort_keys=True, default=str)
-
-
-def _source(config, split: str, process_index: int, process_count: int) -> tuple[tf.data.Dataset, Any]:
-    """(unbatched decoded dataset, SplitInfo), memoised; the examples are cached in memory when config.data.cache."""
-    from yolo_jax.data import sources  # lazy: heavy, and written in parallel with this module
-
-    configure_tensorflow(_num_threads(config))  # before TF's first op, which may be inside load_split
-    key = (sources.load_split, _config_key(config), split, process_index, process_count)
-    if key not in _SOURCES:
-        ds, info = sources.load_split(config, split, process_index=process_index, process_count=process_count)
-        _SOURCES[key] = (ds.cache() if config.data.cache else ds, info)
-    return _SOURCES[key]
 
 
 def _options(config) -> tf.data.Options:
@@ -109,7 +82,7 @@ def _shuffle_seed(seed: int, epoch: int) -> int:
 def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None):
     """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels."""
     size = int(config.model.input_size)
-    mode = config.data.get('resize', 'letterbox')
+    mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
         raise ValueError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
 
@@ -194,29 +167,22 @@ def _finish_fn(config, *, batch_size: int, pad: bool):
     return finish
 
 
-def create_train_dataset(
-    config,
-    *,
-    epoch: int,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+def train_epoch_dataset(
+    config, source: tf.data.Dataset, num_examples: int, *, epoch: int, batch_size: int, process_index: int = 0,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """One epoch of this process's shard, as batches of `batch_size` (this process's part of the global batch).
+    """One epoch of a process's shard `source` (decoded, cached), as batches of `batch_size` (this process's part
+    of the global batch).
 
     Seeded shuffle of the whole shard by (config.train.seed, epoch) (config.data.shuffle_buffer > 0 caps the
     buffer to bound memory on big datasets), augmentation when config.data.augment, letterbox (or stretch),
     target encoding, drop_remainder batching. `skip_batches` drops the first batches exactly (for resume),
     before any augmentation work is spent on them.
     """
-    ds, info = _source(config, 'train', process_index, process_count)
-    n = int(ds.cardinality())
-    if n < 0:  # unknown: assume an even shard of the split
-        n = -(-info.num_examples // process_count)
-    buffer = max(1, n if config.data.shuffle_buffer <= 0 else min(n, int(config.data.shuffle_buffer)))
+    buffer = max(1, num_examples if config.data.shuffle_buffer <= 0 else min(num_examples,
+                                                                             int(config.data.shuffle_buffer)))
     seed = int(config.train.seed)
-    ds = ds.enumerate()  # the index in the shard seeds this example's augmentation
+    ds = source.enumerate()  # the index in the shard seeds this example's augmentation
     ds = ds.shuffle(buffer, seed=_shuffle_seed(seed, epoch), reshuffle_each_iteration=False)
     if skip_batches:
         ds = ds.skip(int(skip_batches) * batch_size)  # same as skipping batches: augmentation is per example
@@ -229,18 +195,10 @@ def create_train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def create_eval_dataset(
-    config,
-    *,
-    batch_size: int,
-    split: str = 'test',
-    process_index: int = 0,
-    process_count: int = 1,
-) -> tf.data.Dataset:
-    """The whole `split` shard in source order, without augmentation; the last partial batch is padded to
-    `batch_size` with 'valid' = 0 (and no boxes)."""
-    ds, _ = _source(config, split, process_index, process_count)
-    ds = ds.enumerate()
+def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data.Dataset:
+    """A whole shard `source` in order, without augmentation; the last partial batch is padded to `batch_size`
+    with 'valid' = 0 (and no boxes)."""
+    ds = source.enumerate()
     ds = ds.map(_prepare_fn(config, augment_seed=None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=False)
     ds = ds.map(
@@ -249,14 +207,92 @@ def create_eval_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def dataset_info(config, split: str = 'train'):
-    """The split's `sources.SplitInfo` (num_examples over all processes, class_names)."""
-    return _source(config, split, 0, 1)[1]
+def _blank_batch(template: dict[str, Any]) -> dict[str, Any]:
+    """A batch shaped like `template` holding only padding examples (valid = 0, no boxes)."""
+    out = jax_tree_map(np.zeros_like, template)
+    out['classes'] = np.full_like(template['classes'], -1)
+    out['orig_size'] = template['orig_size']  # any harmless (h, w)
+    return out
 
 
-def steps_per_epoch(config, global_batch_size: int) -> int:
-    """floor(num_train / global_batch_size); config.train.steps_per_epoch > 0 overrides it."""
-    override = int(config.train.get('steps_per_epoch', -1))
-    if override > 0:
-        return override
-    return dataset_info(config, 'train').num_examples // int(global_batch_size)
+def jax_tree_map(fn, tree):
+    """tree map over dicts / tuples of NumPy arrays (without importing JAX into the input pipeline)."""
+    if isinstance(tree, dict):
+        return {k: jax_tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(jax_tree_map(fn, v) for v in tree)
+    return fn(tree)
+
+
+class Data:
+    """A run's data, created once: the data set's classes and spec, decoded splits, train and eval batches.
+
+    Each process reads its own contiguous shard of every split (`process_index` of `process_count`).
+    """
+
+    def __init__(self, config, *, process_index: int = 0, process_count: int = 1):
+        from yolo_jax.data import sources  # noqa: PLC0415  (heavy)
+
+        self.config, self.process_index, self.process_count = config, process_index, process_count
+        configure_tensorflow(_num_threads(config))  # before TF's first op
+        self._sources_lib = sources
+        self.class_names, where = sources.prepare(config)
+        self.spec = build_spec(config.model, self.class_names, where)
+        self._splits: dict[str, tuple[tf.data.Dataset, Any]] = {}
+
+    def split(self, name: str) -> tuple[tf.data.Dataset, Any]:
+        """(this process's decoded shard of split `name`, cached when config.data.cache; its SplitInfo)."""
+        if name not in self._splits:
+            ds, info = self._sources_lib.load_split(self.config, name, process_index=self.process_index,
+                                                    process_count=self.process_count)
+            self._splits[name] = (ds.cache() if self.config.data.cache else ds, info)
+        return self._splits[name]
+
+    def num_examples(self, split: str) -> int:
+        """Examples in the whole split (all processes)."""
+        return int(self.split(split)[1].num_examples)
+
+    def shard_size(self, split: str) -> int:
+        start, end = self._sources_lib.shard_bounds(self.num_examples(split), self.process_index, self.process_count)
+        return end - start
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        """floor(num_train / global_batch_size); config.train.steps_per_epoch > 0 overrides it."""
+        override = int(self.config.train.steps_per_epoch)
+        return override if override > 0 else self.num_examples('train') // int(global_batch_size)
+
+    def train_epoch(self, epoch: int, batch_size: int, skip_batches: int = 0) -> tf.data.Dataset:
+        """One epoch of this process's shard, as batches of `batch_size` (see `train_epoch_dataset`)."""
+        source, _ = self.split('train')
+        return train_epoch_dataset(self.config, source, self.shard_size('train'), epoch=epoch, batch_size=batch_size,
+                                   process_index=self.process_index, skip_batches=skip_batches)
+
+    def train_batches(self, start_step: int, steps_per_epoch: int, batch_size: int) -> Iterator[tuple[int, dict]]:
+        """(epoch, host batch) from global step `start_step` on, epoch after epoch, forever; each epoch is
+        `steps_per_epoch` batches."""
+        epoch, skip = divmod(start_step, steps_per_epoch)
+        while True:
+            n = 0
+            for batch in self.train_epoch(epoch, batch_size, skip).take(steps_per_epoch - skip).as_numpy_iterator():
+                n += 1
+                yield epoch, batch
+            if n < steps_per_epoch - skip:
+                raise DataError(f'epoch {epoch} of the training split yielded {skip + n} batches of {batch_size}, '
+                                f'fewer than the {steps_per_epoch} steps per epoch (config.train.steps_per_epoch?)')
+            epoch, skip = epoch + 1, 0
+
+    def eval_batches(self, batch_size: int, split: str = 'test') -> Iterator[dict]:
+        """This process's shard of `split` in batches of `batch_size`, padded (valid = 0) to the same number of
+        batches on every process, so that steps over a multi-process mesh stay in step."""
+        source, _ = self.split(split)
+        largest_shard = -(-self.num_examples(split) // self.process_count)
+        num_batches = -(-largest_shard // batch_size)
+        n, last = 0, None
+        for batch in eval_dataset(self.config, source, batch_size=batch_size).as_numpy_iterator():
+            n, last = n + 1, batch
+            yield batch
+        if last is None and num_batches:
+            raise DataError(f'process {self.process_index} holds no example of the {split} split: use fewer '
+                            'processes than examples')
+        for _ in range(num_batches - n):
+            yield _blank_batch(last)

@@ -17,6 +17,7 @@ import ml_collections
 
 from yolo_jax.boxes import giou_xywh, iou_xywh
 from yolo_jax.decode import decode, split_raw
+from yolo_jax.spec import DetectionSpec
 
 Array = jnp.ndarray
 COMPONENTS = ('giou', 'conf', 'prob')
@@ -116,10 +117,7 @@ def yolo_loss(
     return metrics['total'], metrics
 
 
-def loss_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """The keyword arguments of `yolo_loss` / `loss_maps` that come from the config."""
-    return {
-        'anchors': tuple(tuple(tuple(float(v) for v in a) for a in scale) for scale in config.model.anchors),
-        'strides': tuple(int(s) for s in config.model.strides),
-        'ignore_thresh': float(config.loss.ignore_thresh),
-    }
+def loss_kwargs(spec: DetectionSpec, loss_config: ml_collections.ConfigDict) -> dict:
+    """The keyword arguments of `yolo_loss` / `loss_maps`: anchors and strides from the spec, the rest from
+    config.loss."""
+    return {'anchors': spec.anchors, 'strides': spec.strides, 'ignore_thresh': float(loss_config.ignore_thresh)}

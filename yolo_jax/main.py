@@ -23,6 +23,12 @@ flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to us
 flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, run dots and reductions with YNNPACK (XLA flag '
                   f'{cpu_env.YNN_DOT_FLAG}; measured ~35% faster train steps here); skipped for bfloat16, whose '
                   "YNN dots are slower than XLA's.")
+flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0 (hosts started by hand; with '
+                    '--num_processes and --process_id).')
+flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes (with --coordinator_address).')
+flags.DEFINE_integer('process_id', -1, 'Multi-host: this process, 0..num_processes-1 (with --coordinator_address).')
+flags.DEFINE_bool('distributed', False, 'Multi-host on a cluster (SLURM, Open MPI, ...): detect the processes '
+                  'automatically (jax.distributed.initialize()).')
 flags.DEFINE_bool('jemalloc', True, 'Restart under jemalloc (if installed: apt-get install libjemalloc2), '
                   'keeping freed memory: measured faster and steadier CPU steps (README, benchmarks).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -49,6 +55,10 @@ def main(argv):
     config = FLAGS.config
     # Before JAX starts its backend; YNN's bfloat16 dots are slower than XLA's, so float32 only.
     cpu_env.set_ynn_dot_flag(FLAGS.xla_cpu_ynn_dot and config.model.dtype == 'float32')
+    from yolo_jax import parallel  # noqa: PLC0415  (JAX: after the XLA flags are set)
+
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                    auto=FLAGS.distributed)
     logging.info('Config:\n%s', config)
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415

@@ -85,13 +85,21 @@ class PostprocessConfig:
     @classmethod
     def from_config(cls, config: Any, **overrides) -> PostprocessConfig:
         """From a full config (config.model, config.eval, config.data.resize); keyword overrides win."""
-        m, e = config.model, config.eval
-        data = config.get('data', None)
+        m = config.model
+        anchors = tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors)
+        return cls.from_spec(int(m.input_size), tuple(int(s) for s in m.strides), anchors, config.eval,
+                             config.data.resize, **overrides)
+
+    @classmethod
+    def from_spec(cls, input_size: int, strides: tuple[int, ...], anchors: tuple, eval_config: Any,
+                  resize_mode: str, **overrides) -> PostprocessConfig:
+        """From a DetectionSpec's geometry, config.eval and config.data.resize; keyword overrides win."""
+        e = eval_config
         kw = dict(
-            input_size=int(m.input_size),
-            strides=tuple(int(s) for s in m.strides),
-            anchors=tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors),
-            resize_mode=data.get('resize', 'letterbox') if data is not None else 'letterbox',
+            input_size=input_size,
+            strides=strides,
+            anchors=anchors,
+            resize_mode=resize_mode,
             score_threshold=float(e.score_threshold),
             iou_threshold=float(e.nms_iou_threshold),
             method=str(e.nms_method),

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from yolo_jax import checkpointing, darknet
@@ -130,45 +129,11 @@ def load_darknet_source(path: Path, mc: ml_collections.ConfigDict) -> dict:
         raise ValueError(f'config.train.init_from: {e}') from None
 
 
-def _checkpoint_location(path: Path) -> tuple[Path, int | None]:
-    """(checkpoints directory, step or None) for a workdir, its checkpoints/ or a checkpoints/<step>."""
-    if (path / 'checkpoints').is_dir():
-        return path / 'checkpoints', None
-    if path.name.isdigit() and (path / 'state').is_dir():
-        return path.parent, int(path.name)
-    return path, None
-
-
 def load_checkpoint_source(path: Path) -> tuple[dict, int]:
-    """{'params', 'batch_stats'} (NumPy, on the host) of a yolo_jax orbax checkpoint, and its step.
-
-    Restores only what the checkpoint's own metadata describes (no target TrainState needed, so the
-    source may have another class count or optimizer), onto the first local device.
-    """
-    directory, step = _checkpoint_location(path)
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    handlers = {'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f'config.train.init_from: no orbax checkpoint in {directory}')
-        if step is None:
-            step = checkpointing.best_step(manager)
-            step = manager.latest_step() if step is None else step
-        elif step not in steps:
-            raise FileNotFoundError(f'config.train.init_from: no checkpoint at step {step} in {directory}')
-        metadata = manager.item_metadata(step)['state']
-        tree = getattr(metadata, 'tree', metadata)
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = {
-            k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree[k])
-            for k in ('params', 'batch_stats')
-        }
-        # Partial restore: params and batch_stats only (not the optimizer state, step or RNG).
-        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        args = ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True)
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))['state']
-    return jax.tree.map(np.asarray, {k: restored[k] for k in ('params', 'batch_stats')}), step
+    """{'params', 'batch_stats'} (NumPy, on the host) of a yolo_jax checkpoint, and its step (see
+    `checkpointing.load_model`: the source may have another class count or optimizer)."""
+    variables, step, _ = checkpointing.load_model(path, 'config.train.init_from')
+    return variables, step
 
 
 def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:

@@ -204,5 +204,5 @@ def prepare_mnist_detection(config: ml_collections.ConfigDict) -> MnistDetection
         seed=int(d.generator_seed),
         digit_source=str(d.digit_source),
         data_dir=str(d.data_dir) or None,
-        paste=str(d.get('generator_paste', 'overwrite')),
+        paste=str(d.generator_paste),
     )

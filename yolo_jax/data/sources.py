@@ -87,6 +87,21 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(builder.info.features['objects']['label'].names)
 
 
+def prepare(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+    """Makes config.data.dataset ready to read and returns (its class names, a description of where they come
+    from). Building the generated MNIST set is this explicit step (logged; once per data dir), never a side
+    effect of loading."""
+    dataset = str(config.data.dataset)
+    if dataset == 'mnist_detection':
+        logging.info('Preparing the MNIST detection set (built once into %s, then reused)',
+                     config.data.data_dir or 'the TFDS data dir')
+        builder = mnist_detection.prepare_mnist_detection(config)
+        return mnist_detection.CLASS_NAMES, f'the MNIST detection set ({builder.info.full_name})'
+    if dataset == 'annotations':
+        return get_class_names(config), f'config.data.class_names ({config.data.class_names})'
+    return get_class_names(config), f'the TFDS data set {dataset}'
+
+
 def num_classes(config: ml_collections.ConfigDict) -> int:
     """len(get_class_names(config))."""
     return len(get_class_names(config))

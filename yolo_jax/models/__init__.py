@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from yolo_jax.errors import ConfigError
 from yolo_jax.models.fold import fold_batchnorm
-from yolo_jax.models.layers import CONV_IMPLS
 from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
 
 __all__ = [
-    'CONV_IMPLS', 'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
+    'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
     'init_variables', 'iter_darknet_layers',
 ]
 
@@ -18,23 +18,29 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
 
 
 def create_model(
-    model_config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None, folded: bool = False
+    model_config: ml_collections.ConfigDict,
+    *,
+    bn_axis_name: str | None = None,
+    folded: bool = False,
+    freeze: str = 'none',
 ) -> YOLOv3:
     """Builds the network named by `model_config.name`.
 
     `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit). `folded=True`
-    builds the inference-only network without BatchNorm whose params come from `fold_batchnorm`.
+    builds the inference-only network without BatchNorm whose params come from `fold_batchnorm`. `freeze`
+    (config.train.freeze) runs the frozen parts' BatchNorm in inference mode, so their statistics stay fixed.
     """
-    conv_impl = model_config.get('conv_impl', 'xla')
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f'config.model.conv_impl: unknown {conv_impl!r}; expected one of {list(CONV_IMPLS)}')
     if model_config.name not in _MODELS:
-        raise ValueError(f'config.model.name: unknown model {model_config.name!r}; expected one of {sorted(_MODELS)}')
+        raise ConfigError(f'config.model.name: unknown model {model_config.name!r}; expected one of {sorted(_MODELS)}')
     if model_config.dtype not in _DTYPES:
-        raise ValueError(f'config.model.dtype: unknown dtype {model_config.dtype!r}; expected one of {sorted(_DTYPES)}')
+        raise ConfigError(f'config.model.dtype: unknown dtype {model_config.dtype!r}; '
+                          f'expected one of {sorted(_DTYPES)}')
     num_anchors = {len(a) for a in model_config.anchors}
     if len(num_anchors) != 1 or len(model_config.anchors) != len(model_config.strides):
-        raise ValueError('config.model.anchors: need the same number of anchors at each of the config.model.strides')
+        raise ConfigError('config.model.anchors: need the same number of anchors at each of the config.model.strides')
+    if model_config.input_size % max(model_config.strides):
+        raise ConfigError(f'config.model.input_size={model_config.input_size} must be a multiple of '
+                          f'{max(model_config.strides)} (the largest stride of {model_config.name})')
     return _MODELS[model_config.name](
         num_classes=model_config.num_classes,
         num_anchors=num_anchors.pop(),
@@ -43,8 +49,8 @@ def create_model(
         bn_epsilon=model_config.bn_epsilon,
         bn_axis_name=bn_axis_name,
         dtype=_DTYPES[model_config.dtype],
-        conv_impl=conv_impl,
         folded=folded,
+        freeze=freeze,
     )
 
 

@@ -16,9 +16,6 @@ from jax import lax
 
 Array = jnp.ndarray
 
-# How convolutions are computed (config.model.conv_impl); every choice has the same parameters and results.
-CONV_IMPLS = ('xla', 'matmul', 'matmul_1x1')
-
 # Keras' default for conv kernels in the TF2 reference (random_normal, stddev 0.01).
 KERNEL_INIT = nn.initializers.normal(stddev=0.01)
 
@@ -38,58 +35,8 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(8, int(round(channels * width / 8)) * 8)
 
 
-def im2col(x: Array, kernel_size: int, stride: int) -> Array:
-    """(B, H, W, C) → (B, Ho, Wo, k*k*C) patches with Darknet's padding, ordered (row, column, channel).
-
-    Row-major over the kernel window, so `patches @ kernel.reshape(k*k*C, F)` is the convolution.
-    """
-    k = kernel_size
-    (pt, pb), (pl, pr) = conv_padding(k, stride)
-    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
-    taps = [
-        x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
-        for i in range(k)
-        for j in range(k)
-    ]
-    return taps[0] if k == 1 else jnp.concatenate(taps, axis=-1)
-
-
-class MatmulConv(nn.Module):
-    """A Darknet convolution computed as one matmul (1x1: directly; kxk: over im2col patches).
-
-    Same parameter names, shapes and initialisation as `nn.Conv` with Darknet's padding, so checkpoints and
-    Darknet weights are interchangeable between implementations. XLA's CPU convolutions (above all their
-    weight gradients on large maps with few channels) run far below its matmul speed; as matmuls the forward
-    and both gradients are large GEMMs. Accumulates in float32 whatever the compute dtype.
-    """
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k, cin = self.kernel_size, x.shape[-1]
-        kernel = self.param('kernel', KERNEL_INIT, (k, k, cin, self.features), jnp.float32)
-        patches = im2col(x.astype(self.dtype), k, self.stride)
-        w = kernel.reshape(k * k * cin, self.features).astype(self.dtype)
-        y = jax.lax.dot_general(patches, w, (((3,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        if self.use_bias:
-            y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-        return y.astype(self.dtype)
-
-
-def make_conv(
-    features: int, kernel_size: int, stride: int, *, use_bias: bool, impl: str, dtype: Any, name: str
-) -> nn.Module:
-    """The convolution module for `impl` (one of CONV_IMPLS); 'matmul_1x1' uses matmuls for 1x1 convs only."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f'config.model.conv_impl: unknown {impl!r}; expected one of {CONV_IMPLS}')
-    if impl == 'matmul' or (impl == 'matmul_1x1' and kernel_size == 1):
-        return MatmulConv(features, kernel_size, stride, use_bias=use_bias, dtype=dtype, name=name)
+def make_conv(features: int, kernel_size: int, stride: int, *, use_bias: bool, dtype: Any, name: str) -> nn.Module:
+    """A convolution with Darknet's padding (see `conv_padding`) and the reference's kernel initialiser."""
     k = kernel_size
     return nn.Conv(
         features,
@@ -196,14 +143,12 @@ class ConvBN(nn.Module):
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = 'xla'
     folded: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         conv = make_conv(
-            self.features, self.kernel_size, self.stride, use_bias=self.folded, impl=self.conv_impl,
-            dtype=self.dtype, name='conv',
+            self.features, self.kernel_size, self.stride, use_bias=self.folded, dtype=self.dtype, name='conv',
         )
         x = conv(x)
         if self.folded:

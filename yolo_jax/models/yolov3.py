@@ -46,7 +46,6 @@ class _Convs:
             bn_epsilon=m.bn_epsilon,
             bn_axis_name=m.bn_axis_name,
             dtype=m.dtype,
-            conv_impl=m.conv_impl,
             folded=m.folded,
             name=self._name(),
         )(x, self.train)
@@ -54,7 +53,7 @@ class _Convs:
     def out(self, x: Array, features: int) -> Array:
         """The linear output convolution (1x1, with bias, no BN)."""
         m = self.m
-        conv = make_conv(features, 1, 1, use_bias=True, impl=m.conv_impl, dtype=m.dtype, name=self._name())
+        conv = make_conv(features, 1, 1, use_bias=True, dtype=m.dtype, name=self._name())
         return conv(x).astype(jnp.float32)
 
 
@@ -66,8 +65,9 @@ class _Base(nn.Module):
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = 'xla'  # see layers.CONV_IMPLS
     folded: bool = False  # BatchNorm folded into the convs (inference only; see models.fold_batchnorm)
+    # config.train.freeze: frozen parts run BatchNorm in inference mode, so their statistics stay as loaded.
+    freeze: str = 'none'
 
     @property
     def out_features(self) -> int:
@@ -125,13 +125,17 @@ class YOLOv3(_Base):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         kw = self._kwargs()
-        routes = Darknet53(**kw, name='backbone')(x, train)
-        return YOLOv3Head(**kw, name='head')(routes, train)
+        routes = Darknet53(**kw, name='backbone')(x, self.bn_training(train, 'backbone'))
+        return YOLOv3Head(**kw, name='head')(routes, self.bn_training(train, 'head'))
+
+    def bn_training(self, train: bool, part: str) -> bool:
+        """Whether `part` ('backbone' or 'head') runs BatchNorm in training mode under the freeze policy."""
+        frozen = {'none': (), 'backbone': ('backbone',), 'all_but_heads': ('backbone', 'head')}[self.freeze]
+        return train and part not in frozen
 
     def _kwargs(self) -> dict:
         names = (
-            'num_classes', 'num_anchors', 'width', 'bn_momentum', 'bn_epsilon', 'bn_axis_name', 'dtype', 'conv_impl',
-            'folded',
+            'num_classes', 'num_anchors', 'width', 'bn_momentum', 'bn_epsilon', 'bn_axis_name', 'dtype', 'folded',
         )
         return {n: getattr(self, n) for n in names}
 
@@ -186,8 +190,8 @@ class YOLOv3Tiny(YOLOv3):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         kw = self._kwargs()
-        routes = TinyBackbone(**kw, name='backbone')(x, train)
-        return TinyHead(**kw, name='head')(routes, train)
+        routes = TinyBackbone(**kw, name='backbone')(x, self.bn_training(train, 'backbone'))
+        return TinyHead(**kw, name='head')(routes, self.bn_training(train, 'head'))
 
 
 def iter_darknet_layers(variables: dict) -> Iterator[tuple[str, dict, dict | None]]:

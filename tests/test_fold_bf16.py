@@ -1,7 +1,6 @@
-"""Convolutions as matmuls (config.model.conv_impl), BatchNorm folding and bfloat16 compute.
+"""BatchNorm folding, bfloat16 compute, the hand-written BatchNorm backward and the reshape max-pool.
 
-Oracles: `nn.Conv` with Darknet's padding (itself checked against a NumPy loop in test_models.py), the unfolded
-network in inference mode, and the float32 loss.
+Oracles: the unfolded network in inference mode, the float32 loss, Flax's autodiff BatchNorm and max_pool.
 """
 
 import functools
@@ -11,49 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import loss_kw
 from test_loss import random_problem
 
 from configs.mnist import get_config
-from yolo_jax import train
-from yolo_jax.loss import loss_kwargs
+from yolo_jax import steps, train
 from yolo_jax.models import create_model, fold_batchnorm, fold_variables, init_variables
-from yolo_jax.models.layers import KERNEL_INIT, MatmulConv, conv_padding, im2col, make_conv
-
-
-@pytest.mark.parametrize('k, stride, size', [(1, 1, 7), (3, 1, 7), (3, 2, 8), (3, 2, 6), (1, 1, 1), (3, 1, 1)])
-@pytest.mark.parametrize('use_bias', [False, True])
-def test_matmul_conv_equals_nn_conv_forward_and_gradients(k, stride, size, use_bias):
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 5))
-    ref = nn.Conv(4, (k, k), (stride, stride), padding=conv_padding(k, stride), use_bias=use_bias,
-                  kernel_init=KERNEL_INIT, bias_init=nn.initializers.normal(1.0))
-    ours = MatmulConv(4, k, stride, use_bias=use_bias)
-    params = ref.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
-    loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731 - a nonlinear readout
-    want = jax.value_and_grad(loss(ref), argnums=(0, 1))(params, x)
-    got = jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x)
-    assert ref.apply(params, x).shape == ours.apply(params, x).shape
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
-
-
-def test_im2col_orders_taps_like_the_kernel():
-    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
-    patches = im2col(x, 3, 1)
-    assert patches.shape == (2, 4, 4, 27)
-    # Centre of the window is tap (1, 1): channels 12..14 at every output pixel are the input pixel itself.
-    np.testing.assert_array_equal(patches[..., 12:15], x)
-    # Tap (0, 0) of output (1, 1) is input (0, 0); of output (0, 0) it is the zero padding.
-    np.testing.assert_array_equal(patches[:, 1, 1, 0:3], x[:, 0, 0])
-    np.testing.assert_array_equal(patches[:, 0, 0, 0:3], 0)
-
-
-def test_make_conv_rejects_unknown_impl():
-    with pytest.raises(ValueError, match='conv_impl'):
-        make_conv(4, 3, 1, use_bias=False, impl='fft', dtype=jnp.float32, name='conv')
-    config = get_config('smoke')
-    config.model.conv_impl = 'fft'
-    with pytest.raises(ValueError, match='config.model.conv_impl'):
-        create_model(config.model)
 
 
 def _small(variant: str, **model):
@@ -63,32 +25,6 @@ def _small(variant: str, **model):
     config.model.input_size = 64
     config.model.update(model)
     return config
-
-
-@pytest.mark.parametrize('variant, impl', [('', 'matmul'), ('tiny', 'matmul'), ('tiny', 'matmul_1x1')])
-def test_whole_network_same_params_outputs_and_gradients_for_every_conv_impl(variant, impl):
-    """Checkpoints are interchangeable (identical init) and one train step does the same thing."""
-    ref_cfg, cfg = _small(variant), _small(variant, conv_impl=impl)
-    states = [train.build_model_and_state(c, 10, 'none')[2] for c in (ref_cfg, cfg)]
-    jax.tree.map(np.testing.assert_array_equal, states[0].params, states[1].params)
-    rng = np.random.default_rng(0)
-    m = cfg.model
-    _, labels, bboxes = random_problem(rng, 2, 64, m.strides, m.anchors, 3, 3, max_bbox=6, p_respond=0.1)
-    batch = {'image': rng.uniform(size=(2, 64, 64, 3)).astype(np.float32), 'labels': tuple(labels),
-             'bboxes': tuple(bboxes), 'valid': np.ones(2, np.float32)}
-    results = []
-    for c, state in zip((ref_cfg, cfg), states):
-        lr_fn = train.create_learning_rate_fn(c, 10)
-        step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(c), lr_fn=lr_fn))
-        results.append(step(state, batch))
-    (s0, m0), (s1, m1) = results
-    np.testing.assert_allclose(m1['total'], m0['total'], rtol=1e-4)
-    # Adam's first step moves every weight by ~lr * sign(grad): equal updates mean equal gradient signs (all but
-    # a handful of near-zero gradients, whose sign is rounding noise).
-    diff = np.concatenate([np.abs(np.ravel(a - b)) for a, b in zip(jax.tree.leaves(s0.params),
-                                                                     jax.tree.leaves(s1.params))])
-    assert np.mean(diff > 1e-6) < 1e-3, np.mean(diff > 1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), s1.batch_stats, s0.batch_stats)
 
 
 @pytest.mark.parametrize('variant', ['', 'tiny'])
@@ -130,11 +66,10 @@ def test_fold_batchnorm_hand_computed_and_missing_stats():
         fold_batchnorm(params, {}, epsilon=1e-3)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'matmul'])
-def test_bfloat16_loss_within_tolerance_of_float32(impl):
+def test_bfloat16_loss_within_tolerance_of_float32():
     """Same params, bfloat16 compute: params and loss stay float32; the loss moves < 2% (stated tolerance)."""
-    cfgs = [_small('tiny', conv_impl=impl, dtype=d) for d in ('float32', 'bfloat16')]
-    states = [train.build_model_and_state(c, 10, 'none')[2] for c in cfgs]
+    cfgs = [_small('tiny', dtype=d) for d in ('float32', 'bfloat16')]
+    states = [train.build_model_and_state(c, 10)[2] for c in cfgs]
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(states[1].params))
     rng = np.random.default_rng(3)
     m = cfgs[0].model
@@ -143,7 +78,7 @@ def test_bfloat16_loss_within_tolerance_of_float32(impl):
              'bboxes': tuple(bboxes), 'valid': np.ones(2, np.float32)}
     results = []
     for c, s in zip(cfgs, states):
-        fn = jax.jit(lambda p, s=s, c=c: train._losses(p, s.batch_stats, s.apply_fn, batch, loss_kwargs(c), True))
+        fn = jax.jit(lambda p, s=s, c=c: steps._losses(p, s.batch_stats, s.apply_fn, batch, loss_kw(c), True))
         (total, (metrics, _)), grads = jax.value_and_grad(fn, has_aux=True)(s.params)
         results.append((total, metrics, jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])))
     (t32, m32, g32), (t16, m16, g16) = results
@@ -155,20 +90,19 @@ def test_bfloat16_loss_within_tolerance_of_float32(impl):
     assert cosine > 0.85, cosine  # the gradient points the same way (measured 0.91 on this problem)
 
 
-@pytest.mark.parametrize('impl, dtype', [('matmul', 'float32'), ('matmul', 'bfloat16'), ('xla', 'bfloat16')])
-def test_training_converges_with_matmul_convs_and_bfloat16(impl, dtype):
+def test_training_converges_in_bfloat16():
     """The same 15-step descent as test_train.py's float32 check: the loss falls below 0.7x its start."""
     config = get_config('tiny,smoke')
-    config.model.update(num_classes=3, conv_impl=impl, dtype=dtype)
+    config.model.update(num_classes=3, dtype='bfloat16')
     config.train.update(lr_init=3e-3, warmup_epochs=0)
-    _, lr_fn, state = train.build_model_and_state(config, 10, 'none')
+    _, lr_fn, state = train.build_model_and_state(config, 10)
     size = config.model.input_size
     rng = np.random.default_rng(0)
     _, labels, bboxes = random_problem(rng, 4, size, config.model.strides, config.model.anchors, 3, 4, max_bbox=8,
                                        p_respond=0.1)
     batch = {'image': rng.uniform(size=(4, size, size, 3)).astype(np.float32), 'labels': tuple(labels),
              'bboxes': tuple(bboxes), 'valid': np.ones(4, np.float32)}
-    step = jax.jit(functools.partial(train.train_step, loss_kw=loss_kwargs(config), lr_fn=lr_fn))
+    step = jax.jit(functools.partial(steps.train_step, loss_kw=loss_kw(config), lr_fn=lr_fn))
     losses = []
     for _ in range(15):
         state, metrics = step(state, batch)
