@@ -7,6 +7,7 @@ the letterbox parameters are computed on the host from the original sizes, so no
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
+from yolo_jax.errors import ConfigError, MissingFileError
 from yolo_jax.models import create_model, fold_variables
 
 COCO_CLASS_NAMES = (
@@ -37,7 +39,7 @@ def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str)
     """Where `--mode=MODE` writes: `output` if given, else WORKDIR/MODE; created if missing."""
     if output is None:
         if workdir is None:
-            raise ValueError(f'{mode}: pass output= when there is no workdir')
+            raise ConfigError(f'{mode}: pass output= when there is no workdir')
         output = Path(workdir) / mode
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -52,10 +54,10 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f'config.data.class_names: no such file {p}')
+            raise MissingFileError(f'config.data.class_names: no such file {p}')
         names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
         if len(names) != n:
-            raise ValueError(f'config.data.class_names: {p} lists {len(names)} names but config.model.num_classes={n}')
+            raise ConfigError(f'config.data.class_names: {p} lists {len(names)} names but config.model.num_classes={n}')
         return names
     if n == len(COCO_CLASS_NAMES):
         return list(COCO_CLASS_NAMES)
@@ -81,7 +83,7 @@ def check_num_classes(params: dict, model: Any, model_config: ml_collections.Con
     found = set(_output_classes(params, model, num_anchors).values())
     if found and found != {int(model_config.num_classes)}:
         got = ', '.join(str(c) for c in sorted(found))
-        raise ValueError(
+        raise ConfigError(
             f'{source} predicts {got} classes but config.model.num_classes={model_config.num_classes}; '
             f'use --config.model.num_classes={got} (and matching config.data.class_names) to load it'
         )
@@ -119,7 +121,7 @@ def load_variables(
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'--weights: no such file {path}')
+            raise MissingFileError(f'--weights: no such file {path}')
         from yolo_jax import darknet  # noqa: PLC0415  (optional feature, imported on demand)
 
         variables = darknet.load_weights(str(path), config.model)
@@ -128,17 +130,17 @@ def load_variables(
         return _maybe_fold(fold, config, model, variables)
 
     if workdir is None or not Path(workdir).is_dir():
-        raise FileNotFoundError(f'workdir {workdir} does not exist: train first (--mode=train) or pass --weights=FILE')
+        raise MissingFileError(f'workdir {workdir} does not exist: train first (--mode=train) or pass --weights=FILE')
     directory = Path(workdir).absolute() / 'checkpoints'
     if not directory.is_dir():
-        raise FileNotFoundError(f'no checkpoint in {workdir}: {directory} does not exist (train first, or pass '
+        raise MissingFileError(f'no checkpoint in {workdir}: {directory} does not exist (train first, or pass '
                                 '--weights=FILE)')
     manager = _read_only_manager(directory)
     step = checkpointing.best_step(manager)
     if step is None:
         step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f'no checkpoint in {directory} (train first, or pass --weights=FILE)')
+        raise MissingFileError(f'no checkpoint in {directory} (train first, or pass --weights=FILE)')
     source = f'checkpoint {directory / str(step)}'
     try:  # cheap metadata read: a clear message before orbax's shape error
         metadata = ocp.StandardCheckpointer().metadata(directory / str(step) / 'state').item_metadata
@@ -149,11 +151,22 @@ def load_variables(
         state, _ = checkpointing.restore(manager, step, _restore_target(config))
     except (ValueError, KeyError) as e:
         m = config.model
-        raise ValueError(
+        raise ConfigError(
             f'{source} does not match config.model (name={m.name}, num_classes={m.num_classes}, '
-            f'width_multiplier={m.width_multiplier}, config.train.freeze={config.train.freeze}): {e}'
+            f'width_multiplier={m.width_multiplier}, config.train.freeze={config.train.freeze}): {_short_mismatch(e)}; '
+            'was it trained with another --config or variant (e.g. :tiny)?'
         ) from e
     return _maybe_fold(fold, config, model, {'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def _short_mismatch(error: BaseException, limit: int = 300) -> str:
+    """orbax's restore error in one short line: its first statement, without the listing of every key in the
+    checkpoint that follows a structure mismatch (tens of thousands of characters), at most `limit` characters."""
+    cut = r'\.\s*(?:Expected identical structures|Metadata keys|Truncating/padding is disabled)'
+    text = re.split(cut, str(error))[0]
+    text = ' '.join(text.split()).replace('in metadata_tree', 'in the checkpoint')
+    paths = re.sub(r"\('([^)]*)'\)", lambda m: '/'.join(re.findall(r"'([^']*)'", m.group(0))), text)
+    return paths if len(paths) <= limit else paths[: limit - 4] + ' ...'
 
 
 def _maybe_fold(fold: bool, config: ml_collections.ConfigDict, model: Any, variables: dict) -> tuple[Any, dict]:

@@ -35,7 +35,7 @@ from yolo_jax.data import mnist_detection
 
 SPLITS = ('train', 'test')
 # TF decodes these natively; other formats PIL reads are decoded through PIL.
-_TF_IMAGE_FORMATS = {'JPEG', 'PNG', 'BMP', 'GIF'}
+_TF_IMAGE_FORMATS = annotations_lib.TF_IMAGE_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,13 @@ def _load_annotations(
 
 
 def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) -> tf.data.Dataset:
-    """A dataset of elements (see the module docstring) reading the records' images; image_id = the path."""
+    """A dataset of elements (see the module docstring) reading the records' images; image_id = the path.
+
+    read_annotations has already decoded every image with the same decoder, so a decode error here means the file
+    changed since: an image whose size differs from the checked one (record.num_bytes) fails with an error naming
+    the file, and so does any PIL-decoded image. (A TF decode error of a file rewritten in place with the same
+    size is the one failure that cannot name it: TF op errors carry no input values.)
+    """
     counts = np.array([len(r.classes) for r in records], np.int64)
     ends = np.cumsum(counts)
     flat_boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.int32)]).astype(np.float32)
@@ -240,15 +246,26 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
         'start': tf.constant(ends - counts, tf.int64, shape=[len(records)]),
         'end': tf.constant(ends, tf.int64, shape=[len(records)]),
         'use_pil': tf.constant(use_pil, tf.bool, shape=[len(records)]),
+        'num_bytes': tf.constant([r.num_bytes for r in records], tf.int64, shape=[len(records)]),
     }
     boxes_t = tf.constant(flat_boxes.reshape(-1, 4))
     classes_t = tf.constant(flat_classes)
+
+    def tf_decode(row: dict) -> tf.Tensor:
+        data = tf.io.read_file(row['path'])
+        size = tf.cast(tf.strings.length(data), tf.int64)
+        unchanged = tf.debugging.Assert(
+            tf.logical_or(row['num_bytes'] < 0, tf.equal(size, row['num_bytes'])),
+            ['image file changed since the annotations were checked (size differs):', row['path']],
+        )
+        with tf.control_dependencies([unchanged]):
+            return tf.io.decode_image(data, channels=3, expand_animations=False)
 
     def load(row: dict) -> dict:
         image = tf.cond(
             row['use_pil'],
             lambda: tf.numpy_function(_pil_decode, [row['path']], tf.uint8, stateful=False),
-            lambda: tf.io.decode_image(tf.io.read_file(row['path']), channels=3, expand_animations=False),
+            lambda: tf_decode(row),
         )
         image = tf.ensure_shape(image, [None, None, 3])
         return {
@@ -263,10 +280,15 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
 
 
 def _pil_decode(path: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; a failure names the file (the error reaches the user through tf.data)."""
     from PIL import Image
 
-    with Image.open(os.fsdecode(path)) as im:
-        return np.asarray(im.convert('RGB'), np.uint8)
+    name = os.fsdecode(path)
+    try:
+        with Image.open(name) as im:
+            return np.asarray(im.convert('RGB'), np.uint8)
+    except Exception as e:
+        raise ValueError(f'cannot decode image {name}: {e}') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
