@@ -8,6 +8,7 @@ catch for that kind of problem, so `except ValueError` / `pytest.raises(FileNotF
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -43,7 +44,8 @@ def summarize(problems: list[str], header: str, limit: int = _MAX_LINES) -> str:
 def show_traceback(argv: list[str] | None = None) -> bool:
     """True when --verbose is on the command line or YOLO_JAX_TRACEBACK is set to a non-empty value other than 0."""
     argv = sys.argv if argv is None else argv
-    return os.environ.get(TRACEBACK_ENV, '') not in ('', '0') or '--verbose' in argv
+    on = re.compile(r'--?verbose(=(true|1|yes))?', re.IGNORECASE)
+    return os.environ.get(TRACEBACK_ENV, '') not in ('', '0') or any(on.fullmatch(a) for a in argv)
 
 
 def report_and_exit(error: BaseException, *, verbose: bool = False, message: str | None = None) -> None:

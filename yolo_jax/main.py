@@ -97,7 +97,9 @@ def _unknown_config_field(argv: list[str], error: Exception) -> str:
             if key not in node:
                 prefix = '.'.join(['config', *parts[:i]])
                 close = difflib.get_close_matches(key, list(node.keys()), n=1)
-                hint = f'; did you mean {prefix}.{close[0]}?' if close else f' ({prefix} has {", ".join(node.keys())})'
+                keys = list(node.keys())
+                listed = ', '.join(keys[:12]) + (', ...' if len(keys) > 12 else '')
+                hint = f'; did you mean {prefix}.{close[0]}?' if close else f' ({prefix} has {listed})'
                 return f'unknown config field {prefix}.{key}{hint}'
             node = node[key]
     text = str(error.args[0] if error.args else error).replace('\n', ' ').strip('\'"')

@@ -32,6 +32,7 @@ from absl import logging
 
 from yolo_jax.data import annotations as annotations_lib
 from yolo_jax.data import mnist_detection
+from yolo_jax.errors import ConfigError, MissingFileError
 
 SPLITS = ('train', 'test')
 # TF decodes these natively; other formats PIL reads are decoded through PIL.
@@ -60,7 +61,7 @@ def _tfds_rules(dataset: str) -> _TfdsRules:
         return _TfdsRules({'train': 'train+validation', 'test': 'test'}, 'image/filename', 'is_difficult')
     if dataset.startswith('coco'):
         return _TfdsRules({'train': 'train', 'test': 'validation'}, 'image/id', 'is_crowd')
-    raise ValueError(
+    raise ConfigError(
         f"config.data.dataset={dataset!r}: expected 'mnist_detection', 'annotations', 'voc/<year>' or 'coco/<year>'"
     )
 
@@ -80,7 +81,7 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         return mnist_detection.CLASS_NAMES
     if dataset == 'annotations':
         if not config.data.class_names:
-            raise ValueError("config.data.class_names: dataset='annotations' needs a class-names file")
+            raise ConfigError("config.data.class_names: dataset='annotations' needs a class-names file")
         return annotations_lib.read_class_names(config.data.class_names)
     _tfds_rules(dataset)  # validates the name
     builder = tfds.builder(dataset, data_dir=_data_dir(config))
@@ -182,7 +183,7 @@ def _load_tfds(
     except (AssertionError, KeyError) as e:  # TFDS's "could not find data" / "splits is empty" errors
         if builder.is_prepared():
             raise
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'{dataset} is not prepared in {builder.data_dir_root}. This project never downloads it implicitly: '
             f'on a machine with network run `tfds build {dataset} --data_dir=<dir>` (COCO is ~20 GB), then set '
             f'config.data.data_dir=<dir>. ({e})'
@@ -220,7 +221,7 @@ def _load_annotations(
 ) -> tuple[tf.data.Dataset, SplitInfo]:
     path = config.data.train_annotations if split == 'train' else config.data.test_annotations
     if not path:
-        raise ValueError(f"config.data.{split}_annotations: dataset='annotations' needs an annotation file")
+        raise ConfigError(f"config.data.{split}_annotations: dataset='annotations' needs an annotation file")
     class_names = get_class_names(config)
     records = annotations_lib.read_annotations(path, class_names)
     start, end = shard_bounds(len(records), process_index, process_count)
