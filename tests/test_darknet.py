@@ -22,8 +22,14 @@ def _mc(name: str, num_classes: int, width: float = 1.0):
 
 
 def _random_variables(mc, seed: int = 0) -> dict:
+    """Normal random values; BatchNorm variances |normal| (load_weights rejects negative ones)."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), darknet.abstract_variables(mc))
+
+    def value(path, s):
+        x = rng.standard_normal(s.shape).astype(np.float32)
+        return np.abs(x) if jax.tree_util.keystr(path).endswith("['var']") else x
+
+    return jax.tree_util.tree_map_with_path(value, darknet.abstract_variables(mc))
 
 
 def _count(variables) -> int:

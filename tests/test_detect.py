@@ -61,7 +61,7 @@ def test_detect_end_to_end(workdir, tmp_path):
     assert [Path(r['file']).name for r in results] == sorted(p.name for p in paths)
     assert sum(len(r['scores']) for r in results) > 0  # the low threshold lets a random model draw boxes
     saved = json.loads((out / 'detections.json').read_text())
-    assert saved == results
+    assert saved == {'images': results, 'errors': [], 'complete': True}
     for r in results:
         original = np.asarray(Image.open(r['file']).convert('RGB'))
         drawn = np.asarray(Image.open(r['output']))

@@ -11,7 +11,9 @@ Flax kernels are (kh, kw, in, out): the loader transposes (out, in, kh, kw) → 
 
 The body must hold exactly as many values as the model (62,001,757 for YOLOv3 with 80 classes, 8,858,734 for
 YOLOv3-tiny): a truncated or padded file, or weights of another architecture or class count, is an error that
-names the expected and found counts. Nothing here reads a config at import time.
+names the expected and found counts. So is a file of the right size whose values cannot be trained weights
+(NaN or infinite values, negative BatchNorm variances; e.g. random bytes): the error names the layers.
+Nothing here reads a config at import time.
 
 BatchNorm epsilon: Darknet's CUDA kernel (`normalize_kernel`, which trained the published weights) and
 AlexeyAB's CPU path compute (x - mean) / sqrt(var + 1e-5); pjreddie's CPU path (x - mean) / (sqrt(var) + 1e-6).
@@ -34,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from yolo_jax.defaults import model_config
+from yolo_jax.errors import ConfigError, DataError, MissingFileError, summarize
 from yolo_jax.models import create_model, iter_darknet_layers
 
 # sqrt(var + eps) with eps = 1e-5: Darknet's GPU normalize_kernel and cuDNN path (see module docstring).
@@ -69,11 +72,11 @@ def read_header(path: str | os.PathLike) -> DarknetHeader:
     with open(path, 'rb') as f:
         raw = f.read(20)
     if len(raw) < 12:
-        raise ValueError(f'{path}: {len(raw)} bytes is too short for a Darknet .weights header')
+        raise DataError(f'{path}: {len(raw)} bytes is too short for a Darknet .weights header')
     major, minor, revision = (int(v) for v in np.frombuffer(raw[:12], '<i4'))
     header = DarknetHeader(major, minor, revision, 0)
     if len(raw) < header.nbytes:
-        raise ValueError(f'{path}: {len(raw)} bytes is too short for a Darknet .weights header of {header.nbytes}')
+        raise DataError(f'{path}: {len(raw)} bytes is too short for a Darknet .weights header of {header.nbytes}')
     seen = np.frombuffer(raw[12 : header.nbytes], '<i8' if header.seen_is_int64 else '<i4')[0]
     return header._replace(seen=int(seen))
 
@@ -180,7 +183,7 @@ def check_epsilon(mc: ml_collections.ConfigDict, action: str = 'warn') -> None:
         'the loaded network will not reproduce Darknet (use darknet.darknet_model_config)'
     )
     if action == 'error':
-        raise ValueError(msg)
+        raise ConfigError(msg)
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
@@ -198,18 +201,19 @@ def load_weights(path: str | os.PathLike, mc: ml_collections.ConfigDict, *, epsi
       The header is available through `read_header(path)`.
 
     Raises:
-      FileNotFoundError if `path` does not exist; ValueError if its value count differs from the model's.
+      FileNotFoundError if `path` does not exist; ValueError (DataError) if its value count differs from the
+      model's, or it holds non-finite values or negative BatchNorm variances (naming the layers).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'Darknet weights not found: {path}')
+        raise MissingFileError(f'Darknet weights not found: {path}')
     check_epsilon(mc, epsilon_check)
     header = read_header(path)
     abstract = abstract_variables(mc)
     expected = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
     found, extra = _body_count(path, header)
     if found != expected or extra:
-        raise ValueError(_count_error(path, mc, expected, found, extra))
+        raise DataError(_count_error(path, mc, expected, found, extra))
     values = np.fromfile(path, dtype=_FLOAT, offset=header.nbytes)
     pos = 0
 
@@ -222,6 +226,7 @@ def load_weights(path: str | os.PathLike, mc: ml_collections.ConfigDict, *, epsi
 
     params: dict = {}
     stats: dict = {}
+    problems: list[str] = []
     for layer_path, p, s in iter_darknet_layers(abstract):
         part, name = layer_path.split('/')
         if s is None:  # output conv: bias, kernel
@@ -229,6 +234,7 @@ def load_weights(path: str | os.PathLike, mc: ml_collections.ConfigDict, *, epsi
             bias = take((cout,))
             kernel = take((cout, cin, kh, kw)).transpose(2, 3, 1, 0)
             params.setdefault(part, {})[name] = {'kernel': np.ascontiguousarray(kernel), 'bias': bias}
+            problems += _value_problems(layer_path, {'bias': bias, 'kernel': kernel})
         else:  # ConvBN: beta, gamma, mean, var, kernel
             kh, kw, cin, cout = p['conv']['kernel'].shape
             beta, gamma, mean, var = (take((cout,)) for _ in range(4))
@@ -238,8 +244,31 @@ def load_weights(path: str | os.PathLike, mc: ml_collections.ConfigDict, *, epsi
                 'bn': {'scale': gamma, 'bias': beta},
             }
             stats.setdefault(part, {})[name] = {'bn': {'mean': mean, 'var': var}}
+            problems += _value_problems(
+                layer_path, {'bn beta': beta, 'bn gamma': gamma, 'bn mean': mean, 'bn variance': var, 'kernel': kernel}
+            )
     assert pos == expected, (pos, expected)
+    if problems:
+        raise DataError(
+            summarize(
+                problems,
+                f'{path}: not usable as weights (corrupt or not a Darknet .weights file): {len(problems)} problem(s)',
+                limit=5,
+            )
+        )
     return {'params': params, 'batch_stats': stats}
+
+
+def _value_problems(layer: str, arrays: dict[str, np.ndarray]) -> list[str]:
+    """'layer: N NaN/infinite values in its kernel', '... negative values in its bn variance' for one layer."""
+    out = []
+    for what, x in arrays.items():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            out.append(f'{layer}: {bad:,} of {np.size(x):,} {what} values are NaN or infinite')
+        if what == 'bn variance' and (negative := int(np.count_nonzero(x < 0))):
+            out.append(f'{layer}: {negative:,} of {np.size(x):,} bn variance values are negative')
+    return out
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -4,7 +4,9 @@
 
 Images are read with PIL as RGB and resized exactly as the evaluation pipeline does (the same TF letterbox /
 stretch function), run through the jitted forward + post-processing in fixed-size batches (the last one padded,
-so there is a single compile), drawn with visualize.draw_detections, and listed in detections.json.
+so there is a single compile), drawn with visualize.draw_detections, and listed in detections.json. A file that
+cannot be read as an image is skipped with a warning and listed under 'errors'; detections.json is written
+atomically, also when a failure stops the run part-way ('complete': false, with the images done so far).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from absl import logging
 from PIL import Image
 
 from yolo_jax import inference, visualize
+from yolo_jax.data.annotations import write_text_atomic
+from yolo_jax.errors import DataError, MissingFileError, summarize
 from yolo_jax.evaluation import postprocess_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -45,19 +49,20 @@ def find_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
             matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             out += [m for m in matches if m.is_file()]
             if not matches:
-                raise FileNotFoundError(f'--images: no file, directory or glob match for {item}')
+                raise MissingFileError(f'--images: no file, directory or glob match for {item}')
     if not out:
-        raise FileNotFoundError(f'--images: no image files in {", ".join(str(i) for i in images)}')
+        raise MissingFileError(f'--images: no image files in {", ".join(str(i) for i in images)}')
     return out
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises ValueError naming the file when it cannot be read as an image."""
+    """(H, W, 3) uint8 RGB, decoded in full; raises DataError (a ValueError) naming the file when it cannot be
+    read as an image."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert('RGB'))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'cannot read image {path}: {e}') from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
+        raise DataError(f'cannot read image {path}: {e}') from e
 
 
 def prepare_image(image: np.ndarray, size: int, mode: str = 'letterbox') -> np.ndarray:
@@ -94,10 +99,13 @@ def detect_images(
 
     The model comes from `inference.load_variables(config, workdir, weights)`; thresholds from config.eval.
     Output (default workdir/detect): one PNG per input with boxes, class names and scores drawn, and
-    detections.json, a list with one entry per image:
-      {'file', 'output', 'height', 'width', 'boxes' [[x1, y1, x2, y2] in original pixels], 'scores',
-       'classes', 'class_names'}, best score first.
-    Returns that same list.
+    detections.json: {'images': one entry per image read, 'errors': one {'file', 'error'} per input skipped
+    because it could not be read as an image, 'complete': false if a failure stopped the run part-way}, where
+    an image entry is {'file', 'output', 'height', 'width', 'boxes' [[x1, y1, x2, y2] in original pixels],
+    'scores', 'classes', 'class_names'}, best score first. The file is replaced atomically, so it is never
+    half-written.
+
+    Returns the image entries. Raises DataError (listing them) when no input could be read.
     """
     paths = find_images(images)
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
@@ -109,34 +117,53 @@ def detect_images(
     out_names = _output_names(paths)
 
     results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        originals = [load_image(p) for p in chunk]
-        inputs = np.zeros((batch_size, size, size, 3), np.float32)  # padding rows: blank images, ignored
-        sizes = np.full((batch_size, 2), size, np.int32)
-        for i, im in enumerate(originals):
-            inputs[i] = prepare_image(im, size, cfg.resize_mode)
-            sizes[i] = im.shape[:2]
-        det = jax.device_get(inference.predict(model, variables, inputs, sizes, cfg))
-        for i, (path, im) in enumerate(zip(chunk, originals, strict=True)):
-            keep = det.valid[i]
-            boxes, scores, classes = det.boxes[i][keep], det.scores[i][keep], det.classes[i][keep]
-            out_path = output / out_names[start + i]
-            drawn = visualize.draw_detections(im, boxes, classes, scores, names)
-            Image.fromarray(drawn).save(out_path)
-            results.append(
-                {
-                    'file': str(path),
-                    'output': str(out_path),
-                    'height': int(im.shape[0]),
-                    'width': int(im.shape[1]),
-                    'boxes': boxes.astype(float).tolist(),
-                    'scores': scores.astype(float).tolist(),
-                    'classes': classes.astype(int).tolist(),
-                    'class_names': [names[c] for c in classes],
-                }
-            )
-            logging.info('%s: %d detections → %s', path, len(scores), out_path)
-    (output / 'detections.json').write_text(json.dumps(results, indent=1) + '\n')
-    print(f'{len(results)} image(s), {sum(len(r["scores"]) for r in results)} detection(s) → {output}')
+    skipped: list[dict[str, str]] = []
+    complete = False
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk, originals = [], []  # the readable images of this batch, with their index in `paths`
+            inputs = np.zeros((batch_size, size, size, 3), np.float32)  # padding rows: blank images, ignored
+            sizes = np.full((batch_size, 2), size, np.int32)
+            for k in range(start, min(start + batch_size, len(paths))):
+                try:
+                    im = load_image(paths[k])
+                except DataError as e:
+                    logging.warning('skipped: %s', e)
+                    skipped.append({'file': str(paths[k]), 'error': str(e)})
+                    continue
+                inputs[len(chunk)] = prepare_image(im, size, cfg.resize_mode)
+                sizes[len(chunk)] = im.shape[:2]
+                chunk.append(k)
+                originals.append(im)
+            if not chunk:
+                continue
+            det = jax.device_get(inference.predict(model, variables, inputs, sizes, cfg))
+            for i, (k, im) in enumerate(zip(chunk, originals, strict=True)):
+                keep = det.valid[i]
+                boxes, scores, classes = det.boxes[i][keep], det.scores[i][keep], det.classes[i][keep]
+                out_path = output / out_names[k]
+                drawn = visualize.draw_detections(im, boxes, classes, scores, names)
+                Image.fromarray(drawn).save(out_path)
+                results.append(
+                    {
+                        'file': str(paths[k]),
+                        'output': str(out_path),
+                        'height': int(im.shape[0]),
+                        'width': int(im.shape[1]),
+                        'boxes': boxes.astype(float).tolist(),
+                        'scores': scores.astype(float).tolist(),
+                        'classes': classes.astype(int).tolist(),
+                        'class_names': [names[c] for c in classes],
+                    }
+                )
+                logging.info('%s: %d detections → %s', paths[k], len(scores), out_path)
+        complete = True
+    finally:  # also when a failure stops the run: keep what is done, marked incomplete
+        record = {'images': results, 'errors': skipped, 'complete': complete}
+        write_text_atomic(output / 'detections.json', json.dumps(record, indent=1) + '\n')
+    if not results:
+        raise DataError(summarize([f"{e['error']}" for e in skipped], f'none of the {len(paths)} input(s) could be '
+                                  f'read as an image (listed in {output / "detections.json"}):', limit=5))
+    unread = f', {len(skipped)} unreadable input(s) skipped (listed in detections.json)' if skipped else ''
+    print(f'{len(results)} image(s), {sum(len(r["scores"]) for r in results)} detection(s) → {output}{unread}')
     return results

@@ -17,7 +17,7 @@ import numpy as np
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
-from yolo_jax.errors import ConfigError
+from yolo_jax.errors import ConfigError, MissingFileError
 from yolo_jax.models import create_model, fold_variables
 from yolo_jax.spec import DetectionSpec, build_spec, check_num_classes
 
@@ -38,7 +38,7 @@ def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str)
     """Where `--mode=MODE` writes: `output` if given, else WORKDIR/MODE; created if missing."""
     if output is None:
         if workdir is None:
-            raise ValueError(f'{mode}: pass output= when there is no workdir')
+            raise ConfigError(f'{mode}: pass output= when there is no workdir')
         output = Path(workdir) / mode
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def load_detector(
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'--weights: no such file {path}')
+            raise MissingFileError(f'--weights: no such file {path}')
         from yolo_jax import darknet  # noqa: PLC0415  (optional feature, imported on demand)
 
         variables = darknet.load_weights(str(path), config.model)
@@ -138,8 +138,8 @@ def load_detector(
         spec = inference_spec(config)
     else:
         if workdir is None or not Path(workdir).is_dir():
-            raise FileNotFoundError(f'workdir {workdir} does not exist: train first (--mode=train) or pass '
-                                    '--weights=FILE')
+            raise MissingFileError(f'workdir {workdir} does not exist: train first (--mode=train) or pass '
+                                   '--weights=FILE')
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
         check_compatible(variables, model, config.model, source, meta.get('model'))

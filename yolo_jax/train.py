@@ -23,7 +23,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from yolo_jax import checkpointing, steps
-from yolo_jax.errors import ConfigError
+from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
 from yolo_jax.models import create_model
 from yolo_jax.parallel import PMAP_AXIS, Parallel, check_batch_size, check_mode
@@ -36,7 +36,7 @@ STEP_KEYS = ('image', 'labels', 'bboxes', 'valid')
 _MODEL_FIELDS = ('name', 'num_classes', 'input_size', 'strides', 'anchors', 'width_multiplier')
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Raised when a step's loss or gradient is NaN or inf."""
 
 

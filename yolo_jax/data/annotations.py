@@ -9,27 +9,35 @@ starting with '#' are skipped.
 
 Problems are reported with `<file>:<line>`: errors (missing or unreadable image, non-integer field, wrong field
 count, empty box, unknown class) raise one `AnnotationError` listing every bad line; boxes reaching outside the
-image are clipped to it with an `AnnotationWarning`, and dropped (with a warning) if nothing is left.
+image are clipped to it with an `AnnotationWarning`, and dropped (with a warning) if nothing is left. A file with
+no image lines (or none with boxes) is an error too. Every image is decoded in full while checking, with the
+decoder the input pipeline uses (TF for JPEG/PNG/BMP/GIF, PIL otherwise), so a truncated or corrupt image is
+rejected here, naming its line, rather than minutes later inside tf.data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from absl import logging
 
-_MAX_LISTED_ERRORS = 20
+from yolo_jax.errors import ConfigError, DataError, summarize
+
+# Formats the input pipeline decodes with TF (sources.annotation_records_dataset); PIL decodes the others.
+TF_IMAGE_FORMATS = frozenset({'JPEG', 'PNG', 'BMP', 'GIF'})
 
 
-class AnnotationError(ValueError):
-    """A malformed annotation or class-names file; the message names file and line number."""
+class AnnotationError(DataError):
+    """A malformed annotation or class-names file; the message names file and line number (a ValueError)."""
 
 
 class AnnotationWarning(UserWarning):
@@ -48,6 +56,8 @@ class AnnotationRecord:
         height: image height in pixels.
         line: 1-based line number in the annotation file.
         image_format: the image's format as PIL names it ('JPEG', 'PNG', ...).
+        num_bytes: the image file's size when it was checked (-1: unknown); the input pipeline fails, naming the
+            file, if it has changed since.
     """
 
     path: str
@@ -57,6 +67,7 @@ class AnnotationRecord:
     height: int
     line: int
     image_format: str
+    num_bytes: int = -1
 
 
 def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
@@ -82,12 +93,63 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_class_names(names: Sequence[str], num_classes: int, where: str | os.PathLike) -> None:
+    """ConfigError naming both numbers unless `names` (read from `where`) has config.model.num_classes entries."""
+    if len(names) != int(num_classes):
+        raise ConfigError(
+            f'{where} lists {len(names)} class names but config.model.num_classes={num_classes}: '
+            f'set --config.model.num_classes={len(names)} or fix the names file'
+        )
+
+
 def _image_size(path: Path) -> tuple[int, int, str]:
     """(width, height, PIL format) from the image header, without decoding the pixels."""
     from PIL import Image
 
     with Image.open(path) as im:
         return int(im.width), int(im.height), str(im.format)
+
+
+def _tf_error_text(e: Exception) -> str:
+    """A TF op error's message without its '{{function_node ...}}' prefix and ' [Op:...]' suffix."""
+    text = getattr(e, 'message', None) or str(e)
+    text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
+    return re.sub(r'\s*\[Op:[^\]]*\].*$', '', text, flags=re.S).strip()
+
+
+def decode_problem(record: AnnotationRecord) -> str | None:
+    """Decodes the record's image in full, as the input pipeline will; None if fine, else what is wrong."""
+    if record.image_format in TF_IMAGE_FORMATS:
+        import tensorflow as tf  # noqa: PLC0415  (only when checking: reading annotations needs no TF)
+
+        try:
+            image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
+        except (tf.errors.OpError, ValueError) as e:
+            return f'unreadable image {record.path}: {_tf_error_text(e)}'
+        height, width = int(image.shape[0]), int(image.shape[1])
+    else:
+        from PIL import Image  # noqa: PLC0415
+
+        try:
+            with Image.open(record.path) as im:
+                im.load()
+                width, height = im.size
+        except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
+            return f'unreadable image {record.path}: {e}'
+    if (width, height) != (record.width, record.height):
+        return (
+            f'image {record.path} decodes to {width}x{height} pixels but its header says '
+            f'{record.width}x{record.height}'
+        )
+    return None
+
+
+def _decode_problems(records: Sequence[AnnotationRecord]) -> list[str | None]:
+    """decode_problem for every record, a few at a time (decoders release the GIL)."""
+    if len(records) <= 1:
+        return [decode_problem(r) for r in records]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(decode_problem, records))
 
 
 def _resolve_image(token: str, base: Path) -> Path:
@@ -116,7 +178,8 @@ def read_annotations(
         The records of the kept lines, in file order.
 
     Raises:
-        AnnotationError: listing every bad line as `<file>:<line>: <problem>`.
+        AnnotationError: listing every bad line as `<file>:<line>: <problem>` (the first 20, then a count), or
+            saying that the file holds no images (with boxes, unless keep_empty).
     """
     path = Path(path)
     if not path.is_file():
@@ -124,25 +187,39 @@ def read_annotations(
     num_classes = class_names if isinstance(class_names, int) else len(class_names)
     base = path.resolve().parent
     records: list[AnnotationRecord] = []
-    errors: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding='utf-8').splitlines(), start=1):
+    errors: list[tuple[int, str]] = []
+    lines = skipped = 0
+    try:
+        text_lines = path.read_text(encoding='utf-8').splitlines()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f'{path}: not a UTF-8 text file ({e.reason} at byte {e.start})') from None
+    for number, raw in enumerate(text_lines, start=1):
         text = raw.strip()
         if not text or text.startswith('#'):
             continue
+        lines += 1
         where = f'{path}:{number}'
         try:
             record = _parse_line(text, where, base, num_classes, number)
         except AnnotationError as e:
-            errors.append(str(e))
+            errors.append((number, str(e)))
             continue
         if len(record.classes) == 0 and not keep_empty:
             warnings.warn(f'{where}: no boxes; image skipped', AnnotationWarning, stacklevel=2)
+            skipped += 1
             continue
         records.append(record)
+    for record, problem in zip(records, _decode_problems(records), strict=True):
+        if problem:
+            errors.append((record.line, f'{path}:{record.line}: {problem}'))
     if errors:
-        shown = '\n'.join(errors[:_MAX_LISTED_ERRORS])
-        more = f'\n... and {len(errors) - _MAX_LISTED_ERRORS} more' if len(errors) > _MAX_LISTED_ERRORS else ''
-        raise AnnotationError(f'{len(errors)} bad annotation line(s):\n{shown}{more}')
+        messages = [m for _, m in sorted(errors, key=lambda e: e[0])]
+        raise AnnotationError(summarize(messages, f'{len(errors)} bad annotation line(s) in {path}:'))
+    if not lines:
+        raise AnnotationError(f'no images in {path}: the annotation file has no `path x1,y1,x2,y2,cls ...` lines')
+    if not records:
+        raise AnnotationError(f'no images with boxes in {path}: all {skipped} lines have none (or only boxes outside '
+                              'their image)')
     logging.info('Read %d annotated images from %s', len(records), path)
     return records
 
@@ -203,6 +280,7 @@ def _parse_line(text: str, where: str, base: Path, num_classes: int, number: int
         height=height,
         line=number,
         image_format=image_format,
+        num_bytes=image.stat().st_size,
     )
 
 

@@ -32,10 +32,11 @@ from absl import logging
 
 from yolo_jax.data import annotations as annotations_lib
 from yolo_jax.data import mnist_detection
+from yolo_jax.errors import ConfigError, MissingFileError
 
 SPLITS = ('train', 'test')
 # TF decodes these natively; other formats PIL reads are decoded through PIL.
-_TF_IMAGE_FORMATS = {'JPEG', 'PNG', 'BMP', 'GIF'}
+_TF_IMAGE_FORMATS = annotations_lib.TF_IMAGE_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _tfds_rules(dataset: str) -> _TfdsRules:
         return _TfdsRules({'train': 'train+validation', 'test': 'test'}, 'image/filename', 'is_difficult')
     if dataset.startswith('coco'):
         return _TfdsRules({'train': 'train', 'test': 'validation'}, 'image/id', 'is_crowd')
-    raise ValueError(
+    raise ConfigError(
         f"config.data.dataset={dataset!r}: expected 'mnist_detection', 'annotations', 'voc/<year>' or 'coco/<year>'"
     )
 
@@ -80,7 +81,7 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         return mnist_detection.CLASS_NAMES
     if dataset == 'annotations':
         if not config.data.class_names:
-            raise ValueError("config.data.class_names: dataset='annotations' needs a class-names file")
+            raise ConfigError("config.data.class_names: dataset='annotations' needs a class-names file")
         return annotations_lib.read_class_names(config.data.class_names)
     _tfds_rules(dataset)  # validates the name
     builder = tfds.builder(dataset, data_dir=_data_dir(config))
@@ -197,7 +198,7 @@ def _load_tfds(
     except (AssertionError, KeyError) as e:  # TFDS's "could not find data" / "splits is empty" errors
         if builder.is_prepared():
             raise
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'{dataset} is not prepared in {builder.data_dir_root}. This project never downloads it implicitly: '
             f'on a machine with network run `tfds build {dataset} --data_dir=<dir>` (COCO is ~20 GB), then set '
             f'config.data.data_dir=<dir>. ({e})'
@@ -235,7 +236,7 @@ def _load_annotations(
 ) -> tuple[tf.data.Dataset, SplitInfo]:
     path = config.data.train_annotations if split == 'train' else config.data.test_annotations
     if not path:
-        raise ValueError(f"config.data.{split}_annotations: dataset='annotations' needs an annotation file")
+        raise ConfigError(f"config.data.{split}_annotations: dataset='annotations' needs an annotation file")
     class_names = get_class_names(config)
     records = annotations_lib.read_annotations(path, class_names)
     start, end = shard_bounds(len(records), process_index, process_count)
@@ -244,7 +245,13 @@ def _load_annotations(
 
 
 def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) -> tf.data.Dataset:
-    """A dataset of elements (see the module docstring) reading the records' images; image_id = the path."""
+    """A dataset of elements (see the module docstring) reading the records' images; image_id = the path.
+
+    read_annotations has already decoded every image with the same decoder, so a decode error here means the file
+    changed since: an image whose size differs from the checked one (record.num_bytes) fails with an error naming
+    the file, and so does any PIL-decoded image. (A TF decode error of a file rewritten in place with the same
+    size is the one failure that cannot name it: TF op errors carry no input values.)
+    """
     counts = np.array([len(r.classes) for r in records], np.int64)
     ends = np.cumsum(counts)
     flat_boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.int32)]).astype(np.float32)
@@ -255,15 +262,26 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
         'start': tf.constant(ends - counts, tf.int64, shape=[len(records)]),
         'end': tf.constant(ends, tf.int64, shape=[len(records)]),
         'use_pil': tf.constant(use_pil, tf.bool, shape=[len(records)]),
+        'num_bytes': tf.constant([r.num_bytes for r in records], tf.int64, shape=[len(records)]),
     }
     boxes_t = tf.constant(flat_boxes.reshape(-1, 4))
     classes_t = tf.constant(flat_classes)
+
+    def tf_decode(row: dict) -> tf.Tensor:
+        data = tf.io.read_file(row['path'])
+        size = tf.cast(tf.strings.length(data), tf.int64)
+        unchanged = tf.debugging.Assert(
+            tf.logical_or(row['num_bytes'] < 0, tf.equal(size, row['num_bytes'])),
+            ['image file changed since the annotations were checked (size differs):', row['path']],
+        )
+        with tf.control_dependencies([unchanged]):
+            return tf.io.decode_image(data, channels=3, expand_animations=False)
 
     def load(row: dict) -> dict:
         image = tf.cond(
             row['use_pil'],
             lambda: tf.numpy_function(_pil_decode, [row['path']], tf.uint8, stateful=False),
-            lambda: tf.io.decode_image(tf.io.read_file(row['path']), channels=3, expand_animations=False),
+            lambda: tf_decode(row),
         )
         image = tf.ensure_shape(image, [None, None, 3])
         return {
@@ -278,10 +296,15 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
 
 
 def _pil_decode(path: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; a failure names the file (the error reaches the user through tf.data)."""
     from PIL import Image
 
-    with Image.open(os.fsdecode(path)) as im:
-        return np.asarray(im.convert('RGB'), np.uint8)
+    name = os.fsdecode(path)
+    try:
+        with Image.open(name) as im:
+            return np.asarray(im.convert('RGB'), np.uint8)
+    except Exception as e:
+        raise ValueError(f'cannot decode image {name}: {e}') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -33,14 +33,13 @@ def create_model(
     if model_config.name not in _MODELS:
         raise ConfigError(f'config.model.name: unknown model {model_config.name!r}; expected one of {sorted(_MODELS)}')
     if model_config.dtype not in _DTYPES:
-        raise ConfigError(f'config.model.dtype: unknown dtype {model_config.dtype!r}; '
-                          f'expected one of {sorted(_DTYPES)}')
+        raise ConfigError(
+            f'config.model.dtype: unknown dtype {model_config.dtype!r}; expected one of {sorted(_DTYPES)}'
+        )
     num_anchors = {len(a) for a in model_config.anchors}
     if len(num_anchors) != 1 or len(model_config.anchors) != len(model_config.strides):
         raise ConfigError('config.model.anchors: need the same number of anchors at each of the config.model.strides')
-    if model_config.input_size % max(model_config.strides):
-        raise ConfigError(f'config.model.input_size={model_config.input_size} must be a multiple of '
-                          f'{max(model_config.strides)} (the largest stride of {model_config.name})')
+    _check_input_size(model_config)
     return _MODELS[model_config.name](
         num_classes=model_config.num_classes,
         num_anchors=num_anchors.pop(),
@@ -52,6 +51,19 @@ def create_model(
         folded=folded,
         freeze=freeze,
     )
+
+
+def _check_input_size(model_config: ml_collections.ConfigDict) -> None:
+    """ConfigError unless config.model.input_size is a positive multiple of 32 (the backbone's total downsampling)
+    and of every config.model.strides."""
+    size, strides = int(model_config.input_size), tuple(model_config.strides)
+    multiple = max(32, *strides)
+    if size <= 0 or size % multiple:
+        nearest = max(multiple, round(size / multiple) * multiple)
+        raise ConfigError(
+            f'config.model.input_size={size}: input_size must be a multiple of {multiple} (the network downsamples '
+            f'by {multiple}; config.model.strides={strides}), e.g. {nearest}'
+        )
 
 
 def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3, dict]:
