@@ -3,6 +3,8 @@
 Variants, selected after a colon:
     configs/mnist.py         the reference's settings: YOLOv3, 416 input, batch 4, 100 epochs (a GPU run).
     configs/mnist.py:quick   a small, fast variant that trains on 2 CPU cores in about half an hour.
+    configs/mnist.py:tiny, :yolov4, :yolov4_tiny   another network (YOLOv4 variants train with Darknet's CIoU
+                             box loss and iou_thresh assignment); combine with others, e.g. `:yolov4_tiny,smoke`.
 
 Every field can be overridden on the command line, e.g. `--config.model.input_size=320`.
 """
@@ -19,6 +21,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
+    config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = 'mnist_detection'  # or 'annotations', 'voc/2007', 'coco/2017'
@@ -37,6 +40,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     config.data.label_smoothing = 0.01
     config.data.positive_iou = 0.3  # anchors with IoU > this are responsible for a box
+    # < 1: Darknet's (YOLOv4) assignment instead: the best anchor by width/height IoU plus every anchor whose
+    # width/height IoU > iou_thresh (yolov4.cfg: 0.213); 1.0 = off, the reference's positive_iou rule.
+    config.data.iou_thresh = 1.0
     config.data.max_bbox_per_scale = 100
     config.data.max_boxes = 100  # ground-truth boxes kept per image (padded), for evaluation
     config.data.shuffle_buffer = 1000
@@ -100,11 +106,28 @@ def _make_quick(config: ml_collections.ConfigDict) -> None:
     config.train.log_every_steps = 25
 
 
-def _make_tiny(config: ml_collections.ConfigDict) -> None:
-    """YOLOv3-tiny (strides 16, 32) instead of YOLOv3."""
-    m = model_config('yolov3_tiny', num_classes=config.model.num_classes, input_size=config.model.input_size)
+def _switch_model(config: ml_collections.ConfigDict, name: str) -> None:
+    """Replaces config.model by `name`'s block, keeping the class count, input size, BN, width and dtype."""
+    m = model_config(name, num_classes=config.model.num_classes, input_size=config.model.input_size)
     m.update({k: config.model[k] for k in ('bn_momentum', 'bn_epsilon', 'width_multiplier', 'dtype', 'conv_impl')})
     config.model = m
+
+
+def _make_tiny(config: ml_collections.ConfigDict) -> None:
+    """YOLOv3-tiny (strides 16, 32) instead of YOLOv3."""
+    _switch_model(config, 'yolov3_tiny')
+
+
+def _make_v4(name: str):
+    """A variant for YOLOv4 (`name`='yolov4') or YOLOv4-tiny: the network, Darknet's scale_x_y decoding, and
+    Darknet's training options (CIoU box loss, iou_thresh 0.213 multi-anchor assignment)."""
+
+    def make(config: ml_collections.ConfigDict) -> None:
+        _switch_model(config, name)
+        config.loss.box_loss = 'ciou'
+        config.data.iou_thresh = 0.213
+
+    return make
 
 
 def _make_smoke(config: ml_collections.ConfigDict) -> None:
@@ -123,4 +146,7 @@ def _make_smoke(config: ml_collections.ConfigDict) -> None:
     config.train.checkpoint_every_steps = 2
 
 
-VARIANTS = {'': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke}
+VARIANTS = {
+    '': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke, 'yolov4': _make_v4('yolov4'),
+    'yolov4_tiny': _make_v4('yolov4_tiny'),
+}

@@ -61,8 +61,8 @@ class PostprocessConfig:
     """Everything post-processing needs; frozen and hashable, so it can be a static argument of jit.
 
     input_size: side S of the square network input (input pixels); strides ascending, anchors (scales, A, 2) in
-    input pixels, as config.model; resize_mode: config.data.resize ('letterbox' or 'stretch'); the rest as
-    config.eval.
+    input pixels, scale_xy (Darknet's scale_x_y per scale; empty: 1.0 everywhere), as config.model;
+    resize_mode: config.data.resize ('letterbox' or 'stretch'); the rest as config.eval.
     """
 
     input_size: int
@@ -74,6 +74,7 @@ class PostprocessConfig:
     method: str = 'nms'
     sigma: float = 0.3
     max_detections: int = 100
+    scale_xy: tuple[float, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, 'method', _method(self.method))
@@ -97,6 +98,7 @@ class PostprocessConfig:
             method=str(e.nms_method),
             sigma=float(e.soft_nms_sigma),
             max_detections=int(e.max_detections),
+            scale_xy=tuple(float(k) for k in m.scale_xy),
         )
         kw.update(overrides)
         return cls(**kw)
@@ -278,7 +280,7 @@ def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg:
     resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size, cfg.resize_mode)` (host side);
     orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
     """
-    decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides)
+    decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None)
     return postprocess_decoded(flatten_decoded(decoded), resize, orig_sizes, cfg)
 
 

@@ -116,7 +116,8 @@ def transfer_variables(
 
 def _architecture(variables: dict) -> str:
     n = sum(1 for _ in iter_darknet_layers(variables))
-    return {75: 'yolov3', 13: 'yolov3_tiny'}.get(n, f'a network with {n} convolutions')
+    names = {75: 'yolov3', 13: 'yolov3_tiny', 110: 'yolov4', 21: 'yolov4_tiny'}
+    return names.get(n, f'a network with {n} convolutions')
 
 
 def load_darknet_source(path: Path, mc: ml_collections.ConfigDict) -> dict:

@@ -7,13 +7,14 @@ import ml_collections
 from yolo_jax.models.fold import fold_batchnorm
 from yolo_jax.models.layers import CONV_IMPLS
 from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
+from yolo_jax.models.yolov4 import YOLOv4, YOLOv4Tiny
 
 __all__ = [
     'CONV_IMPLS', 'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
-    'init_variables', 'iter_darknet_layers',
+    'init_variables', 'iter_darknet_layers', 'YOLOv4', 'YOLOv4Tiny',
 ]
 
-_MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny}
+_MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny, 'yolov4': YOLOv4, 'yolov4_tiny': YOLOv4Tiny}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
