@@ -4,7 +4,7 @@ Variants, selected after a colon:
     configs/mnist.py         the reference's settings: YOLOv3, 416 input, batch 4, 100 epochs (a GPU run).
     configs/mnist.py:quick   a small, fast variant that trains on 2 CPU cores in about half an hour.
     configs/mnist.py:tiny, :yolov4, :yolov4_tiny   another network (YOLOv4 variants train with Darknet's CIoU
-                             box loss and iou_thresh assignment); combine with others, e.g. `:yolov4_tiny,smoke`.
+                             box loss; yolov4 also with its iou_thresh assignment); combine, e.g. `:yolov4_tiny,smoke`.
 
 Every field can be overridden on the command line, e.g. `--config.model.input_size=320`.
 """
@@ -118,14 +118,16 @@ def _make_tiny(config: ml_collections.ConfigDict) -> None:
     _switch_model(config, 'yolov3_tiny')
 
 
-def _make_v4(name: str):
-    """A variant for YOLOv4 (`name`='yolov4') or YOLOv4-tiny: the network, Darknet's scale_x_y decoding, and
-    Darknet's training options (CIoU box loss, iou_thresh 0.213 multi-anchor assignment)."""
+def _make_v4(name: str, iou_thresh: float):
+    """A variant for YOLOv4 (`name`='yolov4') or YOLOv4-tiny: the network, Darknet's scale_x_y decoding, the CIoU
+    box loss of both cfgs and `iou_thresh` (yolov4.cfg: 0.213; yolov4-tiny.cfg sets none, and Darknet's default
+    then assigns the best anchor only: the tiny variant keeps the reference's positive_iou rule instead, set
+    `--config.data.iou_thresh=0.9999` for Darknet's)."""
 
     def make(config: ml_collections.ConfigDict) -> None:
         _switch_model(config, name)
         config.loss.box_loss = 'ciou'
-        config.data.iou_thresh = 0.213
+        config.data.iou_thresh = iou_thresh
 
     return make
 
@@ -147,6 +149,6 @@ def _make_smoke(config: ml_collections.ConfigDict) -> None:
 
 
 VARIANTS = {
-    '': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke, 'yolov4': _make_v4('yolov4'),
-    'yolov4_tiny': _make_v4('yolov4_tiny'),
+    '': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke,
+    'yolov4': _make_v4('yolov4', 0.213), 'yolov4_tiny': _make_v4('yolov4_tiny', 1.0),
 }

@@ -21,8 +21,9 @@ from yolo_jax.models.layers import KERNEL_INIT, ConvBN, scaled_channels, upsampl
 
 Array = jnp.ndarray
 
-# Names (in `head`) of the output convolutions, in Darknet order.
-YOLOV4_OUTPUT_CONVS = ('conv_093', 'conv_101', 'conv_109')
+# Names (in `head`) of the output convolutions, large objects (stride 32) first as YOLOv3's (yolov4.cfg itself
+# stores the stride-8 head first).
+YOLOV4_OUTPUT_CONVS = ('conv_109', 'conv_101', 'conv_093')
 YOLOV4_TINY_OUTPUT_CONVS = ('conv_017', 'conv_020')
 
 # CSPDarknet53's five stages: (channels of the stride-2 conv, residual blocks), at width 1.
