@@ -20,7 +20,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
 
 def create_model(
     model_config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None, folded: bool = False
-) -> YOLOv3:
+) -> YOLOv3 | YOLOv4:
     """Builds the network named by `model_config.name`.
 
     `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit). `folded=True`
@@ -49,13 +49,13 @@ def create_model(
     )
 
 
-def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3, dict]:
+def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3 | YOLOv4, dict]:
     """(folded model, its variables) from a trained model's {'params', 'batch_stats'}; same outputs, no BN."""
     params = fold_batchnorm(variables['params'], variables['batch_stats'], epsilon=model_config.bn_epsilon)
     return create_model(model_config, folded=True), {'params': params}
 
 
-def init_variables(model: YOLOv3, rng: jax.Array, input_size: int) -> dict:
+def init_variables(model: YOLOv3 | YOLOv4, rng: jax.Array, input_size: int) -> dict:
     """Initial {'params', 'batch_stats'} for square inputs of side `input_size` (jit-compiled init)."""
     x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
     return jax.jit(lambda r: model.init(r, x, train=False))(rng)
