@@ -3,6 +3,8 @@
 Variants, selected after a colon:
     configs/mnist.py         the reference's settings: YOLOv3, 416 input, batch 4, 100 epochs (a GPU run).
     configs/mnist.py:quick   a small, fast variant that trains on 2 CPU cores in about half an hour.
+    configs/mnist.py:tiny, :yolov4, :yolov4_tiny   another network (YOLOv4 variants train with Darknet's CIoU
+                             box loss; yolov4 also with its iou_thresh assignment); combine, e.g. `:yolov4_tiny,smoke`.
 
 Every field can be overridden on the command line, e.g. `--config.model.input_size=320`.
 """
@@ -40,11 +42,30 @@ def _make_quick(config: ml_collections.ConfigDict) -> None:
     config.train.log_every_steps = 25
 
 
-def _make_tiny(config: ml_collections.ConfigDict) -> None:
-    """YOLOv3-tiny (strides 16, 32) instead of YOLOv3."""
-    m = model_config('yolov3_tiny', num_classes=config.model.num_classes, input_size=config.model.input_size)
+def _switch_model(config: ml_collections.ConfigDict, name: str) -> None:
+    """Replaces config.model by `name`'s block, keeping the class count, input size, BN, width and dtype."""
+    m = model_config(name, num_classes=config.model.num_classes, input_size=config.model.input_size)
     m.update({k: config.model[k] for k in ('bn_momentum', 'bn_epsilon', 'width_multiplier', 'dtype')})
     config.model = m
+
+
+def _make_tiny(config: ml_collections.ConfigDict) -> None:
+    """YOLOv3-tiny (strides 16, 32) instead of YOLOv3."""
+    _switch_model(config, 'yolov3_tiny')
+
+
+def _make_v4(name: str, iou_thresh: float):
+    """A variant for YOLOv4 (`name`='yolov4') or YOLOv4-tiny: the network, Darknet's scale_x_y decoding, the CIoU
+    box loss of both cfgs and `iou_thresh` (yolov4.cfg: 0.213; yolov4-tiny.cfg sets none, and Darknet's default
+    then assigns the best anchor only: the tiny variant keeps the reference's positive_iou rule instead, set
+    `--config.data.iou_thresh=0.9999` for Darknet's)."""
+
+    def make(config: ml_collections.ConfigDict) -> None:
+        _switch_model(config, name)
+        config.loss.box_loss = 'ciou'
+        config.data.iou_thresh = iou_thresh
+
+    return make
 
 
 def _make_smoke(config: ml_collections.ConfigDict) -> None:
@@ -63,4 +84,7 @@ def _make_smoke(config: ml_collections.ConfigDict) -> None:
     config.train.checkpoint_every_steps = 2
 
 
-VARIANTS = {'': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke}
+VARIANTS = {
+    '': lambda c: None, 'quick': _make_quick, 'tiny': _make_tiny, 'smoke': _make_smoke,
+    'yolov4': _make_v4('yolov4', 0.213), 'yolov4_tiny': _make_v4('yolov4_tiny', 1.0),
+}

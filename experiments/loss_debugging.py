@@ -393,7 +393,7 @@ for box, cls in zip(batch['boxes'][IMAGE][gt_valid[IMAGE]], batch['classes'][IMA
 # `class@stride score`.
 
 # %%
-decoded = [np.asarray(d) for d in decode_lib.decode_all(outputs, LOSS_KW['anchors'], STRIDES)]
+decoded = [np.asarray(d) for d in decode_lib.decode_all(outputs, LOSS_KW['anchors'], STRIDES, LOSS_KW['scale_xy'])]
 
 
 def top_candidates(b: int, k: int) -> list[dict]:
@@ -499,23 +499,24 @@ show(fig, 'heatmaps')
 # Darknet order.
 
 # %%
-DARKNET53_REPEATS = (1, 2, 8, 8, 4)
+DARKNET53_REPEATS = (1, 2, 8, 8, 4)  # CSPDarknet53 (YOLOv4) has the same stages, each with 5 + 2 * repeats convs
 
 
 def layer_groups(params, model) -> dict[str, list[str]]:
     """{group name: ['backbone/conv_NNN', ...]}, in data-flow order."""
     groups: dict[str, list[str]] = {}
-    if config.model.name == 'yolov3':
+    staged = config.model.name in ('yolov3', 'yolov4')
+    if staged:
         bounds, start = [('stem', 0, 1)], 1
         for i, repeats in enumerate(DARKNET53_REPEATS):
-            end = start + 1 + 2 * repeats
+            end = start + (1 if config.model.name == 'yolov3' else 5) + 2 * repeats
             bounds.append((f'stage {i + 1} (/{2 ** (i + 1)})', start, end))
             start = end
     for name in sorted(params['backbone']):
         index = int(name.split('_')[1])
-        if config.model.name == 'yolov3':
+        if staged:
             group = next(g for g, lo, hi in bounds if lo <= index < hi)
-        else:  # YOLOv3-tiny: each of its 7 backbone convs on its own
+        else:  # the tiny networks: each backbone conv on its own
             group = name
         groups.setdefault(f'backbone {group}', []).append(f'backbone/{name}')
     output_stride = dict(zip(model.output_convs, reversed(STRIDES), strict=True))  # Darknet lists large objects first

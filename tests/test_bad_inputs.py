@@ -114,7 +114,7 @@ def make_checkpoint(workdir: Path, config) -> Path:
 
     from yolo_jax import checkpointing, train
 
-    abstract = jax.eval_shape(lambda: train.build_model_and_state(config, 1, 'none')[2])
+    abstract = jax.eval_shape(lambda: train.build_model_and_state(config, 1)[2])
     state = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), abstract)
     manager = checkpointing.create_manager(workdir)
     metrics = {checkpointing.BEST_METRIC: 1.0}

@@ -102,4 +102,4 @@ def test_factory_errors():
     with pytest.raises(ValueError, match='config.model.dtype'):
         create_model(mc)
     with pytest.raises(ValueError, match='config.model.name'):
-        model_config('yolov4')
+        model_config('yolov5')

@@ -1,4 +1,4 @@
-"""Box conversions, IoU and GIoU in JAX.
+"""Box conversions, IoU, GIoU, DIoU and CIoU in JAX.
 
 Boxes are `(..., 4)` arrays in one unit throughout a call (pixels or grid cells; it does not matter):
   xywh = (centre x, centre y, width, height); xyxy = (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2.
@@ -6,6 +6,7 @@ All functions broadcast over leading dimensions and are safe for zero-area boxes
 denominator is 0 is defined as 0, with finite gradients (no NaN, no inf).
 """
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -70,3 +71,39 @@ def giou_xywh(a: Array, b: Array) -> Array:
     a = jnp.concatenate([jnp.minimum(a[..., :2], a[..., 2:]), jnp.maximum(a[..., :2], a[..., 2:])], axis=-1)
     b = jnp.concatenate([jnp.minimum(b[..., :2], b[..., 2:]), jnp.maximum(b[..., :2], b[..., 2:])], axis=-1)
     return giou_xyxy(a, b)
+
+
+def _ordered_xyxy(boxes: Array) -> Array:
+    """Centre/size → corners with x1 <= x2, y1 <= y2 (a negative size behaves as its mirror image)."""
+    c = xywh_to_xyxy(boxes)
+    return jnp.concatenate([jnp.minimum(c[..., :2], c[..., 2:]), jnp.maximum(c[..., :2], c[..., 2:])], axis=-1)
+
+
+def _centre_penalty(a: Array, b: Array) -> Array:
+    """DIoU's rho^2 / c^2: squared centre distance over the squared diagonal of the enclosing box (corners)."""
+    centre = lambda x: (x[..., :2] + x[..., 2:]) * 0.5
+    rho2 = jnp.sum(jnp.square(centre(a) - centre(b)), axis=-1)
+    diag = jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2])
+    return _safe_div(rho2, jnp.sum(jnp.square(diag), axis=-1))
+
+
+def diou_xywh(a: Array, b: Array) -> Array:
+    """Distance-IoU (Zheng et al. 2020) of centre/size boxes, broadcast → (...), in (-1, 1]:
+    IoU - rho^2 / c^2 (rho: centre distance, c: diagonal of the smallest enclosing box)."""
+    a, b = _ordered_xyxy(a), _ordered_xyxy(b)
+    return iou_xyxy(a, b) - _centre_penalty(a, b)
+
+
+def ciou_xywh(a: Array, b: Array) -> Array:
+    """Complete-IoU (Zheng et al. 2020) of centre/size boxes, broadcast → (...): DIoU - alpha * v with
+    v = 4 / pi^2 * (atan(w_b / h_b) - atan(w_a / h_a))^2 and alpha = v / (1 - IoU + v).
+
+    alpha is a constant for the gradient (stop_gradient), as in the paper and Darknet. Use `b` for the
+    ground truth; the expression is symmetric anyway.
+    """
+    a, b = _ordered_xyxy(a), _ordered_xyxy(b)
+    iou = iou_xyxy(a, b)
+    aspect = lambda x: jnp.arctan(_safe_div(x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]))
+    v = (4.0 / jnp.pi**2) * jnp.square(aspect(b) - aspect(a))
+    alpha = jax.lax.stop_gradient(_safe_div(v, 1.0 - iou + v))
+    return iou - _centre_penalty(a, b) - alpha * v

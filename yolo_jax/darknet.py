@@ -1,4 +1,4 @@
-"""Darknet `.weights` files ↔ Flax variables of YOLOv3 / YOLOv3-tiny.
+"""Darknet `.weights` files ↔ Flax variables of YOLOv3 / YOLOv3-tiny / YOLOv4 / YOLOv4-tiny.
 
 File layout (little-endian, as Darknet's `parser.c` writes it on x86):
   header: major, minor, revision as int32, then `seen` (images trained on) as int64 when
@@ -10,10 +10,10 @@ File layout (little-endian, as Darknet's `parser.c` writes it on x86):
 Flax kernels are (kh, kw, in, out): the loader transposes (out, in, kh, kw) → (kh, kw, in, out).
 
 The body must hold exactly as many values as the model (62,001,757 for YOLOv3 with 80 classes, 8,858,734 for
-YOLOv3-tiny): a truncated or padded file, or weights of another architecture or class count, is an error that
-names the expected and found counts. So is a file of the right size whose values cannot be trained weights
-(NaN or infinite values, negative BatchNorm variances; e.g. random bytes): the error names the layers.
-Nothing here reads a config at import time.
+YOLOv3-tiny, 64,429,405 for YOLOv4, 6,062,814 for YOLOv4-tiny): a truncated or padded file, or weights of another
+architecture or class count, is an error that names the expected and found counts. So is a file of the right size
+whose values cannot be trained weights (NaN or infinite values, negative BatchNorm variances; e.g. random bytes):
+the error names the layers. Nothing here reads a config at import time.
 
 BatchNorm epsilon: Darknet's CUDA kernel (`normalize_kernel`, which trained the published weights) and
 AlexeyAB's CPU path compute (x - mean) / sqrt(var + 1e-5); pjreddie's CPU path (x - mean) / (sqrt(var) + 1e-6).
@@ -41,7 +41,7 @@ from yolo_jax.models import create_model, iter_darknet_layers
 
 # sqrt(var + eps) with eps = 1e-5: Darknet's GPU normalize_kernel and cuDNN path (see module docstring).
 DARKNET_BN_EPSILON = 1e-5
-DARKNET_ARCHITECTURES = ('yolov3', 'yolov3_tiny')
+DARKNET_ARCHITECTURES = ('yolov3', 'yolov3_tiny', 'yolov4', 'yolov4_tiny')
 _FLOAT = np.dtype('<f4')
 
 

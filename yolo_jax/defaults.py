@@ -17,10 +17,30 @@ YOLOV3_TINY_ANCHORS = (
     ((10, 14), (23, 27), (37, 58)),
     ((81, 82), (135, 169), (344, 319)),
 )
+# YOLOv4's anchors (yolov4.cfg: masks 0,1,2 / 3,4,5 / 6,7,8 at strides 8, 16, 32).
+YOLOV4_ANCHORS = (
+    ((12, 16), (19, 36), (40, 28)),
+    ((36, 75), (76, 55), (72, 146)),
+    ((142, 110), (192, 243), (459, 401)),
+)
+# YOLOv4-tiny's anchors as masked in yolov4-tiny.cfg, strides ascending: mask 1,2,3 at stride 16, mask 3,4,5 at
+# stride 32 (anchor 3, 81x82, serves both scales).
+YOLOV4_TINY_ANCHORS = (
+    ((23, 27), (37, 58), (81, 82)),
+    ((81, 82), (135, 169), (344, 319)),
+)
+# Darknet's scale_x_y per scale (strides ascending) of AlexeyAB's yolov4.cfg and yolov4-tiny.cfg.
+YOLOV4_SCALE_XY = (1.2, 1.1, 1.05)
+YOLOV4_TINY_SCALE_XY = (1.05, 1.05)
+MODEL_NAMES = ('yolov3', 'yolov3_tiny', 'yolov4', 'yolov4_tiny')
 
 
 def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 416) -> ml_collections.ConfigDict:
-    """The `config.model` block for `name` in {'yolov3', 'yolov3_tiny'}."""
+    """The `config.model` block for `name` in MODEL_NAMES.
+
+    `scale_xy` (one per scale, strides ascending) is Darknet's scale_x_y for decoding box centres
+    (yolo_jax/decode.py): 1.0 (plain YOLOv3 decoding) for v3, Darknet's cfg values for v4.
+    """
     m = ml_collections.ConfigDict()
     m.name = name
     m.num_classes = num_classes
@@ -31,8 +51,16 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
     elif name == 'yolov3_tiny':
         m.strides = (16, 32)
         m.anchors = YOLOV3_TINY_ANCHORS
+    elif name == 'yolov4':
+        m.strides = (8, 16, 32)
+        m.anchors = YOLOV4_ANCHORS
+    elif name == 'yolov4_tiny':
+        m.strides = (16, 32)
+        m.anchors = YOLOV4_TINY_ANCHORS
     else:
-        raise ValueError(f"config.model.name: unknown model {name!r}; expected 'yolov3' or 'yolov3_tiny'")
+        raise ValueError(f'config.model.name: unknown model {name!r}; expected one of {MODEL_NAMES}')
+    scale_xy = {'yolov4': YOLOV4_SCALE_XY, 'yolov4_tiny': YOLOV4_TINY_SCALE_XY}
+    m.scale_xy = scale_xy.get(name, (1.0,) * len(m.strides))
     # Keras defaults, as the reference uses; Darknet weights want epsilon ~1e-5 (see darknet.py).
     m.bn_momentum = 0.99
     m.bn_epsilon = 1e-3
@@ -48,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
+    config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
 
     d = config.data = ml_collections.ConfigDict()
     d.dataset = 'mnist_detection'  # or 'annotations', 'voc/2007', 'coco/2017'
@@ -66,6 +95,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     d.label_smoothing = 0.01
     d.positive_iou = 0.3  # anchors with IoU > this are responsible for a box
+    # < 1: Darknet's (YOLOv4) assignment instead: the best anchor by width/height IoU plus every anchor whose
+    # width/height IoU > iou_thresh (yolov4.cfg: 0.213); 1.0 = off, the reference's positive_iou rule.
+    d.iou_thresh = 1.0
     d.max_bbox_per_scale = 100
     d.max_boxes = 100  # ground-truth boxes kept per image (padded), for evaluation
     d.shuffle_buffer = 1000

@@ -226,8 +226,7 @@ def _image_id(value: Any) -> Any:
 
 def postprocess_config(config: ml_collections.ConfigDict, spec: DetectionSpec, **overrides) -> pp.PostprocessConfig:
     """Post-processing settings: the spec's geometry, config.eval's thresholds, config.data.resize."""
-    return pp.PostprocessConfig.from_spec(spec.input_size, spec.strides, spec.anchors, config.eval,
-                                          config.data.resize, **overrides)
+    return pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize, **overrides)
 
 
 def collect_detections(

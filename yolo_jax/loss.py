@@ -2,11 +2,14 @@
 
 Per scale, with `respond` = 1 on cells/anchors responsible for a ground-truth box (from the targets):
   giou = respond * (2 - w_gt*h_gt / input_size^2) * (1 - GIoU(pred_xywh, label_xywh))      (pixels)
+         (the box term; `box_loss` 'diou' or 'ciou' puts DIoU or CIoU, YOLOv4's, in GIoU's place; the
+         component keeps the name 'giou')
   bgd  = (1 - respond) * (max IoU of the predicted box with this scale's ground-truth list < ignore_thresh)
   conf = (respond - sigmoid(t_conf))^2 * (respond + bgd) * BCE_logits(respond, t_conf)
   prob = respond * sum_c BCE_logits(smoothed_onehot_c, t_prob_c)
 Each term is summed over the grid, anchors (and classes), averaged over the batch, and summed over
 scales; total = giou + conf + prob. As upstream, gradients flow through the focal factor too.
+Predictions are decoded with Darknet's `scale_xy` per scale (1.0, the reference's decoding, for YOLOv3).
 `loss_maps` exposes the per-cell terms for debugging; nothing here loops over boxes.
 """
 
@@ -15,12 +18,20 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from yolo_jax.boxes import giou_xywh, iou_xywh
+from yolo_jax.boxes import ciou_xywh, diou_xywh, giou_xywh, iou_xywh
 from yolo_jax.decode import decode, split_raw
 from yolo_jax.spec import DetectionSpec
 
 Array = jnp.ndarray
 COMPONENTS = ('giou', 'conf', 'prob')
+# config.loss.box_loss → the overlap measure m of the box term (1 - m).
+BOX_LOSSES = {'giou': giou_xywh, 'diou': diou_xywh, 'ciou': ciou_xywh}
+
+
+def _box_measure(box_loss: str):
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f'config.loss.box_loss: unknown {box_loss!r}; expected one of {sorted(BOX_LOSSES)}')
+    return BOX_LOSSES[box_loss]
 
 
 def bce_with_logits(labels: Array, logits: Array) -> Array:
@@ -36,6 +47,8 @@ def scale_loss_maps(
     anchors: Sequence[Sequence[float]],
     stride: int,
     ignore_thresh: float,
+    scale_xy: float = 1.0,
+    box_loss: str = 'giou',
 ) -> dict[str, Array]:
     """Per-cell loss terms of one scale.
 
@@ -45,19 +58,22 @@ def scale_loss_maps(
       bboxes: (B, M, 4) this scale's ground-truth boxes, xywh in input pixels, zero-padded.
       anchors: (A, 2) anchor sizes in input pixels. stride: input pixels per cell.
       ignore_thresh: background predictions overlapping a ground truth by at least this IoU are not penalised.
+      scale_xy: Darknet's scale_x_y for decoding the predicted centres (decode.decode).
+      box_loss: 'giou' (the reference), 'diou' or 'ciou': the box term is 1 - that measure.
 
     Returns:
       {'giou', 'conf', 'prob': (B, S, S, A) loss per cell and anchor, 'ignored': (B, S, S, A) 1 where a
        background prediction is ignored by the threshold}.
     """
     raw = split_raw(raw.astype(jnp.float32), len(anchors))
-    pred = decode(raw, anchors, stride)
+    measure = _box_measure(box_loss)
+    pred = decode(raw, anchors, stride, scale_xy)
     input_size = stride * raw.shape[1]
     pred_xywh, pred_conf = pred[..., :4], pred[..., 4]
     label_xywh, respond, label_prob = label[..., :4], label[..., 4], label[..., 5:]
 
     box_scale = 2.0 - label_xywh[..., 2] * label_xywh[..., 3] / float(input_size) ** 2
-    giou = respond * box_scale * (1.0 - giou_xywh(pred_xywh, label_xywh))
+    giou = respond * box_scale * (1.0 - measure(pred_xywh, label_xywh))
 
     iou = iou_xywh(pred_xywh[..., None, :], bboxes[:, None, None, None, :, :])  # (B, S, S, A, M)
     below = (jnp.max(iou, axis=-1) < ignore_thresh).astype(jnp.float32)
@@ -77,11 +93,14 @@ def loss_maps(
     anchors: Sequence[Sequence[Sequence[float]]],
     strides: Sequence[int],
     ignore_thresh: float,
+    scale_xy: Sequence[float] | None = None,
+    box_loss: str = 'giou',
 ) -> list[dict[str, Array]]:
-    """`scale_loss_maps` for every scale (strides ascending)."""
+    """`scale_loss_maps` for every scale (strides ascending); scale_xy one per scale (None: 1.0 everywhere)."""
+    scale_xy = (1.0,) * len(strides) if scale_xy is None else scale_xy
     return [
-        scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh)
-        for o, lab, bb, a, s in zip(outputs, labels, bboxes, anchors, strides, strict=True)
+        scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh, scale_xy=k, box_loss=box_loss)
+        for o, lab, bb, a, s, k in zip(outputs, labels, bboxes, anchors, strides, scale_xy, strict=True)
     ]
 
 
@@ -101,14 +120,19 @@ def yolo_loss(
     strides: Sequence[int],
     ignore_thresh: float,
     weights: Array | None = None,
+    scale_xy: Sequence[float] | None = None,
+    box_loss: str = 'giou',
 ) -> tuple[Array, dict[str, Array]]:
     """The reference loss: (total, {'giou', 'conf', 'prob', 'total'}) scalars, averaged over the batch.
 
     `weights` (B,) gives a weighted mean over examples instead (e.g. 0 for padding in a last eval batch).
+    `scale_xy` (per scale) and `box_loss` as in `scale_loss_maps`; the defaults are the reference's loss.
     """
-    per_example = per_example_losses(
-        loss_maps(outputs, labels, bboxes, anchors=anchors, strides=strides, ignore_thresh=ignore_thresh)
+    maps = loss_maps(
+        outputs, labels, bboxes, anchors=anchors, strides=strides, ignore_thresh=ignore_thresh, scale_xy=scale_xy,
+        box_loss=box_loss,
     )
+    per_example = per_example_losses(maps)
     if weights is None:
         metrics = {k: jnp.mean(v) for k, v in per_example.items()}
     else:
@@ -118,6 +142,6 @@ def yolo_loss(
 
 
 def loss_kwargs(spec: DetectionSpec, loss_config: ml_collections.ConfigDict) -> dict:
-    """The keyword arguments of `yolo_loss` / `loss_maps`: anchors and strides from the spec, the rest from
-    config.loss."""
-    return {'anchors': spec.anchors, 'strides': spec.strides, 'ignore_thresh': float(loss_config.ignore_thresh)}
+    """The keyword arguments of `yolo_loss` / `loss_maps`: geometry from the spec, the rest from config.loss."""
+    return {'anchors': spec.anchors, 'strides': spec.strides, 'scale_xy': spec.scale_xy,
+            'ignore_thresh': float(loss_config.ignore_thresh), 'box_loss': str(loss_config.box_loss)}

@@ -61,8 +61,8 @@ class PostprocessConfig:
     """Everything post-processing needs; frozen and hashable, so it can be a static argument of jit.
 
     input_size: side S of the square network input (input pixels); strides ascending, anchors (scales, A, 2) in
-    input pixels, as config.model; resize_mode: config.data.resize ('letterbox' or 'stretch'); the rest as
-    config.eval.
+    input pixels, scale_xy (Darknet's scale_x_y per scale; empty: 1.0 everywhere), as config.model;
+    resize_mode: config.data.resize ('letterbox' or 'stretch'); the rest as config.eval.
     """
 
     input_size: int
@@ -74,6 +74,7 @@ class PostprocessConfig:
     method: str = 'nms'
     sigma: float = 0.3
     max_detections: int = 100
+    scale_xy: tuple[float, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, 'method', _method(self.method))
@@ -84,21 +85,24 @@ class PostprocessConfig:
 
     @classmethod
     def from_config(cls, config: Any, **overrides) -> PostprocessConfig:
-        """From a full config (config.model, config.eval, config.data.resize); keyword overrides win."""
+        """From a full config (config.model's geometry, config.eval, config.data.resize); keyword overrides win."""
         m = config.model
         anchors = tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors)
-        return cls.from_spec(int(m.input_size), tuple(int(s) for s in m.strides), anchors, config.eval,
-                             config.data.resize, **overrides)
+        geometry = dict(input_size=int(m.input_size), strides=tuple(int(s) for s in m.strides), anchors=anchors,
+                        scale_xy=tuple(float(k) for k in m.scale_xy))
+        return cls._make(geometry, config.eval, config.data.resize, overrides)
 
     @classmethod
-    def from_spec(cls, input_size: int, strides: tuple[int, ...], anchors: tuple, eval_config: Any,
-                  resize_mode: str, **overrides) -> PostprocessConfig:
-        """From a DetectionSpec's geometry, config.eval and config.data.resize; keyword overrides win."""
+    def from_spec(cls, spec: Any, eval_config: Any, resize_mode: str, **overrides) -> PostprocessConfig:
+        """From a DetectionSpec (geometry), config.eval and config.data.resize; keyword overrides win."""
+        geometry = dict(input_size=spec.input_size, strides=spec.strides, anchors=spec.anchors, scale_xy=spec.scale_xy)
+        return cls._make(geometry, eval_config, resize_mode, overrides)
+
+    @classmethod
+    def _make(cls, geometry: dict, eval_config: Any, resize_mode: str, overrides: dict) -> PostprocessConfig:
         e = eval_config
         kw = dict(
-            input_size=input_size,
-            strides=strides,
-            anchors=anchors,
+            geometry,
             resize_mode=resize_mode,
             score_threshold=float(e.score_threshold),
             iou_threshold=float(e.nms_iou_threshold),
@@ -286,7 +290,7 @@ def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg:
     resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size, cfg.resize_mode)` (host side);
     orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
     """
-    decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides)
+    decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None)
     return postprocess_decoded(flatten_decoded(decoded), resize, orig_sizes, cfg)
 
 

@@ -26,17 +26,24 @@ class DetectionSpec:
     strides: output strides, ascending (pixels per grid cell).
     anchors: per scale, (w, h) of each anchor in input pixels.
     class_names: one name per class, in output order.
+    scale_xy: Darknet's scale_x_y per scale for decoding box centres (1.0 = YOLOv3's decoding).
     """
 
     input_size: int
     strides: tuple[int, ...]
     anchors: Anchors
     class_names: tuple[str, ...]
+    scale_xy: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.anchors) != len(self.strides):
-            raise ConfigError(f'config.model.anchors: {len(self.anchors)} scales but config.model.strides has '
-                              f'{len(self.strides)}')
+        if not self.scale_xy:
+            object.__setattr__(self, 'scale_xy', (1.0,) * len(self.strides))
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.anchors) != len(self.strides) or len(self.scale_xy) != len(self.strides):
+            raise ConfigError(f'config.model.anchors / scale_xy: {len(self.anchors)} / {len(self.scale_xy)} scales '
+                              f'but config.model.strides has {len(self.strides)}')
         if len({len(a) for a in self.anchors}) != 1:
             raise ConfigError('config.model.anchors: every scale needs the same number of anchors')
         if self.input_size <= 0 or self.input_size % max(self.strides):
@@ -63,13 +70,13 @@ class DetectionSpec:
         """Plain JSON (stored in checkpoint metadata)."""
         return {'input_size': self.input_size, 'strides': list(self.strides),
                 'anchors': [[list(a) for a in scale] for scale in self.anchors],
-                'class_names': list(self.class_names)}
+                'class_names': list(self.class_names), 'scale_xy': list(self.scale_xy)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DetectionSpec:
         return cls(int(d['input_size']), tuple(int(s) for s in d['strides']),
                    tuple(tuple((float(w), float(h)) for w, h in scale) for scale in d['anchors']),
-                   tuple(str(n) for n in d['class_names']))
+                   tuple(str(n) for n in d['class_names']), tuple(float(k) for k in d['scale_xy']))
 
 
 def check_num_classes(config_num_classes: int, class_names: Sequence[str], source: str) -> None:
@@ -88,4 +95,5 @@ def build_spec(model_config: ml_collections.ConfigDict, class_names: Sequence[st
         strides=tuple(int(s) for s in model_config.strides),
         anchors=tuple(tuple((float(w), float(h)) for w, h in scale) for scale in model_config.anchors),
         class_names=tuple(str(n) for n in class_names),
+        scale_xy=tuple(float(k) for k in model_config.scale_xy),
     )

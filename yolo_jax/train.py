@@ -26,6 +26,7 @@ from yolo_jax import checkpointing, steps
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
 from yolo_jax.models import create_model
+from yolo_jax.models.layers import FROZEN_PARTS
 from yolo_jax.parallel import PMAP_AXIS, Parallel, check_batch_size, check_mode
 from yolo_jax.progress import Progress, format_train_line, format_val_line
 from yolo_jax.spec import DetectionSpec
@@ -98,7 +99,7 @@ def evaluate(parallel: Parallel, state: steps.TrainState, batches) -> dict[str, 
 
 def frozen_stats_mask(batch_stats: Any, freeze: str) -> Any:
     """True for BatchNorm statistics that the freeze policy keeps fixed (frozen parts run BN in inference mode)."""
-    frozen = {'none': (), 'backbone': ('backbone',), 'all_but_heads': ('backbone', 'head')}[freeze]
+    frozen = FROZEN_PARTS[freeze]
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], 'key', None) in frozen, batch_stats)
 
 

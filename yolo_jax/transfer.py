@@ -33,7 +33,7 @@ _INIT_SIZE = 32
 
 
 def fresh_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
-    """A fresh init of `model` with the RNG `train.create_train_state` would use (same seed and split).
+    """A fresh init of `model` from config.train.seed (what training starts from without init_from).
 
     Run eagerly, not jitted: on CPU that is several times faster for a one-off init, and later calls reuse the
     compiled primitives. The values equal a jitted init's up to float rounding of the initialisers (~1e-9).
@@ -115,7 +115,8 @@ def transfer_variables(
 
 def _architecture(variables: dict) -> str:
     n = sum(1 for _ in iter_darknet_layers(variables))
-    return {75: 'yolov3', 13: 'yolov3_tiny'}.get(n, f'a network with {n} convolutions')
+    names = {75: 'yolov3', 13: 'yolov3_tiny', 110: 'yolov4', 21: 'yolov4_tiny'}
+    return names.get(n, f'a network with {n} convolutions')
 
 
 def load_darknet_source(path: Path, mc: ml_collections.ConfigDict) -> dict:

@@ -17,6 +17,12 @@ Semantics, per ground-truth box, in input order (what the reference's per-box lo
   * Later boxes win: a later box claiming the same (cell, anchor) replaces the whole slot, and when the list
     index wraps modulo max_bbox_per_scale the later box replaces the earlier one.
 
+Darknet's (YOLOv4) assignment, when `iou_thresh` < 1 (Darknet's own default 1 means off): anchors are compared
+with the box by width/height only (both centred at one point: IoU = min(w)min(h) / union); the best anchor of all
+L*A is always positive, and so is every anchor whose IoU > iou_thresh (yolov4.cfg: 0.213); positive_iou and the
+fallback are not used. Anchors of equal size on several scales (YOLOv4-tiny's 81x82) tie, and every tied best
+is positive: Darknet's best anchor index appears in both scales' masks there. Cells and slots as above.
+
 Duplicate slots are resolved explicitly (a segment max of the box index per slot, and "the last M list entries"
 for the lists) because `tf.tensor_scatter_nd_update`/`tf.scatter_nd` do not define which duplicate wins.
 Assignment is computed in float64 like the NumPy reference, so the IoU > threshold decisions agree with it
@@ -48,6 +54,7 @@ class TargetParams:
     label_smoothing: float = 0.01
     positive_iou: float = 0.3
     max_bbox_per_scale: int = 100
+    iou_thresh: float = 1.0  # < 1: Darknet's width/height-IoU multi-anchor assignment (module docstring)
 
     def __post_init__(self) -> None:
         if len(self.strides) != len(self.anchors):
@@ -61,7 +68,7 @@ class TargetParams:
     @classmethod
     def from_config(cls, config) -> TargetParams:
         """Reads config.model.{input_size,strides,anchors,num_classes} and
-        config.data.{label_smoothing,positive_iou,max_bbox_per_scale}."""
+        config.data.{label_smoothing,positive_iou,max_bbox_per_scale,iou_thresh}."""
         m, d = config.model, config.data
         return cls(
             input_size=int(m.input_size),
@@ -71,6 +78,7 @@ class TargetParams:
             label_smoothing=float(d.label_smoothing),
             positive_iou=float(d.positive_iou),
             max_bbox_per_scale=int(d.max_bbox_per_scale),
+            iou_thresh=float(d.iou_thresh),
         )
 
     @property
@@ -96,6 +104,22 @@ def _iou_xywh(b1: tf.Tensor, b2: tf.Tensor) -> tf.Tensor:
     inter_area = inter[..., 0] * inter[..., 1]
     union = area1 + area2 - inter_area
     return inter_area / union  # union >= anchor area > 0
+
+
+def _wh_iou(box_wh: tf.Tensor, anchor_wh: tf.Tensor) -> tf.Tensor:
+    """Width/height-only IoU (boxes centred on one point), broadcasting; Darknet's anchor matching."""
+    inter = tf.minimum(box_wh[..., 0], anchor_wh[..., 0]) * tf.minimum(box_wh[..., 1], anchor_wh[..., 1])
+    union = box_wh[..., 0] * box_wh[..., 1] + anchor_wh[..., 0] * anchor_wh[..., 1] - inter
+    return inter / union  # union >= anchor area > 0
+
+
+def _darknet_assignment(xywh: tf.Tensor, valid: tf.Tensor, params: TargetParams) -> tf.Tensor:
+    """(B, N, L, A) bool: every best anchor by width/height IoU (ties included) and every anchor with IoU >
+    params.iou_thresh, for valid boxes. xywh (B, N, 4) in pixels."""
+    anchors = tf.constant(np.asarray(params.anchors, np.float64))  # (L, A, 2) pixels
+    iou = _wh_iou(xywh[:, :, None, None, 2:], anchors)  # (B, N, L, A)
+    best = iou >= tf.reduce_max(iou, axis=[2, 3], keepdims=True)
+    return (best | (iou > params.iou_thresh)) & valid[:, :, None, None]
 
 
 def encode_targets_batch(
@@ -150,6 +174,8 @@ def encode_targets_batch(
     fallback = tf.reshape(fallback, [batch, n, num_scales, num_anchors])
     fallback &= (valid & ~has_positive)[:, :, None, None]
     assigned = positive | fallback  # (B, N, L, A)
+    if params.iou_thresh < 1.0:
+        assigned = _darknet_assignment(xywh, valid, params)
 
     # Global box index (b * N + i) orders boxes within an image and keeps images apart.
     box_index = tf.reshape(tf.range(batch * n), [batch, n])

@@ -7,13 +7,14 @@ import ml_collections
 from yolo_jax.errors import ConfigError
 from yolo_jax.models.fold import fold_batchnorm
 from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
+from yolo_jax.models.yolov4 import YOLOv4, YOLOv4Tiny
 
 __all__ = [
-    'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
+    'Darknet53', 'YOLOv3', 'YOLOv3Tiny', 'YOLOv4', 'YOLOv4Tiny', 'create_model', 'fold_batchnorm', 'fold_variables',
     'init_variables', 'iter_darknet_layers',
 ]
 
-_MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny}
+_MODELS = {'yolov3': YOLOv3, 'yolov3_tiny': YOLOv3Tiny, 'yolov4': YOLOv4, 'yolov4_tiny': YOLOv4Tiny}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -23,7 +24,7 @@ def create_model(
     bn_axis_name: str | None = None,
     folded: bool = False,
     freeze: str = 'none',
-) -> YOLOv3:
+) -> YOLOv3 | YOLOv4:
     """Builds the network named by `model_config.name`.
 
     `bn_axis_name` synchronises BatchNorm statistics across devices under pmap (None under jit). `folded=True`
@@ -66,13 +67,13 @@ def _check_input_size(model_config: ml_collections.ConfigDict) -> None:
         )
 
 
-def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3, dict]:
+def fold_variables(model_config: ml_collections.ConfigDict, variables: dict) -> tuple[YOLOv3 | YOLOv4, dict]:
     """(folded model, its variables) from a trained model's {'params', 'batch_stats'}; same outputs, no BN."""
     params = fold_batchnorm(variables['params'], variables['batch_stats'], epsilon=model_config.bn_epsilon)
     return create_model(model_config, folded=True), {'params': params}
 
 
-def init_variables(model: YOLOv3, rng: jax.Array, input_size: int) -> dict:
+def init_variables(model: YOLOv3 | YOLOv4, rng: jax.Array, input_size: int) -> dict:
     """Initial {'params', 'batch_stats'} for square inputs of side `input_size` (jit-compiled init)."""
     x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
     return jax.jit(lambda r: model.init(r, x, train=False))(rng)

@@ -130,8 +130,22 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def mish(x: Array) -> Array:
+    """Mish (Misra 2019): x * tanh(softplus(x)), Darknet's `activation=mish` (YOLOv4's backbone)."""
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+def activate(x: Array, activation: str) -> Array:
+    """Darknet's `activation=leaky` (LeakyReLU(0.1)) or `activation=mish`."""
+    if activation == 'leaky':
+        return nn.leaky_relu(x, negative_slope=0.1)
+    if activation == 'mish':
+        return mish(x)
+    raise ValueError(f"unknown activation {activation!r}; expected 'leaky' or 'mish'")
+
+
 class ConvBN(nn.Module):
-    """Conv (no bias) → BatchNorm → LeakyReLU(0.1); the `convolutional` block of Darknet.
+    """Conv (no bias) → BatchNorm → activation (LeakyReLU(0.1) or Mish); the `convolutional` block of Darknet.
 
     `folded=True` is the inference form after `fold_batchnorm`: a conv with bias and no BatchNorm.
     """
@@ -144,6 +158,7 @@ class ConvBN(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     folded: bool = False
+    activation: str = 'leaky'  # or 'mish'
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -154,7 +169,7 @@ class ConvBN(nn.Module):
         if self.folded:
             if train:
                 raise ValueError('a BatchNorm-folded model is for inference only (train=False)')
-            return nn.leaky_relu(x, negative_slope=0.1)
+            return activate(x, self.activation)
         x = BatchNorm(
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -162,7 +177,16 @@ class ConvBN(nn.Module):
             dtype=self.dtype,
             name='bn',
         )(x, use_running_average=not train)
-        return nn.leaky_relu(x, negative_slope=0.1)
+        return activate(x, self.activation)
+
+
+# config.train.freeze → the parts ('backbone', 'head') whose BatchNorm runs in inference mode while training.
+FROZEN_PARTS = {'none': (), 'backbone': ('backbone',), 'all_but_heads': ('backbone', 'head')}
+
+
+def bn_training(train: bool, part: str, freeze: str) -> bool:
+    """Whether `part` runs BatchNorm in training mode: frozen parts keep their statistics exactly."""
+    return train and part not in FROZEN_PARTS[freeze]
 
 
 def upsample2x(x: Array) -> Array:

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from yolo_jax.models.layers import ConvBN, make_conv, scaled_channels, upsample2x
+from yolo_jax.models.layers import ConvBN, bn_training, make_conv, scaled_channels, upsample2x
 
 Array = jnp.ndarray
 
@@ -125,13 +125,8 @@ class YOLOv3(_Base):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         kw = self._kwargs()
-        routes = Darknet53(**kw, name='backbone')(x, self.bn_training(train, 'backbone'))
-        return YOLOv3Head(**kw, name='head')(routes, self.bn_training(train, 'head'))
-
-    def bn_training(self, train: bool, part: str) -> bool:
-        """Whether `part` ('backbone' or 'head') runs BatchNorm in training mode under the freeze policy."""
-        frozen = {'none': (), 'backbone': ('backbone',), 'all_but_heads': ('backbone', 'head')}[self.freeze]
-        return train and part not in frozen
+        routes = Darknet53(**kw, name='backbone')(x, bn_training(train, 'backbone', self.freeze))
+        return YOLOv3Head(**kw, name='head')(routes, bn_training(train, 'head', self.freeze))
 
     def _kwargs(self) -> dict:
         names = (
@@ -190,8 +185,8 @@ class YOLOv3Tiny(YOLOv3):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         kw = self._kwargs()
-        routes = TinyBackbone(**kw, name='backbone')(x, self.bn_training(train, 'backbone'))
-        return TinyHead(**kw, name='head')(routes, self.bn_training(train, 'head'))
+        routes = TinyBackbone(**kw, name='backbone')(x, bn_training(train, 'backbone', self.freeze))
+        return TinyHead(**kw, name='head')(routes, bn_training(train, 'head', self.freeze))
 
 
 def iter_darknet_layers(variables: dict) -> Iterator[tuple[str, dict, dict | None]]:
