@@ -74,6 +74,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval.soft_nms_sigma = 0.3
     config.eval.max_detections = 100
     config.eval.fold_batchnorm = True  # eval/detect: BatchNorm folded into the convs (same outputs, faster)
+    # The evaluation protocol (mAP), separate from the drawing threshold above (VOC/COCO practice).
+    config.eval.map_score_threshold = 0.005  # detections kept for mAP
+    config.eval.map_max_detections = 100  # per image after NMS (COCO's maxDets)
+    config.eval.voc_metric = 'all_point'  # or '11_point' (VOC2007 test)
+    config.eval.voc_truncate_boxes = True  # the reference's int() of detection corners; False = the devkit
+    config.eval.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set
 
     for name in (variant or '').split(','):
         if name not in VARIANTS:

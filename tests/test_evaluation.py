@@ -81,7 +81,8 @@ def test_voc_perfect_is_one():
     dets = [det(np.add([A, B], 0.7), [0.9, 0.8], [0, 1]), det([C], [0.5], [0]), det(np.zeros((0, 4)), [], [])]
     result = evaluation.voc_map(dets, gts, 3)
     assert result['map'] == 1.0 and result['num_classes_with_gt'] == 2
-    assert result['per_class'][2] == {'class': 2, 'ap': None, 'num_gt': 0, 'num_det': 0, 'num_tp': 0}
+    assert result['per_class'][2] == {'class': 2, 'ap': None, 'num_gt': 0, 'num_det': 0, 'num_tp': 0,
+                                      'num_difficult': 0}
 
 
 def test_voc_hand_computed_mix_duplicates_no_fallback_and_excluded_class():
@@ -191,6 +192,8 @@ def workdir(tmp_path_factory):
 
 def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
     config = small_config()
+    # mAP uses the protocol's threshold and cap; set them to the drawing ones to compare with predict below.
+    config.eval.map_score_threshold, config.eval.map_max_detections = 0.05, 20
     model, variables = inference.load_variables(config, workdir)
     batches = make_batches(config, SPECS)
     dataset = tf.data.Dataset.from_tensor_slices({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
