@@ -21,7 +21,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
 
     config.data = ml_collections.ConfigDict()
-    config.data.dataset = 'mnist_detection'  # or 'annotations', 'voc/2007', 'coco/2017'
+    config.data.dataset = 'mnist_detection'  # or 'annotations', 'coco_json', 'yolo_txt', 'voc/2007', 'coco/2017'
     config.data.data_dir = ''  # '' = ~/tensorflow_datasets (or $TFDS_DATA_DIR)
     config.data.digit_source = 'auto'  # 'auto', 'tfds', 'sklearn', or a path to a folder/zip/IDX dir
     config.data.num_train = 1000
@@ -33,6 +33,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.train_annotations = ''  # for dataset='annotations': `path x1,y1,x2,y2,cls ...` text files
     config.data.test_annotations = ''
     config.data.class_names = ''  # one class name per line
+    # For dataset='coco_json' (train/test_annotations = the JSON files; '' = the JSON's folder) and 'yolo_txt'
+    # (image folders or list files; labels in the sibling labels/ folder or beside each image).
+    config.data.train_images = ''
+    config.data.test_images = ''
     config.data.augment = True  # random flip, crop and translate, each with p=0.5
     config.data.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     config.data.label_smoothing = 0.01

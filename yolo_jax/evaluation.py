@@ -458,6 +458,7 @@ def evaluate_checkpoint(
     to workdir/eval. Returns the metrics.
     """
     from yolo_jax import input_pipeline  # noqa: PLC0415  (TensorFlow: only when data is needed)
+    from yolo_jax.data import sources  # noqa: PLC0415
 
     split = str(config.eval.split) if split is None else split
     model, variables = inference.load_variables(
@@ -467,7 +468,7 @@ def evaluate_checkpoint(
     dataset = input_pipeline.create_eval_dataset(config, batch_size=batch_size, split=split)
     detections, ground_truth = collect_detections(config, variables, dataset, model=model)
     metrics = compute_metrics(detections, ground_truth, int(config.model.num_classes), **voc_options(config))
-    names = inference.class_names(config)
+    names = list(sources.get_class_names(config))  # the data set's own names (checked against num_classes)
     table = format_table(metrics, names)
     print(table)
     logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
