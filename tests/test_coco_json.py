@@ -94,7 +94,7 @@ def test_validation_names_file_and_ids(tmp_path):
 
 
 def test_source_keeps_crowd_boxes_flagged_and_checks_class_count(coco_set):
-    config = coco_config(coco_set)
+    config = coco_config(coco_set, 'tiny,smoke')
     ds, info = sources.load_split(config, 'test')
     assert info == sources.SplitInfo(4, CLASS_NAMES) and sources.get_class_names(config) == CLASS_NAMES
     got = list(tfds.as_numpy(ds))
@@ -105,7 +105,6 @@ def test_source_keeps_crowd_boxes_flagged_and_checks_class_count(coco_set):
 
     from yolo_jax import evaluation, input_pipeline
 
-    config.model.input_size = 64
     eval_ds = input_pipeline.create_eval_dataset(config, batch_size=4, split='test')
     batch = next(eval_ds.as_numpy_iterator())
     assert batch['difficult'].shape == (4, config.data.max_boxes)
@@ -130,10 +129,9 @@ def _random_variables(config):
 
     from yolo_jax.models import create_model
 
-    config.model.width_multiplier = 0.125
     model = create_model(config.model)
     size = config.model.input_size
-    return model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), train=False)
+    return jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), train=False))()
 
 
 def _env() -> dict:
