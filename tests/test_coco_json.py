@@ -146,6 +146,7 @@ def run_main(workdir: Path, *overrides: str, mode: str = 'train', timeout: int =
     return proc
 
 
+@pytest.mark.slow
 def test_train_and_eval_end_to_end_equals_the_oracles(coco_set, tmp_path):
     root, (train_json, train_images), (test_json, test_images) = coco_set
     workdir = tmp_path / 'run'
@@ -202,3 +203,90 @@ def test_train_and_eval_end_to_end_equals_the_oracles(coco_set, tmp_path):
     aps = [devkit_voc_eval(trunc, gts, c) for c in range(3)]
     assert metrics['map50'] == pytest.approx(np.mean(aps), abs=1e-9)
     assert [e['ap'] for e in metrics['per_class']] == pytest.approx(aps, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The official Darknet YOLOv3-tiny COCO weights on a COCO-format set: two shared photos annotated by hand.
+
+# COCO's 80 category ids (1..90 with gaps), in the order of Darknet's 80 outputs (coco.names).
+COCO_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+            *range(84, 91))
+PERSON, CAR, BUS, KITE = 1, 3, 6, 38
+# Hand-drawn boxes, x1, y1, x2, y2 in pixels (1200x630 and 1352x900), (category id, box, iscrowd).
+PHOTO_BOXES = {
+    'street.jpg': (
+        (BUS, (395, 97, 730, 322), 0), (BUS, (815, 115, 1200, 340), 0), (CAR, (318, 200, 480, 335), 0),
+        (PERSON, (800, 235, 920, 508), 0), (PERSON, (745, 222, 812, 490), 0), (PERSON, (283, 215, 328, 332), 0),
+        (PERSON, (212, 185, 246, 320), 0), (PERSON, (123, 183, 162, 328), 0), (PERSON, (262, 205, 300, 305), 0),
+        (PERSON, (850, 115, 1100, 160), 1),  # the passengers on the open-top bus: a crowd region
+    ),
+    'kite.jpg': (
+        (PERSON, (113, 612, 164, 760), 0), (PERSON, (216, 699, 271, 854), 0), (PERSON, (82, 507, 101, 566), 0),
+        (PERSON, (38, 510, 53, 560), 0), (PERSON, (179, 540, 191, 574), 0), (PERSON, (24, 532, 38, 558), 0),
+        (PERSON, (515, 500, 553, 533), 1),  # the kite surfers far out: a crowd region
+        (KITE, (593, 80, 671, 151), 0), (KITE, (279, 238, 304, 281), 0), (KITE, (301, 375, 326, 405), 0),
+        (KITE, (468, 340, 485, 359), 0), (KITE, (576, 345, 601, 370), 0), (KITE, (1083, 395, 1098, 422), 0),
+        (KITE, (760, 377, 769, 392), 0),
+    ),
+}
+
+
+def photo_coco_json(path: Path) -> Path:
+    from yolo_jax.inference import COCO_CLASS_NAMES
+
+    data = {'images': [], 'annotations': [],
+            'categories': [{'id': i, 'name': n} for i, n in zip(COCO_IDS, COCO_CLASS_NAMES, strict=True)]}
+    sizes = {'street.jpg': (1200, 630), 'kite.jpg': (1352, 900)}
+    for image_id, (name, boxes) in enumerate(PHOTO_BOXES.items(), start=1):
+        data['images'].append({'id': image_id, 'file_name': name, 'width': sizes[name][0], 'height': sizes[name][1]})
+        for cat, (x1, y1, x2, y2), crowd in boxes:
+            data['annotations'].append({'id': len(data['annotations']) + 1, 'image_id': image_id, 'category_id': cat,
+                                        'bbox': [x1, y1, x2 - x1, y2 - y1], 'area': (x2 - x1) * (y2 - y1),
+                                        'iscrowd': crowd})
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_darknet_tiny_weights_on_a_coco_json_set(shared_data, tmp_path):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from configs import coco as coco_config
+    from yolo_jax import evaluation
+
+    annotations = photo_coco_json(tmp_path / 'photos.json')
+    config = coco_config.get_config('tiny')
+    config.data.dataset = 'coco_json'
+    config.data.test_annotations = str(annotations)
+    config.data.test_images = str(shared_data / 'images')
+    config.train.eval_batch_size = 2
+    weights = shared_data / 'darknet' / 'yolov3-tiny.weights'
+    metrics = evaluation.evaluate_checkpoint(config, None, output=tmp_path / 'eval', weights=weights)
+    assert metrics['num_images'] == 2 and metrics['num_gt'] == 22 and metrics['num_ignored'] == 2
+    dets = json.loads((tmp_path / 'eval' / 'detections.json').read_text())
+    by_name = {Path(d['image_id']).name: d for d in dets}
+    results = [{'image_id': image_id, 'category_id': COCO_IDS[c], 'bbox': [x1, y1, x2 - x1, y2 - y1], 'score': s}
+               for image_id, name in enumerate(PHOTO_BOXES, start=1)
+               for (x1, y1, x2, y2), s, c in zip(by_name[name]['boxes'], by_name[name]['scores'],
+                                                 by_name[name]['classes'])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotations))
+        ev = COCOeval(gt, gt.loadRes(results), 'bbox')
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ours = [metrics['coco'][k] for k in evaluation.COCO_STATS]
+    assert ours == pytest.approx([v if v >= 0 else np.nan for v in ev.stats], abs=1e-12, nan_ok=True)
+    print('YOLOv3-tiny on the two photos: COCO AP', metrics['coco_map'], 'AP50', metrics['coco_map50'],
+          'VOC AP50', metrics['map50'])
+    # Measured: COCO AP 0.0708, AP50 0.2170, VOC AP50 (all-point) 0.2234. YOLOv3-tiny is weak on these photos
+    # (tiny kites and far people; its best car and person boxes are too small, as OpenCV's Darknet gives them too),
+    # but it finds both buses and the taxi.
+    assert metrics['coco_map50'] > 0.15, evaluation.format_table(metrics, [str(i) for i in range(80)])
+    per_class = {e['class']: e for e in metrics['per_class']}
+    assert per_class[COCO_IDS.index(BUS)]['num_tp'] >= 1 and per_class[COCO_IDS.index(CAR)]['num_tp'] == 1

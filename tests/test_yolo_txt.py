@@ -140,6 +140,7 @@ def test_source_and_class_names(yolo_set):
         sources.load_split(config, 'validation')
 
 
+@pytest.mark.slow
 def test_train_and_detect_end_to_end(yolo_set, tmp_path):
     from test_coco_json import run_main
 

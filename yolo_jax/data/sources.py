@@ -93,8 +93,9 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         if not config.data.class_names:
             raise ValueError(f'config.data.class_names: dataset={dataset!r} needs a class-names file')
         return annotations_lib.read_class_names(config.data.class_names)
-    if dataset == 'coco_json':
-        return coco_json.read_categories(_file_source_paths(config, 'train')[0])
+    if dataset == 'coco_json':  # the train JSON's categories, or the test JSON's when there is no train JSON
+        split = 'train' if config.data.train_annotations else 'test'
+        return coco_json.read_categories(_file_source_paths(config, split)[0])
     names = None
     for part in dataset.split('+'):
         _tfds_rules(part)  # validates the name
@@ -292,6 +293,9 @@ def _load_files(
         records = annotations_lib.read_annotations(annotations_path, class_names)
     elif dataset == 'coco_json':
         records, class_names = coco_json.read_coco_json(annotations_path, images or None)
+        if class_names != get_class_names(config):
+            raise ValueError(f'config.data.{split}_annotations: {annotations_path} has other categories than '
+                             f'config.data.train_annotations {config.data.train_annotations}')
     else:
         class_names = get_class_names(config)
         records = yolo_txt.read_yolo_txt(images, class_names)
