@@ -293,7 +293,7 @@ def _load_files(
         records = annotations_lib.read_annotations(annotations_path, class_names)
     elif dataset == 'coco_json':
         records, class_names = coco_json.read_coco_json(annotations_path, images or None)
-        if class_names != get_class_names(config):
+        if split != 'train' and config.data.train_annotations and class_names != get_class_names(config):
             raise ValueError(f'config.data.{split}_annotations: {annotations_path} has other categories than '
                              f'config.data.train_annotations {config.data.train_annotations}')
     else:
