@@ -41,7 +41,7 @@ def test_configs():
 
 
 @pytest.mark.parametrize('module, split, command', [
-    (voc_config, 'train', 'tfds build voc/2007'), (voc_config, 'test', 'tfds build voc/2007'),
+    (voc_config, 'train', 'tfds build voc/2007 voc/2012'), (voc_config, 'test', 'tfds build voc/2007'),
     (coco_config, 'train', 'tfds build coco/2017'), (coco_config, 'validation', 'tfds build coco/2017'),
 ])
 def test_unprepared_set_fails_fast_with_the_build_command(module, split, command, tmp_path):

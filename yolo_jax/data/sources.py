@@ -209,7 +209,8 @@ def load_split(
             builder = mnist_detection.prepare_mnist_detection(config)
         else:
             builder = tfds.builder(part, data_dir=_data_dir(config))
-        loaded.append(_load_tfds(builder, part, rules, split, process_index, process_count))
+        loaded.append(_load_tfds(builder, part, rules, split, process_index, process_count,
+                                 build=' '.join(dataset.split('+'))))
     ds, info = loaded[0]
     for other, other_info in loaded[1:]:
         if other_info.class_names != info.class_names:
@@ -226,7 +227,9 @@ def _load_tfds(
     split: str,
     process_index: int,
     process_count: int,
+    build: str,
 ) -> tuple[tf.data.Dataset, SplitInfo]:
+    """build: the set names for the `tfds build` command in the not-prepared message."""
     tfds_split = rules.splits.get(split, split)
     shard = tfds.even_splits(tfds_split, n=process_count)[process_index]
     try:
@@ -237,7 +240,7 @@ def _load_tfds(
             raise
         raise FileNotFoundError(
             f'{dataset} is not prepared in {builder.data_dir_root}. This project never downloads it implicitly: '
-            f'on a machine with network run `tfds build {dataset} --data_dir=<dir>` (COCO is ~20 GB; the archives '
+            f'on a machine with network run `tfds build {build} --data_dir=<dir>` (COCO is ~20 GB; the archives '
             f'are downloaded into <dir>/downloads and can be deleted after the build), then set '
             f'config.data.data_dir=<dir> (or copy <dir>/{dataset.split("/")[0]} into {builder.data_dir_root}). ({e})'
         ) from e
