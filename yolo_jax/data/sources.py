@@ -201,6 +201,8 @@ def load_split(
         raise ValueError(f'process_index {process_index} not in [0, process_count={process_count})')
     if dataset in FILE_DATASETS:
         return _load_files(config, split, process_index, process_count)
+    for part in dataset.split('+'):
+        _tfds_rules(part)  # validates every name before any data is read
     parts = dataset.split('+') if split == 'train' else dataset.split('+')[:1]
     loaded = []
     for part in parts:
