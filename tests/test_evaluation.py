@@ -81,7 +81,8 @@ def test_voc_perfect_is_one():
     dets = [det(np.add([A, B], 0.7), [0.9, 0.8], [0, 1]), det([C], [0.5], [0]), det(np.zeros((0, 4)), [], [])]
     result = evaluation.voc_map(dets, gts, 3)
     assert result['map'] == 1.0 and result['num_classes_with_gt'] == 2
-    assert result['per_class'][2] == {'class': 2, 'ap': None, 'num_gt': 0, 'num_det': 0, 'num_tp': 0}
+    assert result['per_class'][2] == {'class': 2, 'ap': None, 'num_gt': 0, 'num_det': 0, 'num_tp': 0,
+                                      'num_difficult': 0}
 
 
 def test_voc_hand_computed_mix_duplicates_no_fallback_and_excluded_class():

@@ -228,10 +228,11 @@ def test_voc_and_coco_through_mock_data(dataset, split, tfds_split, id_dtype, dr
     assert ds.element_spec['image_id'].dtype == id_dtype
     for g, r in zip(got, raw, strict=True):
         h, w = r['image'].shape[:2]
-        keep = ~r['objects'][drop]
-        ymin, xmin, ymax, xmax = r['objects']['bbox'][keep].T
+        # VOC difficult / COCO crowd boxes are kept, flagged (evaluation ignores them, training drops them).
+        ymin, xmin, ymax, xmax = r['objects']['bbox'].T
         np.testing.assert_allclose(g['boxes'], np.stack([xmin * w, ymin * h, xmax * w, ymax * h], 1), rtol=1e-6)
-        np.testing.assert_array_equal(g['classes'], r['objects']['label'][keep])
+        np.testing.assert_array_equal(g['classes'], r['objects']['label'])
+        np.testing.assert_array_equal(g['difficult'], r['objects'][drop])
         np.testing.assert_array_equal(g['image'], r['image'])
 
 
@@ -245,5 +246,6 @@ def test_unprepared_tfds_set_and_bad_names_are_clear(tmp_path):
     config.data.dataset = 'imagenet'
     with pytest.raises(ValueError, match='config.data.dataset'):
         sources.load_split(config, 'train')
-    with pytest.raises(ValueError, match='split'):
+    config.data.dataset = 'mnist_detection'  # file and generated sets know 'train' and 'test' only
+    with pytest.raises(ValueError, match='split must be one of'):
         sources.load_split(config, 'validation')

@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
 
     d = config.data = ml_collections.ConfigDict()
-    d.dataset = 'mnist_detection'  # or 'annotations', 'voc/2007', 'coco/2017'
+    d.dataset = 'mnist_detection'  # or 'annotations', 'coco_json', 'yolo_txt', 'voc/2007', 'coco/2017'
     d.data_dir = ''  # '' = ~/tensorflow_datasets (or $TFDS_DATA_DIR)
     d.digit_source = 'auto'  # 'auto', 'tfds', 'sklearn', or a path to a folder/zip/IDX dir
     d.num_train = 1000
@@ -91,6 +91,10 @@ def default_config() -> ml_collections.ConfigDict:
     d.train_annotations = ''  # for dataset='annotations': `path x1,y1,x2,y2,cls ...` text files
     d.test_annotations = ''
     d.class_names = ''  # a file with one class name per line (dataset='annotations')
+    # For dataset='coco_json' (train/test_annotations = the JSON files; '' = the JSON's folder) and 'yolo_txt'
+    # (image folders or list files; labels in the sibling labels/ folder or beside each image).
+    d.train_images = ''
+    d.test_images = ''
     d.augment = True  # random flip, crop and translate, each with p=0.5
     d.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     d.label_smoothing = 0.01
@@ -126,11 +130,16 @@ def default_config() -> ml_collections.ConfigDict:
     t.checkpoint_every_steps = 50  # also save mid-epoch, for exact resume after a crash (0: epochs only)
 
     e = config.eval = ml_collections.ConfigDict()
-    e.split = 'test'  # --mode=eval evaluates this split
-    e.score_threshold = 0.3
+    e.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set
+    e.score_threshold = 0.3  # detections drawn (detect) and kept by predict
     e.nms_iou_threshold = 0.45
     e.nms_method = 'nms'  # or 'soft_nms'
     e.soft_nms_sigma = 0.3
     e.max_detections = 100
     e.fold_batchnorm = True  # eval/detect: BatchNorm folded into the convs (same outputs, faster)
+    # The evaluation protocol (mAP), separate from the drawing threshold above (VOC/COCO practice).
+    e.map_score_threshold = 0.005  # detections kept for mAP
+    e.map_max_detections = 100  # per image after NMS (COCO's maxDets)
+    e.voc_metric = 'all_point'  # or '11_point' (VOC2007 test)
+    e.voc_truncate_boxes = True  # the reference's int() of detection corners; False = the devkit
     return config

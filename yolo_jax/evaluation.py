@@ -4,8 +4,10 @@ Data structures (host side, NumPy), one entry per image, in dataset order:
   detections:   {'image_id', 'boxes' (k, 4) float64 x1, y1, x2, y2 in ORIGINAL-image pixels, 'scores' (k,),
                  'classes' (k,) int}
   ground_truth: {'image_id', 'boxes' (g, 4) float64 x1, y1, x2, y2 in original pixels, 'classes' (g,) int,
-                 'height', 'width'}
+                 'height', 'width', optionally 'difficult' (g,) bool (VOC) and 'iscrowd' (g,) bool (COCO)}
 The i-th detections entry belongs to the i-th ground-truth entry (image identity is the list position).
+The data sources carry one per-box flag ('difficult': VOC difficult, COCO iscrowd); `collect_detections` passes
+it as both keys, so a flagged box is ignored the way each protocol ignores boxes.
 
 VOC mAP (`voc_map`) is the reference's `get_mAP` (pythonlessons evaluate_mAP.py), step for step:
   per class, the detections of all images sorted by confidence (stable: ties keep image order); each is matched
@@ -16,9 +18,21 @@ VOC mAP (`voc_map`) is the reference's `get_mAP` (pythonlessons evaluate_mAP.py)
   (VOC2010+); mAP = mean over the classes present in the ground truth (classes without ground truth are left
   out, detections or not). One deliberate difference: the reference sorts on confidences rounded to 4 decimals
   (it writes them as '%.4f' strings); here the full float score orders them.
+  PASCAL devkit protocol (VOCevaldet.m / py-faster-rcnn voc_eval), switched on by flags: `difficult` ground truth
+  counts neither in the number of positives nor as a TP or FP (a detection whose best match is difficult is
+  ignored; the difficult box is never marked used); `use_07_metric` = VOC2007's 11-point AP (mean over recall
+  t in np.arange(0, 1.1, 0.1) of the max precision at recall >= t); `truncate_detections=False` keeps float
+  corners as the devkit reads them (the reference truncates). A match needs IoU >= 0.5 as in the reference and
+  the MATLAB devkit (py-faster-rcnn's voc_eval.py port writes `> 0.5`; they differ only at exactly 0.5).
 
 COCO mAP (`coco_map`) hands the same detections and ground truth (boxes as x, y, w = x2 - x1, h = y2 - y1 in
-original pixels, area = w * h, iscrowd 0) to pycocotools' COCOeval and reports its 12 summary numbers.
+original pixels, area = w * h, iscrowd from the ground truth's 'iscrowd' flags, else 0) to pycocotools' COCOeval
+and reports its 12 summary numbers. Crowd boxes are ignore regions there: a detection matching one (IoU = overlap
+over the detection's own area) is neither TP nor FP, and crowd boxes do not count as positives.
+
+Evaluation settings (config.eval): detections for mAP are post-processed with `map_score_threshold` (0.005) and at
+most `map_max_detections` (100) per image after NMS, as the VOC/COCO protocols are run, not with the drawing
+threshold `score_threshold`; `voc_metric` ('all_point' | '11_point'), `voc_truncate_boxes`; `split`.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from absl import logging
 from yolo_jax import inference
 from yolo_jax import postprocess as pp
 from yolo_jax.data.letterbox import unletterbox_boxes
+from yolo_jax.errors import ConfigError
 from yolo_jax.spec import DetectionSpec
 
 VOC_IOU_THRESHOLD = 0.5  # MINOVERLAP of the PASCAL VOC challenge
@@ -52,11 +67,18 @@ COCO_STATS = (
 # VOC mAP@0.5, as the reference.
 
 
-def voc_ap(rec: Sequence[float], prec: Sequence[float]) -> float:
-    """All-point interpolated AP (VOC2010+) of a precision/recall curve (the reference's `voc_ap`).
+def voc_ap(rec: Sequence[float], prec: Sequence[float], use_07_metric: bool = False) -> float:
+    """All-point interpolated AP (VOC2010+) of a precision/recall curve (the reference's `voc_ap`), or with
+    `use_07_metric` VOC2007's 11-point AP: mean over t in {0, 0.1, ..., 1} of max(precision[recall >= t]) (0
+    when no recall reaches t).
 
     rec, prec: cumulative recall and precision after each detection, in confidence order.
     """
+    if use_07_metric:
+        r, p = np.asarray(rec, np.float64), np.asarray(prec, np.float64)
+        # The thresholds as voc_eval.py writes them (np.arange: 0.30000000000000004, 0.6000000000000001, ...), so
+        # a recall of exactly 0.3 does not reach t = 0.3 there either.
+        return float(sum((p[r >= t].max() if np.any(r >= t) else 0.0) for t in np.arange(0.0, 1.1, 0.1)) / 11)
     mrec = [0.0, *rec, 1.0]
     mpre = [0.0, *prec, 0.0]
     for i in range(len(mpre) - 2, -1, -1):  # precision envelope: max precision at any higher recall
@@ -82,8 +104,15 @@ def voc_map(
     num_classes: int,
     iou_threshold: float = VOC_IOU_THRESHOLD,
     truncate_detections: bool = True,
+    use_07_metric: bool = False,
+    use_difficult: bool = True,
 ) -> dict[str, Any]:
-    """The reference's VOC mAP (see the module docstring).
+    """The reference's VOC mAP (see the module docstring), with the devkit's difficult boxes and 11-point AP.
+
+    use_07_metric: VOC2007 11-point AP instead of all-point.
+    use_difficult: honour the ground truth's optional 'difficult' flags (ignored boxes); False treats every box
+        as a normal positive.
+    'num_gt' per class counts the non-difficult boxes (the devkit's npos); 'num_difficult' the others.
 
     Returns:
       {'map': mean AP over classes with ground truth (NaN if there is no ground truth at all),
@@ -95,11 +124,13 @@ def voc_map(
     per_class = []
     aps = []
     for c in range(num_classes):
-        gts = []  # per image: that class's ground-truth boxes
+        gts, diffs = [], []  # per image: that class's ground-truth boxes and difficult flags
         for g in ground_truth:
             cls = np.asarray(g['classes']).reshape(-1)
             gts.append(np.asarray(g['boxes'], np.float64).reshape(-1, 4)[cls == c])
-        num_gt = sum(len(g) for g in gts)
+            diffs.append(_flags(g, 'difficult', len(cls))[cls == c] if use_difficult else np.zeros(len(gts[-1]), bool))
+        num_gt = sum(int((~d).sum()) for d in diffs)
+        num_difficult = sum(int(d.sum()) for d in diffs)
         det_img, det_box, det_score = [], [], []
         for i, d in enumerate(detections):
             cls = np.asarray(d['classes']).reshape(-1)
@@ -113,20 +144,24 @@ def voc_map(
         order = np.argsort(-scores, kind='stable')
         used = [np.zeros(len(g), bool) for g in gts]
         tp = np.zeros(len(order))
+        fp = np.ones(len(order))
         for rank, j in enumerate(order):
             img = det_img[j]
             if len(gts[img]) == 0:
                 continue  # FP
             ov = voc_iou(boxes[j], gts[img])
             best = int(np.argmax(ov))  # first maximum, like upstream's strict `ov > ovmax` scan
-            if ov[best] >= iou_threshold and not used[img][best]:
-                tp[rank] = 1
-                used[img][best] = True
-        fp = 1 - tp
-        entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(order)), 'num_tp': int(tp.sum())}
+            if ov[best] >= iou_threshold:
+                if diffs[img][best]:
+                    fp[rank] = 0  # matched a difficult box: neither TP nor FP (the devkit)
+                elif not used[img][best]:
+                    tp[rank], fp[rank] = 1, 0
+                    used[img][best] = True
+        entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(order)), 'num_tp': int(tp.sum()),
+                 'num_difficult': num_difficult}
         if num_gt > 0:
             ctp, cfp = np.cumsum(tp), np.cumsum(fp)
-            entry['ap'] = voc_ap(list(ctp / num_gt), list(ctp / np.maximum(ctp + cfp, 1e-12)))
+            entry['ap'] = voc_ap(list(ctp / num_gt), list(ctp / np.maximum(ctp + cfp, 1e-12)), use_07_metric)
             aps.append(entry['ap'])
         per_class.append(entry)
     return {
@@ -134,6 +169,16 @@ def voc_map(
         'per_class': per_class,
         'num_classes_with_gt': len(aps),
     }
+
+
+def _flags(g: dict, key: str, n: int) -> np.ndarray:
+    """The ground-truth entry's optional per-box bool flags `key` (n,), all False when absent."""
+    if key not in g or g[key] is None:
+        return np.zeros(n, bool)
+    flags = np.asarray(g[key]).astype(bool).reshape(-1)
+    if len(flags) != n:
+        raise ValueError(f"ground truth {key!r} has {len(flags)} flags for {n} boxes")
+    return flags
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,10 +211,12 @@ def coco_map(
     images, annotations, results = [], [], []
     for i, g in enumerate(ground_truth):
         images.append({'id': i + 1, 'height': int(g['height']), 'width': int(g['width'])})
-        for box, c in zip(_coco_xywh(g['boxes']), np.asarray(g['classes']).reshape(-1), strict=True):
+        classes = np.asarray(g['classes']).reshape(-1)
+        crowd = _flags(g, 'iscrowd', len(classes))
+        for box, c, k in zip(_coco_xywh(g['boxes']), classes, crowd, strict=True):
             annotations.append({
                 'id': len(annotations) + 1, 'image_id': i + 1, 'category_id': int(c) + 1, 'bbox': box.tolist(),
-                'area': float(box[2] * box[3]), 'iscrowd': 0,
+                'area': float(box[2] * box[3]), 'iscrowd': int(k),
             })
     for i, d in enumerate(detections):
         scores = np.asarray(d['scores'], np.float64).reshape(-1)
@@ -180,7 +227,9 @@ def coco_map(
     nan_result = {k: math.nan for k in COCO_STATS}
     if not annotations:
         return {**nan_result, 'per_class_ap': [None] * num_classes}
-    gt_classes = {a['category_id'] for a in annotations}
+    gt_classes = {a['category_id'] for a in annotations if not a['iscrowd']}
+    if not gt_classes:  # only crowd regions: nothing to find (COCOeval reports -1 everywhere)
+        return {**nan_result, 'per_class_ap': [None] * num_classes}
     if not results:  # pycocotools cannot load an empty result list; every AP and AR is 0 then
         return {**{k: 0.0 for k in COCO_STATS}, 'per_class_ap': [0.0 if c + 1 in gt_classes else None
                                                                   for c in range(num_classes)]}
@@ -241,7 +290,8 @@ def collect_detections(
         (B, max_boxes, 4) xyxy in INPUT pixels (zero padded), 'classes' (B, max_boxes) (-1 padded), 'orig_size'
         (B, 2) (h, w), 'valid' (B,), optionally 'image_id'.
 
-    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize.
+    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize. An
+    optional per-box 'difficult' (B, max_boxes) flag becomes the ground truth's 'difficult' and 'iscrowd' flags.
     """
     detections, ground_truth = [], []
     for batch in batches:
@@ -264,11 +314,34 @@ def collect_detections(
             cls = np.asarray(batch['classes'][b]).reshape(-1)
             real = cls >= 0
             gt_boxes = unletterbox_boxes(np.asarray(batch['boxes'][b])[real], h, w, cfg.input_size, cfg.resize_mode)
+            flagged = np.asarray(batch['difficult'][b]).reshape(-1)[real].astype(bool) if 'difficult' in batch else (
+                np.zeros(int(real.sum()), bool))
             ground_truth.append({
                 'image_id': image_id, 'boxes': _snap(gt_boxes), 'classes': cls[real].astype(np.int64),
-                'height': h, 'width': w,
+                'height': h, 'width': w, 'difficult': flagged, 'iscrowd': flagged,
             })
     return detections, ground_truth
+
+
+# -- Evaluation-protocol settings (config.eval). ------------------------------------------------------------------
+
+VOC_METRICS = ('all_point', '11_point')
+
+
+def map_postprocess_config(config: ml_collections.ConfigDict, spec: DetectionSpec) -> pp.PostprocessConfig:
+    """Post-processing for mAP: config.eval with score_threshold = config.eval.map_score_threshold (VOC/COCO
+    practice: 0.001-0.005, not the drawing threshold) and at most config.eval.map_max_detections boxes per image
+    after NMS (COCO's maxDets = 100)."""
+    return postprocess_config(config, spec, score_threshold=float(config.eval.map_score_threshold),
+                              max_detections=int(config.eval.map_max_detections))
+
+
+def voc_options(config: ml_collections.ConfigDict) -> dict[str, bool]:
+    """voc_map keyword arguments from config.eval: voc_metric ('all_point' | '11_point') and voc_truncate_boxes."""
+    metric = str(config.eval.voc_metric)
+    if metric not in VOC_METRICS:
+        raise ConfigError(f'config.eval.voc_metric: unknown metric {metric!r}; expected one of {VOC_METRICS}')
+    return {'use_07_metric': metric == '11_point', 'truncate_detections': bool(config.eval.voc_truncate_boxes)}
 
 
 def _pad_rows(x: np.ndarray, n: int, value: float) -> np.ndarray:
@@ -307,6 +380,8 @@ def gather_across_processes(
         'det_classes': stack(detections, 'classes', k, (), -1, np.int64),
         'gt_boxes': stack(ground_truth, 'boxes', g, (4,), 0.0, np.float64),
         'gt_classes': stack(ground_truth, 'classes', g, (), -1, np.int64),
+        'gt_flags': stack([{'f': _flags(x, 'difficult', len(x['classes']))} for x in ground_truth], 'f', g, (), 0,
+                          np.int64),
         'size': _pad_rows(np.array([[x['height'], x['width']] for x in ground_truth], np.int64).reshape(-1, 2),
                           n_max, 0),
         'count': n,
@@ -321,25 +396,38 @@ def gather_across_processes(
             detections.append({'image_id': image_id, 'boxes': every['det_boxes'][p, i][keep],
                                'scores': every['det_scores'][p, i][keep], 'classes': every['det_classes'][p, i][keep]})
             h, w = (int(v) for v in every['size'][p, i])
+            flags = every['gt_flags'][p, i][real].astype(bool)
             ground_truth.append({'image_id': image_id, 'boxes': every['gt_boxes'][p, i][real],
-                                 'classes': every['gt_classes'][p, i][real], 'height': h, 'width': w})
+                                 'classes': every['gt_classes'][p, i][real], 'height': h, 'width': w,
+                                 'difficult': flags, 'iscrowd': flags})
     return detections, ground_truth
 
 
 def compute_metrics(
-    detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int, coco: bool = True
+    detections: Sequence[dict],
+    ground_truth: Sequence[dict],
+    num_classes: int,
+    coco: bool = True,
+    *,
+    use_07_metric: bool = False,
+    truncate_detections: bool = True,
 ) -> dict[str, Any]:
     """VOC mAP@0.5 and (when `coco`) COCO metrics of collected detections, flattened for logging.
 
-    Returns {'map50' (VOC, the reference's metric), 'coco_map', 'coco_map50', 'coco_map75' (when coco),
-    'num_images', 'num_detections', 'num_gt', 'per_class': [... VOC entries, + 'coco_ap' when coco]}.
+    use_07_metric, truncate_detections: passed to voc_map (`voc_options(config)` reads them from config.eval).
+    Returns {'map50' (VOC), 'coco_map', 'coco_map50', 'coco_map75' (when coco), 'num_images', 'num_detections',
+    'num_gt' (boxes not flagged difficult/crowd), 'num_ignored' (flagged boxes), 'per_class': [... VOC entries,
+    + 'coco_ap' when coco]}.
     """
-    voc = voc_map(detections, ground_truth, num_classes)
+    voc = voc_map(detections, ground_truth, num_classes, use_07_metric=use_07_metric,
+                  truncate_detections=truncate_detections)
+    ignored = int(sum(_flags(g, 'difficult', len(g['classes'])).sum() for g in ground_truth))
     out: dict[str, Any] = {
         'map50': voc['map'],
         'num_images': len(ground_truth),
         'num_detections': int(sum(len(d['scores']) for d in detections)),
-        'num_gt': int(sum(len(g['classes']) for g in ground_truth)),
+        'num_gt': int(sum(len(g['classes']) for g in ground_truth)) - ignored,
+        'num_ignored': ignored,
         'per_class': voc['per_class'],
     }
     if coco:
@@ -411,10 +499,10 @@ def evaluate_checkpoint(
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
     split = config.eval.split
     data = Data(config)
-    cfg = postprocess_config(config, spec)
+    cfg = map_postprocess_config(config, spec)
     detections, ground_truth = collect_detections(cfg, model, variables,
                                                   data.eval_batches(int(config.train.eval_batch_size), split))
-    metrics = compute_metrics(detections, ground_truth, spec.num_classes)
+    metrics = compute_metrics(detections, ground_truth, spec.num_classes, **voc_options(config))
     table = format_table(metrics, spec.class_names)
     print(table)
     logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
@@ -426,7 +514,8 @@ def evaluate_checkpoint(
         'source': str(weights) if weights else str(Path(workdir) / 'checkpoints'),
         'split': split,
         'settings': {k: e[k] for k in ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma',
-                                       'max_detections')},
+                                       'max_detections', 'map_score_threshold', 'map_max_detections',
+                                       'voc_metric', 'voc_truncate_boxes')},
         'class_names': list(spec.class_names),
         'metrics': metrics,
     }

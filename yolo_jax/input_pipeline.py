@@ -12,6 +12,8 @@ Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_
   'bboxes'    tuple over scales of float32 (B, max_bbox_per_scale, 4): xywh input pixels of that scale's boxes.
   'boxes'     float32 (B, max_boxes, 4) x1, y1, x2, y2 in input pixels, zero padded (after augmentation).
   'classes'   int32 (B, max_boxes), -1 padded.
+  'difficult' bool (B, max_boxes), False padded: boxes evaluation ignores (VOC difficult, COCO crowd). Only the
+              eval dataset has flagged boxes (training drops them), and they are left out of 'labels' / 'bboxes'.
   'orig_size' int32 (B, 2): (h, w) of the original decoded image (before augmentation).
   'valid'     float32 (B,): 1 for real examples, 0 for padding (only the eval set's last batch has padding).
   'image_id'  (B,) whatever the source gives (int or string).
@@ -79,8 +81,11 @@ def _shuffle_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None):
-    """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels."""
+def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False):
+    """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels.
+
+    keep_difficult: keep boxes flagged 'difficult' (evaluation); otherwise they are dropped (training).
+    """
     size = int(config.model.input_size)
     mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
@@ -90,6 +95,13 @@ def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None):
         image = example['image']
         boxes = tf.reshape(tf.cast(example['boxes'], tf.float32), [-1, 4])
         classes = tf.reshape(tf.cast(example['classes'], tf.int32), [-1])
+        if 'difficult' in example:  # optional: sources without flags have none
+            difficult = tf.reshape(tf.cast(example['difficult'], tf.bool), [-1])
+        else:
+            difficult = tf.zeros(tf.shape(classes), tf.bool)
+        if not keep_difficult:
+            keep = tf.logical_not(difficult)
+            boxes, classes, difficult = (tf.boolean_mask(x, keep) for x in (boxes, classes, difficult))
         orig_size = tf.shape(image)[:2]
         if augment_seed is not None:
             seed, epoch, process_index = augment_seed
@@ -101,6 +113,7 @@ def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None):
             'image': image,
             'gt_boxes': boxes,
             'gt_classes': classes,
+            'gt_difficult': difficult,
             'orig_size': tf.cast(orig_size, tf.int32),
             'valid': tf.constant(1.0, tf.float32),
             'image_id': example['image_id'],
@@ -115,6 +128,8 @@ def _padded_batch(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) ->
     def pad_value(key: str, spec: tf.TensorSpec) -> tf.Tensor:
         if spec.dtype == tf.string:
             return tf.constant('', tf.string)
+        if spec.dtype == tf.bool:
+            return tf.constant(False)
         return tf.constant(-1 if key == 'gt_classes' else 0, spec.dtype)
 
     values = {k: pad_value(k, s) for k, s in ds.element_spec.items()}
@@ -143,15 +158,18 @@ def _finish_fn(config, *, batch_size: int, pad: bool):
                 'image': pad_rows(batch['image'], n, 0.0),
                 'gt_boxes': pad_rows(batch['gt_boxes'], n, 0.0),
                 'gt_classes': pad_rows(batch['gt_classes'], n, -1),
+                'gt_difficult': pad_rows(batch['gt_difficult'], n, False),
                 'orig_size': pad_rows(batch['orig_size'], n, size),  # harmless (h, w) for post-processing
                 'valid': pad_rows(batch['valid'], n, 0.0),
                 'image_id': pad_rows(batch['image_id'], n, id_pad),
             }
-        gt_boxes, gt_classes = batch['gt_boxes'], batch['gt_classes']
-        labels, bboxes = targets_lib.encode_targets_batch(gt_boxes, gt_classes, params)
+        gt_boxes, gt_classes, gt_difficult = batch['gt_boxes'], batch['gt_classes'], batch['gt_difficult']
+        # Flagged boxes are no training targets (the encoder skips class -1).
+        labels, bboxes = targets_lib.encode_targets_batch(gt_boxes, tf.where(gt_difficult, -1, gt_classes), params)
         extra = tf.maximum(max_boxes - tf.shape(gt_boxes)[1], 0)
         boxes = pad_rows(tf.transpose(gt_boxes, [1, 0, 2]), extra, 0.0)[:max_boxes]
         classes = pad_rows(tf.transpose(gt_classes), extra, -1)[:max_boxes]
+        difficult = pad_rows(tf.transpose(gt_difficult), extra, False)[:max_boxes]
         b = batch_size  # fully static shapes for the consumer
         return {
             'image': tf.ensure_shape(batch['image'], [b, size, size, 3]),
@@ -159,6 +177,7 @@ def _finish_fn(config, *, batch_size: int, pad: bool):
             'bboxes': tuple(tf.ensure_shape(x, [b, params.max_bbox_per_scale, 4]) for x in bboxes),
             'boxes': tf.ensure_shape(tf.transpose(boxes, [1, 0, 2]), [b, max_boxes, 4]),
             'classes': tf.ensure_shape(tf.transpose(classes), [b, max_boxes]),
+            'difficult': tf.ensure_shape(tf.transpose(difficult), [b, max_boxes]),
             'orig_size': tf.ensure_shape(batch['orig_size'], [b, 2]),
             'valid': tf.ensure_shape(batch['valid'], [b]),
             'image_id': tf.ensure_shape(batch['image_id'], [b]),
@@ -199,7 +218,8 @@ def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data
     """A whole shard `source` in order, without augmentation; the last partial batch is padded to `batch_size`
     with 'valid' = 0 (and no boxes)."""
     ds = source.enumerate()
-    ds = ds.map(_prepare_fn(config, augment_seed=None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_prepare_fn(config, augment_seed=None, keep_difficult=True), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=False)
     ds = ds.map(
         _finish_fn(config, batch_size=batch_size, pad=True), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

@@ -153,10 +153,11 @@ def detection_report(config, spec: DetectionSpec, model, state, data, eval_batch
     from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
 
     variables = jax.device_get(state.variables)
-    cfg = evaluation.postprocess_config(config, spec)
-    detections, ground_truth = evaluation.collect_detections(cfg, model, variables, data.eval_batches(eval_batch))
-    detections, ground_truth = evaluation.gather_across_processes(detections, ground_truth, cfg.max_detections)
-    result = evaluation.compute_metrics(detections, ground_truth, spec.num_classes)
+    map_cfg = evaluation.map_postprocess_config(config, spec)
+    detections, ground_truth = evaluation.collect_detections(map_cfg, model, variables, data.eval_batches(eval_batch))
+    detections, ground_truth = evaluation.gather_across_processes(detections, ground_truth, map_cfg.max_detections)
+    result = evaluation.compute_metrics(detections, ground_truth, spec.num_classes, **evaluation.voc_options(config))
+    cfg = evaluation.postprocess_config(config, spec)  # the drawing threshold
     batch = next(iter(data.eval_batches(eval_batch)))
     det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], cfg))
     tiles = []
@@ -231,6 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         raise ConfigError(f'config.train.batch_size={t.batch_size} is larger than the training split '
                           f'({data.num_examples("train")} examples)')
     total_steps = int(t.epochs * steps_per_epoch)
+    logging.info('Data: %d train / %d test examples, %d classes', data.num_examples('train'),
+                 data.num_examples('test'), spec.num_classes)  # reads (and checks) both splits before any step
 
     model, lr_fn, state = build_model_and_state(config, steps_per_epoch, mode)
     kw = loss_kwargs(spec, config.loss)

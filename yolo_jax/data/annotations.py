@@ -54,10 +54,12 @@ class AnnotationRecord:
         classes: (N,) int32 class ids.
         width: image width in pixels.
         height: image height in pixels.
-        line: 1-based line number in the annotation file.
+        line: 1-based line number in the annotation file (COCO JSON: the image id; YOLO txt: the image's index).
         image_format: the image's format as PIL names it ('JPEG', 'PNG', ...).
         num_bytes: the image file's size when it was checked (-1: unknown); the input pipeline fails, naming the
             file, if it has changed since.
+        difficult: optional (N,) bool: boxes to be ignored by evaluation and training (VOC difficult, COCO
+            iscrowd); None = none. COCO-JSON and YOLO-txt records hold float32 boxes (sub-pixel corners).
     """
 
     path: str
@@ -68,6 +70,13 @@ class AnnotationRecord:
     line: int
     image_format: str
     num_bytes: int = -1
+    difficult: np.ndarray | None = None
+
+    def difficult_flags(self) -> np.ndarray:
+        """(N,) bool: `difficult`, or all False."""
+        if self.difficult is None:
+            return np.zeros(len(self.classes), bool)
+        return np.asarray(self.difficult, bool).reshape(-1)
 
 
 def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:

@@ -5,14 +5,22 @@ config.data.dataset selects the source:
                        into config.data.data_dir ('' = TFDS default). Boxes are the generator's integer boxes.
     'annotations'      the reference's text format (annotations.py): config.data.train_annotations /
                        test_annotations and config.data.class_names. Lines without boxes are skipped, as upstream.
-    'voc/2007', 'coco/2017' (or another voc/... or coco/... config)
+    'coco_json'        a COCO-format JSON + image folder (coco_json.py): config.data.train_annotations /
+                       test_annotations are the JSON files, config.data.train_images / test_images the image folders
+                       ('' = the JSON's folder). Class names from the JSON's categories (sorted by id).
+    'yolo_txt'         YOLO-format labels (yolo_txt.py): config.data.train_images / test_images (an image folder or a
+                       list file of image paths), one `cls cx cy w h` (normalised) label file per image, and
+                       config.data.class_names.
+    'voc/2007', 'coco/2017' (or another voc/... or coco/... config; 'voc/2007+voc/2012' trains on both)
                        prepared TFDS detection sets (never downloaded here). Split mapping: voc train ->
-                       'train+validation', test -> 'test'; coco train -> 'train', test -> 'validation'. VOC
-                       'difficult' boxes are dropped (as the reference's voc_annotation.py does); COCO crowd boxes are
-                       dropped.
+                       'train+validation', test -> 'test'; coco train -> 'train', test -> 'validation'; any other
+                       split name goes to TFDS as it is (e.g. 'validation', 'test[:100]'). With '+', the train split
+                       concatenates every set's train split, other splits come from the first set. VOC
+                       'difficult' and COCO crowd boxes are kept and flagged in 'difficult'.
 
 Every element: {'image': uint8 (H, W, 3) RGB, 'boxes': float32 (N, 4) x1, y1, x2, y2 in pixels of that image,
-'classes': int32 (N,), 'image_id': int64 (mnist_detection, coco) or string (voc: file name, annotations: path)}.
+'classes': int32 (N,), 'difficult': bool (N,) (VOC difficult / COCO iscrowd: ignored by evaluation, dropped by
+training), 'image_id': int64 (mnist_detection, coco) or string (voc: file name; files: the image path)}.
 Order is deterministic. Each process reads a contiguous shard: the first (num_examples % process_count) shards
 hold one example more (as `tfds.even_splits`).
 """
@@ -31,10 +39,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from yolo_jax.data import annotations as annotations_lib
-from yolo_jax.data import mnist_detection
+from yolo_jax.data import coco_json, mnist_detection, yolo_txt
 from yolo_jax.errors import ConfigError, MissingFileError
 
-SPLITS = ('train', 'test')
+SPLITS = ('train', 'test')  # the names every source knows; TFDS sets take their own split names too
+FILE_DATASETS = ('annotations', 'coco_json', 'yolo_txt')
 # TF decodes these natively; other formats PIL reads are decoded through PIL.
 _TF_IMAGE_FORMATS = annotations_lib.TF_IMAGE_FORMATS
 
@@ -51,7 +60,7 @@ class SplitInfo:
 class _TfdsRules:
     splits: dict[str, str]
     image_id: str
-    drop: str | None  # boolean objects/<drop> feature whose boxes are removed
+    flag: str | None  # boolean objects/<flag> feature: boxes flagged 'difficult' (VOC difficult, COCO crowd)
 
 
 def _tfds_rules(dataset: str) -> _TfdsRules:
@@ -62,7 +71,8 @@ def _tfds_rules(dataset: str) -> _TfdsRules:
     if dataset.startswith('coco'):
         return _TfdsRules({'train': 'train', 'test': 'validation'}, 'image/id', 'is_crowd')
     raise ConfigError(
-        f"config.data.dataset={dataset!r}: expected 'mnist_detection', 'annotations', 'voc/<year>' or 'coco/<year>'"
+        f"config.data.dataset={dataset!r}: expected 'mnist_detection', 'annotations', 'coco_json', 'yolo_txt', "
+        "'voc/<year>' (or 'voc/2007+voc/2012') or 'coco/<year>'"
     )
 
 
@@ -75,17 +85,26 @@ def _data_dir(config: ml_collections.ConfigDict) -> str | None:
 
 
 def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Class names of config.data.dataset, without building or reading any examples."""
+    """Class names of config.data.dataset, without building or reading any examples (coco_json: reads the JSON's
+    categories)."""
     dataset = str(config.data.dataset)
     if dataset == 'mnist_detection':
         return mnist_detection.CLASS_NAMES
-    if dataset == 'annotations':
+    if dataset in ('annotations', 'yolo_txt'):
         if not config.data.class_names:
-            raise ConfigError("config.data.class_names: dataset='annotations' needs a class-names file")
+            raise ConfigError(f'config.data.class_names: dataset={dataset!r} needs a class-names file')
         return annotations_lib.read_class_names(config.data.class_names)
-    _tfds_rules(dataset)  # validates the name
-    builder = tfds.builder(dataset, data_dir=_data_dir(config))
-    return tuple(builder.info.features['objects']['label'].names)
+    if dataset == 'coco_json':  # the train JSON's categories, or the test JSON's when there is no train JSON
+        split = 'train' if config.data.train_annotations else 'test'
+        return coco_json.read_categories(_file_source_paths(config, split)[0])
+    names = None
+    for part in dataset.split('+'):
+        _tfds_rules(part)  # validates the name
+        got = tuple(tfds.builder(part, data_dir=_data_dir(config)).info.features['objects']['label'].names)
+        if names is not None and got != names:
+            raise ConfigError(f'config.data.dataset={dataset!r}: the sets have different classes')
+        names = got
+    return names
 
 
 def prepare(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
@@ -98,8 +117,10 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
                      config.data.data_dir or 'the TFDS data dir')
         builder = mnist_detection.prepare_mnist_detection(config)
         return mnist_detection.CLASS_NAMES, f'the MNIST detection set ({builder.info.full_name})'
-    if dataset == 'annotations':
+    if dataset in ('annotations', 'yolo_txt'):
         return get_class_names(config), f'config.data.class_names ({config.data.class_names})'
+    if dataset == 'coco_json':
+        return get_class_names(config), 'the COCO JSON categories'
     return get_class_names(config), f'the TFDS data set {dataset}'
 
 
@@ -121,7 +142,12 @@ def normalized_to_pixel_xyxy(bbox: tf.Tensor, height: tf.Tensor, width: tf.Tenso
 
 
 def tfds_detection_to_element(
-    example: dict, *, image_id_key: str, drop_key: str | None = None, round_boxes: bool = False
+    example: dict,
+    *,
+    image_id_key: str,
+    drop_key: str | None = None,
+    flag_key: str | None = None,
+    round_boxes: bool = False,
 ) -> dict[str, tf.Tensor]:
     """A voc/coco-style TFDS example -> this module's element (see the module docstring).
 
@@ -129,7 +155,8 @@ def tfds_detection_to_element(
         example: {'image': (H, W, 3) uint8, image_id_key: scalar, 'objects': {'bbox': (N, 4) normalized
             ymin, xmin, ymax, xmax, 'label': (N,) int, optionally drop_key: (N,) bool}}.
         image_id_key: the feature to use as 'image_id'.
-        drop_key: boxes whose objects[drop_key] is True are removed (VOC difficult, COCO crowd).
+        drop_key: boxes whose objects[drop_key] is True are removed.
+        flag_key: boxes whose objects[flag_key] is True are kept with 'difficult' = True (VOC difficult, COCO crowd).
         round_boxes: round pixel coordinates to integers (mnist_detection stores integer boxes as float32
             fractions; rounding recovers them exactly).
     """
@@ -139,11 +166,17 @@ def tfds_detection_to_element(
     if round_boxes:
         boxes = tf.round(boxes)
     classes = tf.cast(example['objects']['label'], tf.int32)
+    if flag_key is not None:
+        difficult = tf.reshape(tf.cast(example['objects'][flag_key], tf.bool), [-1])
+    else:
+        difficult = tf.zeros(tf.shape(classes), tf.bool)
     if drop_key is not None:
         keep = tf.logical_not(tf.cast(example['objects'][drop_key], tf.bool))
         boxes = tf.boolean_mask(boxes, keep)
         classes = tf.boolean_mask(classes, keep)
-    return {'image': image, 'boxes': boxes, 'classes': classes, 'image_id': example[image_id_key]}
+        difficult = tf.boolean_mask(difficult, keep)
+    return {'image': image, 'boxes': boxes, 'classes': classes, 'difficult': difficult,
+            'image_id': example[image_id_key]}
 
 
 def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -162,24 +195,39 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int) -> t
 def load_split(
     config: ml_collections.ConfigDict, split: str, *, process_index: int = 0, process_count: int = 1
 ) -> tuple[tf.data.Dataset, SplitInfo]:
-    """split in {'train','test'}. Unbatched, deterministic order, this process's shard only.
+    """split: 'train' or 'test' (any source), or another split name of a TFDS set. Unbatched, deterministic
+    order, this process's shard only.
 
     Elements: {'image': uint8 (H, W, 3) RGB, 'boxes': float32 (N, 4) x1,y1,x2,y2 in pixels of that image,
-    'classes': int32 (N,), 'image_id': int64 or string scalar}.
+    'classes': int32 (N,), 'difficult': bool (N,), 'image_id': int64 or string scalar}.
     """
-    if split not in SPLITS:
-        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    dataset = str(config.data.dataset)
+    if not isinstance(split, str) or not split or (
+            split not in SPLITS and (dataset in FILE_DATASETS or dataset == 'mnist_detection')):
+        raise ValueError(f'split must be one of {SPLITS} for config.data.dataset={dataset!r}, got {split!r}')
     if not 0 <= process_index < process_count:
         raise ValueError(f'process_index {process_index} not in [0, process_count={process_count})')
-    dataset = str(config.data.dataset)
-    if dataset == 'annotations':
-        return _load_annotations(config, split, process_index, process_count)
-    rules = _tfds_rules(dataset)
-    if dataset == 'mnist_detection':
-        builder = mnist_detection.prepare_mnist_detection(config)
-    else:
-        builder = tfds.builder(dataset, data_dir=_data_dir(config))
-    return _load_tfds(builder, dataset, rules, split, process_index, process_count)
+    if dataset in FILE_DATASETS:
+        return _load_files(config, split, process_index, process_count)
+    for part in dataset.split('+'):
+        _tfds_rules(part)  # validates every name before any data is read
+    parts = dataset.split('+') if split == 'train' else dataset.split('+')[:1]
+    loaded = []
+    for part in parts:
+        rules = _tfds_rules(part)
+        if part == 'mnist_detection':
+            builder = mnist_detection.prepare_mnist_detection(config)
+        else:
+            builder = tfds.builder(part, data_dir=_data_dir(config))
+        loaded.append(_load_tfds(builder, part, rules, split, process_index, process_count,
+                                 build=' '.join(dataset.split('+'))))
+    ds, info = loaded[0]
+    for other, other_info in loaded[1:]:
+        if other_info.class_names != info.class_names:
+            raise ConfigError(f'config.data.dataset={dataset!r}: the sets have different classes')
+        ds = ds.concatenate(other)
+        info = SplitInfo(info.num_examples + other_info.num_examples, info.class_names)
+    return ds, info
 
 
 def _load_tfds(
@@ -189,8 +237,10 @@ def _load_tfds(
     split: str,
     process_index: int,
     process_count: int,
+    build: str,
 ) -> tuple[tf.data.Dataset, SplitInfo]:
-    tfds_split = rules.splits[split]
+    """build: the set names for the `tfds build` command in the not-prepared message."""
+    tfds_split = rules.splits.get(split, split)
     shard = tfds.even_splits(tfds_split, n=process_count)[process_index]
     try:
         # shuffle_files=False: files are interleaved in a fixed order (mnist_detection: strictly in example order).
@@ -200,8 +250,9 @@ def _load_tfds(
             raise
         raise MissingFileError(
             f'{dataset} is not prepared in {builder.data_dir_root}. This project never downloads it implicitly: '
-            f'on a machine with network run `tfds build {dataset} --data_dir=<dir>` (COCO is ~20 GB), then set '
-            f'config.data.data_dir=<dir>. ({e})'
+            f'on a machine with network run `tfds build {build} --data_dir=<dir>` (COCO is ~20 GB; the archives '
+            f'are downloaded into <dir>/downloads and can be deleted after the build), then set '
+            f'config.data.data_dir=<dir> (or copy <dir>/{dataset.split("/")[0]} into {builder.data_dir_root}). ({e})'
         ) from e
     try:
         num_examples = int(builder.info.splits[tfds_split].num_examples)
@@ -225,20 +276,42 @@ def _load_tfds(
 def _tfds_converter(rules: _TfdsRules, *, round_boxes: bool) -> Callable[[dict], dict]:
     def convert(example: dict) -> dict:
         return tfds_detection_to_element(
-            example, image_id_key=rules.image_id, drop_key=rules.drop, round_boxes=round_boxes
+            example, image_id_key=rules.image_id, flag_key=rules.flag, round_boxes=round_boxes
         )
 
     return convert
 
 
-def _load_annotations(
+def _file_source_paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, str]:
+    """(annotation file, image folder or list) of a file data set's split; raises naming the missing field."""
+    dataset = str(config.data.dataset)
+    annotations_path = str(config.data[f'{split}_annotations'])
+    images = str(config.data[f'{split}_images'])
+    if dataset in ('annotations', 'coco_json') and not annotations_path:
+        what = 'an annotation file' if dataset == 'annotations' else 'a COCO-format JSON file'
+        raise ValueError(f'config.data.{split}_annotations: dataset={dataset!r} needs {what}')
+    if dataset == 'yolo_txt' and not images:
+        raise ValueError(f"config.data.{split}_images: dataset='yolo_txt' needs an image folder or list file")
+    return annotations_path, images
+
+
+def _load_files(
     config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int
 ) -> tuple[tf.data.Dataset, SplitInfo]:
-    path = config.data.train_annotations if split == 'train' else config.data.test_annotations
-    if not path:
-        raise ConfigError(f"config.data.{split}_annotations: dataset='annotations' needs an annotation file")
-    class_names = get_class_names(config)
-    records = annotations_lib.read_annotations(path, class_names)
+    """annotations / coco_json / yolo_txt: validated records → annotation_records_dataset."""
+    dataset = str(config.data.dataset)
+    annotations_path, images = _file_source_paths(config, split)
+    if dataset == 'annotations':
+        class_names = get_class_names(config)
+        records = annotations_lib.read_annotations(annotations_path, class_names)
+    elif dataset == 'coco_json':
+        records, class_names = coco_json.read_coco_json(annotations_path, images or None)
+        if split != 'train' and config.data.train_annotations and class_names != get_class_names(config):
+            raise ConfigError(f'config.data.{split}_annotations: {annotations_path} has other categories than '
+                             f'config.data.train_annotations {config.data.train_annotations}')
+    else:
+        class_names = get_class_names(config)
+        records = yolo_txt.read_yolo_txt(images, class_names)
     start, end = shard_bounds(len(records), process_index, process_count)
     ds = annotation_records_dataset(records[start:end])
     return ds, SplitInfo(num_examples=len(records), class_names=class_names)
@@ -256,6 +329,7 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
     ends = np.cumsum(counts)
     flat_boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.int32)]).astype(np.float32)
     flat_classes = np.concatenate([r.classes for r in records] + [np.zeros((0,), np.int32)]).astype(np.int32)
+    flat_difficult = np.concatenate([r.difficult_flags() for r in records] + [np.zeros((0,), bool)]).astype(bool)
     use_pil = [r.image_format not in _TF_IMAGE_FORMATS for r in records]
     table = {
         'path': tf.constant([r.path for r in records], tf.string, shape=[len(records)]),
@@ -266,6 +340,7 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
     }
     boxes_t = tf.constant(flat_boxes.reshape(-1, 4))
     classes_t = tf.constant(flat_classes)
+    difficult_t = tf.constant(flat_difficult, tf.bool)
 
     def tf_decode(row: dict) -> tf.Tensor:
         data = tf.io.read_file(row['path'])
@@ -288,6 +363,7 @@ def annotation_records_dataset(records: list[annotations_lib.AnnotationRecord]) 
             'image': image,
             'boxes': boxes_t[row['start'] : row['end']],
             'classes': classes_t[row['start'] : row['end']],
+            'difficult': difficult_t[row['start'] : row['end']],
             'image_id': row['path'],
         }
 
