@@ -18,6 +18,7 @@ from detection_fixtures import CLASS_NAMES, TEST, TRAIN, coco_dict, write_coco, 
 from configs.mnist import get_config
 from yolo_jax.data import coco_json, sources
 from yolo_jax.data.annotations import AnnotationWarning
+from yolo_jax.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,23 +106,22 @@ def test_source_keeps_crowd_boxes_flagged_and_checks_class_count(coco_set):
 
     from yolo_jax import evaluation, input_pipeline
 
-    eval_ds = input_pipeline.create_eval_dataset(config, batch_size=4, split='test')
-    batch = next(eval_ds.as_numpy_iterator())
+    data = input_pipeline.Data(config)
+    batch = next(data.eval_batches(4, 'test'))
     assert batch['difficult'].shape == (4, config.data.max_boxes)
     np.testing.assert_array_equal(batch['difficult'][1, :3], [False, True, False])
     # The crowd box is no training target: the test set's 5 boxes minus the crowd one are positive.
     assert sum(int(lab[..., 4].sum() > 0) for lab in batch['labels']) > 0
     # Ground truth as evaluation sees it: boxes back in original pixels, crowd flags as difficult and iscrowd.
-    _, gts = evaluation.collect_detections(config, _random_variables(config), [batch])
+    cfg = evaluation.postprocess_config(config, data.spec)
+    _, gts = evaluation.collect_detections(cfg, create_model(config.model), _random_variables(config), [batch])
     for g, spec in zip(gts, TEST, strict=True):
         np.testing.assert_allclose(g['boxes'], np.asarray(spec.boxes, float).reshape(-1, 4), atol=2e-3)
         np.testing.assert_array_equal(g['iscrowd'], spec.crowd_flags())
         np.testing.assert_array_equal(g['difficult'], spec.crowd_flags())
-    input_pipeline.clear_cache()
     config.model.num_classes = 80
-    with pytest.raises(ValueError, match=r'has 3 classes \(red, green, blue\) but config.model.num_classes=80'):
-        input_pipeline.create_eval_dataset(config, batch_size=4, split='test')
-    input_pipeline.clear_cache()
+    with pytest.raises(ValueError, match=r'config.model.num_classes=80 but .* has 3 classes'):
+        input_pipeline.Data(config)
 
 
 def _random_variables(config):

@@ -21,13 +21,13 @@ import json, numpy as np, jax, optax
 from test_loss import random_problem
 from configs.mnist import get_config
 from helpers import loss_kw
-from yolo_jax import steps, train
+from yolo_jax import steps
 c = get_config('tiny'); c.model.update(input_size=96, width_multiplier=0.25)
 m = c.model
 _, labels, bboxes = random_problem(np.random.default_rng(0), 2, 96, m.strides, m.anchors, m.num_classes, 4)
 images = np.random.default_rng(1).uniform(size=(2, 96, 96, 3)).astype(np.float32)
 batch = {'image': images, 'labels': tuple(labels), 'bboxes': tuple(bboxes)}
-_, _, s = train.build_model_and_state(c, 10)
+_, _, s = steps.build_model_and_state(c, 10)
 f = lambda p: steps._losses(p, s.batch_stats, s.apply_fn, batch, loss_kw(c), train=True)[0]
 loss, g = jax.jit(jax.value_and_grad(f))(s.params)
 print(json.dumps({'loss': float(loss), 'grad_norm': float(optax.tree.norm(g))}))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs.mnist import get_config
-from yolo_jax import checkpointing, darknet, steps, train, transfer
+from yolo_jax import checkpointing, darknet, steps, transfer
 from yolo_jax.models import create_model
 
 
@@ -213,7 +213,7 @@ def test_transfer_from_darknet_80_to_10_classes(tmp_path, caplog):
     assert 'skipped head/conv_009: output conv shape mismatch' in log and '(255,) vs (45,)' in log
     assert 'Fine-tuning Darknet weights with config.model.bn_epsilon=0.001' in log
     # The result is what training starts from.
-    _, _, state = train.build_model_and_state(config, steps_per_epoch=2)
+    _, _, state = steps.build_model_and_state(config, steps_per_epoch=2)
     _assert_trees_equal(state.variables, variables)
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs.mnist import get_config
-from yolo_jax import checkpointing, detect, inference, train, visualize
+from yolo_jax import checkpointing, detect, inference, steps, visualize
 
 
 def small_config(score_threshold: float = 0.05):
@@ -25,7 +25,7 @@ def small_config(score_threshold: float = 0.05):
 
 def make_workdir(path: Path, config) -> Path:
     """A workdir holding one checkpoint of a randomly initialised model (saved as training saves it)."""
-    _, _, state = train.build_model_and_state(config, 1)
+    _, _, state = steps.build_model_and_state(config, 1)
     manager = checkpointing.create_manager(path)
     metrics = {checkpointing.BEST_METRIC: 1.0}
     checkpointing.save(manager, 1, state, {'epoch': 1, 'step': 1, 'metrics': metrics}, metrics=metrics)
@@ -125,7 +125,7 @@ def test_missing_checkpoint_and_bad_inputs(workdir, tmp_path):
 def test_class_count_mismatch_names_both_numbers(workdir):
     config = small_config()
     config.model.num_classes = 3
-    with pytest.raises(ValueError, match=r'num_classes: checkpoint 10, config 3') as e:
+    with pytest.raises(ValueError, match=r'predicts 10 classes but config.model.num_classes=3') as e:
         inference.load_variables(config, workdir, fold=False)
     assert len(str(e.value).splitlines()) <= 6  # a short message, not orbax's tree dump
 

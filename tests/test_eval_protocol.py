@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import spec_of
 
 from configs.mnist import get_config
 from yolo_jax import evaluation
@@ -307,7 +308,7 @@ def test_protocol_settings_come_from_config():
     config = get_config()
     assert (config.eval.map_score_threshold, config.eval.map_max_detections) == (0.005, 100)
     assert config.eval.score_threshold == 0.3 and config.eval.split == 'test'
-    cfg = evaluation.map_postprocess_config(config)
+    cfg = evaluation.map_postprocess_config(config, spec_of(config))
     assert (cfg.score_threshold, cfg.max_detections) == (0.005, 100)
     assert evaluation.voc_options(config) == {'use_07_metric': False, 'truncate_detections': True}
     config.eval.voc_metric = '11_point'

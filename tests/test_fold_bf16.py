@@ -14,7 +14,7 @@ from helpers import loss_kw
 from test_loss import random_problem
 
 from configs.mnist import get_config
-from yolo_jax import steps, train
+from yolo_jax import steps
 from yolo_jax.models import create_model, fold_batchnorm, fold_variables, init_variables
 
 
@@ -69,7 +69,7 @@ def test_fold_batchnorm_hand_computed_and_missing_stats():
 def test_bfloat16_loss_within_tolerance_of_float32():
     """Same params, bfloat16 compute: params and loss stay float32; the loss moves < 2% (stated tolerance)."""
     cfgs = [_small('tiny', dtype=d) for d in ('float32', 'bfloat16')]
-    states = [train.build_model_and_state(c, 10)[2] for c in cfgs]
+    states = [steps.build_model_and_state(c, 10)[2] for c in cfgs]
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(states[1].params))
     rng = np.random.default_rng(3)
     m = cfgs[0].model
@@ -95,7 +95,7 @@ def test_training_converges_in_bfloat16():
     config = get_config('tiny,smoke')
     config.model.update(num_classes=3, dtype='bfloat16')
     config.train.update(lr_init=3e-3, warmup_epochs=0)
-    _, lr_fn, state = train.build_model_and_state(config, 10)
+    _, lr_fn, state = steps.build_model_and_state(config, 10)
     size = config.model.input_size
     rng = np.random.default_rng(0)
     _, labels, bboxes = random_problem(rng, 4, size, config.model.strides, config.model.anchors, 3, 4, max_bbox=8,

@@ -25,7 +25,7 @@ def test_overfit_four_images_finds_digits(tmp_path):
     config.train.lr_init, config.train.lr_end = 2e-3, 2e-3
     config.eval.score_threshold = 0.3
 
-    model, lr_fn, state = train.build_model_and_state(config, 1)
+    model, lr_fn, state = steps.build_model_and_state(config, 1)
     data = input_pipeline.Data(config)
     step = jax.jit(functools.partial(steps.train_step, loss_kw=loss_kwargs(data.spec, config.loss), lr_fn=lr_fn))
     batch = next(data.eval_batches(4, 'train'))

@@ -52,12 +52,11 @@ def test_unprepared_set_fails_fast_with_the_build_command(module, split, command
     start = time.monotonic()
     with pytest.raises(FileNotFoundError, match=command) as e:
         if split == 'train':
-            input_pipeline.steps_per_epoch(config, config.train.batch_size)  # what training calls first
+            input_pipeline.Data(config).steps_per_epoch(config.train.batch_size)  # what training calls first
         else:
             sources.load_split(config, split)
     assert time.monotonic() - start < 10
     assert str(tmp_path) in str(e.value) and 'downloads' in str(e.value)
-    input_pipeline.clear_cache()
 
 
 def _consistent(example: dict) -> dict:
@@ -102,7 +101,7 @@ def _raw_ground_truth(original, name: str, split: str, flag: str) -> list[dict]:
 def test_voc_07_12_trains_and_evaluates_with_the_voc07_protocol(mock_tfds, tmp_path):
     from test_eval_protocol import devkit_voc_eval
 
-    from yolo_jax import evaluation, input_pipeline, train
+    from yolo_jax import evaluation, train
 
     config = voc_config.get_config('tiny,smoke')
     config.data.data_dir = str(tmp_path / 'tfds')
@@ -115,7 +114,6 @@ def test_voc_07_12_trains_and_evaluates_with_the_voc07_protocol(mock_tfds, tmp_p
     records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert max(r['step'] for r in records if r['kind'] == 'train') == 4
     metrics = evaluation.evaluate_checkpoint(config, tmp_path / 'run', output=tmp_path / 'eval')
-    input_pipeline.clear_cache()
 
     gts = _raw_ground_truth(mock_tfds, 'voc/2007', 'test', 'is_difficult')
     assert metrics['num_images'] == 8
@@ -135,14 +133,14 @@ def test_coco_evaluation_with_crowd_regions(mock_tfds, tmp_path):
     from test_detect import make_workdir
     from test_eval_protocol import coco_oracle
 
-    from yolo_jax import evaluation, input_pipeline
+    from yolo_jax import evaluation
 
     config = coco_config.get_config('tiny,smoke')
     config.data.data_dir = str(tmp_path / 'tfds')
     config.eval.map_score_threshold = 0.0001
     workdir = make_workdir(tmp_path / 'run', config)
-    metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval', split='validation')
-    input_pipeline.clear_cache()
+    config.eval.split = 'validation'
+    metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
     gts = _raw_ground_truth(mock_tfds, 'coco/2017', 'validation', 'is_crowd')
     assert metrics['num_ignored'] == sum(int(g['iscrowd'].sum()) for g in gts) > 0
     dets = json.loads((tmp_path / 'eval' / 'detections.json').read_text())

@@ -163,4 +163,5 @@ def test_train_and_detect_end_to_end(yolo_set, tmp_path):
         config[section][field] = type(config[section][field])(value)
     detect.detect_images(config, workdir, test_images, output=tmp_path / 'detect')
     listed = json.loads((tmp_path / 'detect' / 'detections.json').read_text())
-    assert len(listed) == 4 and all((tmp_path / 'detect' / f'{Path(s.name).stem}.png').is_file() for s in TEST)
+    assert len(listed['images']) == 4
+    assert all((tmp_path / 'detect' / f'{Path(s.name).stem}.png').is_file() for s in TEST)

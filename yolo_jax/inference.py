@@ -142,6 +142,7 @@ def load_detector(
                                    '--weights=FILE')
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
+        check_num_classes_in_params(variables['params'], model, config.model, source)
         check_compatible(variables, model, config.model, source, meta.get('model'))
         spec = inference_spec(config, meta)
     model, variables = _maybe_fold(fold, config, model, variables)

@@ -25,9 +25,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolo_jax.errors import ConfigError
+from yolo_jax.steps import PMAP_AXIS
 
 MODES = ('mesh', 'pmap')
-PMAP_AXIS = 'batch'
 DATA_AXIS = 'data'
 
 

@@ -1,4 +1,5 @@
-"""The pure pieces of training: schedule, optimizer, `TrainState`, and the train / eval / BatchNorm-statistics steps.
+"""The pure pieces of training: schedule, optimizer, `TrainState`, the train / eval / BatchNorm-statistics steps,
+and `build_model_and_state` (a run's model and fresh state).
 
 Nothing here touches data, files or devices: `parallel.py` compiles these functions for one device, a device mesh
 or pmap, and `train.py` runs the loop around them. Tests, benchmarks and notebooks use them directly.
@@ -17,8 +18,10 @@ import optax
 
 from yolo_jax.errors import ConfigError
 from yolo_jax.loss import yolo_loss
+from yolo_jax.models import create_model
 
 FREEZE_POLICIES = ('none', 'backbone', 'all_but_heads')
+PMAP_AXIS = 'batch'  # the pmap axis name (parallel.py): BatchNorm statistics are synchronised over it
 
 
 @flax.struct.dataclass
@@ -165,3 +168,24 @@ def batch_stats_step(state: TrainState, batch: dict, *, momentum: float) -> Any:
     _, updates = state.apply_fn({'params': state.params, 'batch_stats': zeros}, batch['image'], train=True,
                                 mutable=['batch_stats'])
     return jax.tree.map(lambda x: x / (1.0 - momentum), updates['batch_stats'])
+
+
+def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch: int):
+    """(learning-rate schedule, fresh train state): transferred weights when config.train.init_from is set."""
+    from yolo_jax import transfer  # noqa: PLC0415
+
+    lr_fn = create_learning_rate_fn(config.train, steps_per_epoch)
+    if config.train.init_from:
+        variables = transfer.initial_variables(config, model)
+    else:
+        variables = transfer.fresh_variables(config, model)
+    return lr_fn, create_train_state(config.train, model, variables, lr_fn)
+
+
+def build_model_and_state(config: ml_collections.ConfigDict, steps_per_epoch: int, parallel_mode: str = 'mesh'):
+    """(model, learning-rate schedule, fresh train state) as a run builds them: BatchNorm synchronised under pmap,
+    frozen parts' BatchNorm in inference mode, transferred weights when config.train.init_from is set."""
+    model = create_model(config.model, bn_axis_name=PMAP_AXIS if parallel_mode == 'pmap' else None,
+                         freeze=config.train.freeze)
+    lr_fn, state = initial_state(config, model, steps_per_epoch)
+    return model, lr_fn, state

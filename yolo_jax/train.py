@@ -25,9 +25,8 @@ from clu import metric_writers, periodic_actions
 from yolo_jax import checkpointing, steps
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
-from yolo_jax.models import create_model
 from yolo_jax.models.layers import FROZEN_PARTS
-from yolo_jax.parallel import PMAP_AXIS, Parallel, check_batch_size, check_mode
+from yolo_jax.parallel import Parallel, check_batch_size, check_mode
 from yolo_jax.progress import Progress, format_train_line, format_val_line
 from yolo_jax.spec import DetectionSpec
 
@@ -184,27 +183,6 @@ def _check_finite(metrics: dict, step: int, has_checkpoint: bool) -> None:
     )
 
 
-def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch: int):
-    """(learning-rate schedule, fresh train state): transferred weights when config.train.init_from is set."""
-    from yolo_jax import transfer  # noqa: PLC0415
-
-    lr_fn = steps.create_learning_rate_fn(config.train, steps_per_epoch)
-    if config.train.init_from:
-        variables = transfer.initial_variables(config, model)
-    else:
-        variables = transfer.fresh_variables(config, model)
-    return lr_fn, steps.create_train_state(config.train, model, variables, lr_fn)
-
-
-def build_model_and_state(config: ml_collections.ConfigDict, steps_per_epoch: int, parallel_mode: str = 'mesh'):
-    """(model, learning-rate schedule, fresh train state) as a run builds them: BatchNorm synchronised under pmap,
-    frozen parts' BatchNorm in inference mode, transferred weights when config.train.init_from is set."""
-    model = create_model(config.model, bn_axis_name=PMAP_AXIS if parallel_mode == 'pmap' else None,
-                         freeze=config.train.freeze)
-    lr_fn, state = initial_state(config, model, steps_per_epoch)
-    return model, lr_fn, state
-
-
 def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
     out = {}
     for k, v in config.items():
@@ -235,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     logging.info('Data: %d train / %d test examples, %d classes', data.num_examples('train'),
                  data.num_examples('test'), spec.num_classes)  # reads (and checks) both splits before any step
 
-    model, lr_fn, state = build_model_and_state(config, steps_per_epoch, mode)
+    model, lr_fn, state = steps.build_model_and_state(config, steps_per_epoch, mode)
     kw = loss_kwargs(spec, config.loss)
     parallel = Parallel(
         mode,
