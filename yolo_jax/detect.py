@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from yolo_jax import inference, visualize
+from yolo_jax import inference, video, visualize
 from yolo_jax import postprocess as pp
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -81,6 +81,13 @@ def _output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def _detect_video(config, workdir, source, output, weights, batch_size) -> dict[str, Any]:
+    """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
+    model, variables = inference.load_variables(config, workdir, weights, fold=True)
+    out = inference.output_dir(output, workdir, 'detect')
+    return video.detect_video(config, model, variables, source, out, inference.class_names(config), batch_size or 8)
+
+
 def detect_images(
     config: ml_collections.ConfigDict,
     workdir: str | Path | None,
@@ -99,6 +106,8 @@ def detect_images(
        'classes', 'class_names'}, best score first.
     Returns that same list.
     """
+    if isinstance(images, (str, Path, int)) and video.is_video(images):  # a video file or camera index
+        return [_detect_video(config, workdir, images, output, weights, batch_size)]
     paths = find_images(images)
     model, variables = inference.load_variables(
         config, workdir, weights, fold=config.eval.get('fold_batchnorm', False)
