@@ -81,7 +81,10 @@ def _output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _detect_video(config, workdir, source, output, weights, batch_size) -> dict[str, Any]:
+def _detect_video(
+    config: ml_collections.ConfigDict, workdir: str | Path | None, source: str | Path | int,
+    output: str | Path | None, weights: str | Path | None, batch_size: int | None,
+) -> dict[str, Any]:
     """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
     model, variables = inference.load_variables(config, workdir, weights, fold=True)
     out = inference.output_dir(output, workdir, 'detect')

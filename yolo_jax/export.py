@@ -155,7 +155,10 @@ def export_savedmodel(model: Any, variables: dict, cfg: pp.PostprocessConfig, ou
     import tensorflow as tf  # noqa: PLC0415
     from jax.experimental import jax2tf  # noqa: PLC0415
 
-    tf.config.set_visible_devices([], 'GPU')
+    try:  # JAX owns the accelerators; TF only traces and saves
+        tf.config.set_visible_devices([], 'GPU')
+    except RuntimeError:  # TF already initialised its devices: keep them
+        pass
     fn = jax2tf.convert(
         serving_fn(model, cfg), polymorphic_shapes=[None, '(b, h, w, 3)'], with_gradient=False
     )
