@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from yolo_jax import darknet, export, inference  # noqa: E402
+from yolo_jax import cpu_env, darknet, export, inference  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.defaults import model_config  # noqa: E402
 from yolo_jax.models import create_model, fold_variables, init_variables  # noqa: E402
@@ -213,7 +213,11 @@ def main() -> None:
     parser.add_argument('--darknet-dir', default=str(REPO.parent / 'shared' / 'data' / 'darknet'),
                         help='folder with <model>.cfg/.weights (yolov3-tiny, yolov3) for the OpenCV DNN rows')
     parser.add_argument('--runtimes-out', default=str(REPO / 'benchmarks' / 'results' / 'inference_runtimes.json'))
+    parser.add_argument('--ynn', action='store_true',
+                        help=f'set {cpu_env.YNN_DOT_FLAG} (as main.py does for float32) for JAX and TF XLA alike')
     args = parser.parse_args()
+    if args.ynn:
+        cpu_env.set_ynn_dot_flag(True)  # before the first computation initialises the XLA backend
     if args.mode in ('all', 'runtimes'):
         import cv2  # noqa: PLC0415
         import onnxruntime as ort  # noqa: PLC0415

@@ -197,3 +197,22 @@ def test_onnx_rejects_soft_nms(mnist_workdir):
     model, variables = inference.load_variables(config, mnist_workdir, fold=True)
     with pytest.raises(ValueError, match='hard NMS only'):
         onnx_export.build_onnx(model, variables, pp.PostprocessConfig.from_config(config))
+
+
+def test_stretch_resize_exports(mnist_workdir):
+    """config.data.resize='stretch' (no bands) in the ONNX graph and the traced function (SavedModel/StableHLO)."""
+    import onnxruntime as ort
+
+    from yolo_jax import onnx_export
+
+    config = mnist_config()
+    config.data.resize = 'stretch'
+    model, variables = inference.load_variables(config, mnist_workdir, fold=True)
+    cfg = pp.PostprocessConfig.from_config(config)
+    images = np.random.default_rng(1).integers(0, 256, (2, 97, 41, 3), dtype=np.uint8)
+    ref = _reference(model, variables, cfg, images)
+    assert ref['count'].sum() > 0
+    session = ort.InferenceSession(onnx_export.build_onnx(model, variables, cfg).SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    _check_equal(dict(zip(export.OUTPUT_NAMES, session.run(None, {'images': images}))), ref, 'onnx stretch')
+    _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax stretch')
