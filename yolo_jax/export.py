@@ -16,7 +16,8 @@ int32 (-1 in empty slots), 'count' (B,) int32}, best score first, K = config.eva
 
 Formats:
   * savedmodel: `jax2tf.convert` (native serialisation: one XlaCallModule op holding the StableHLO of
-    serving_fn), polymorphic in batch, height and width; weights are tf.Variables. Signature `serving_default`
+    serving_fn, lowered for CPU and CUDA by default), polymorphic in batch, height and width; weights are
+    tf.Variables. Signature `serving_default`
     takes `images` uint8 (None, None, None, 3).
   * stablehlo: `jax.export` of serving_fn with the weights as constants, symbolic (b, h, w), serialised to one
     file; `jax.export.deserialize(open(f, 'rb').read()).call(images)` runs it without this package.
@@ -44,6 +45,7 @@ from yolo_jax import postprocess as pp
 FORMATS = ('savedmodel', 'onnx', 'stablehlo')
 OUTPUT_NAMES = ('boxes', 'scores', 'classes', 'count')
 PAD_VALUE = 128.0  # data/letterbox.py's grey
+PLATFORMS = ('cpu', 'cuda')  # SavedModel / StableHLO run on CPU or NVIDIA GPUs, wherever they were exported
 
 
 def resize_geometry(h: Any, w: Any, size: int, mode: str) -> tuple[jax.Array, ...]:
@@ -150,8 +152,11 @@ def metadata(cfg: pp.PostprocessConfig, class_names: Sequence[str], fmt: str) ->
     }
 
 
-def export_savedmodel(model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path) -> Path:
-    """TF SavedModel (directory) with signature `serving_default`: images uint8 (None, None, None, 3) → outputs."""
+def export_savedmodel(
+    model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path, platforms: Sequence[str] = PLATFORMS,
+) -> Path:
+    """TF SavedModel (directory) with signature `serving_default`: images uint8 (None, None, None, 3) → outputs;
+    lowered for each of `platforms` (XLA platform names: 'cpu', 'cuda', 'rocm', 'tpu')."""
     import tensorflow as tf  # noqa: PLC0415
     from jax.experimental import jax2tf  # noqa: PLC0415
 
@@ -160,7 +165,8 @@ def export_savedmodel(model: Any, variables: dict, cfg: pp.PostprocessConfig, ou
     except RuntimeError:  # TF already initialised its devices: keep them
         pass
     fn = jax2tf.convert(
-        serving_fn(model, cfg), polymorphic_shapes=[None, '(b, h, w, 3)'], with_gradient=False
+        serving_fn(model, cfg), polymorphic_shapes=[None, '(b, h, w, 3)'], with_gradient=False,
+        native_serialization_platforms=tuple(platforms),
     )
     module = tf.Module()
     module.variables_tree = tf.nest.map_structure(
@@ -177,12 +183,15 @@ def export_savedmodel(model: Any, variables: dict, cfg: pp.PostprocessConfig, ou
     return output
 
 
-def export_stablehlo(model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path) -> Path:
-    """Serialised jax.export.Exported (weights inlined as constants), symbolic in batch, height and width."""
+def export_stablehlo(
+    model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path, platforms: Sequence[str] = PLATFORMS,
+) -> Path:
+    """Serialised jax.export.Exported (weights inlined as constants), symbolic in batch, height and width, lowered
+    for each of `platforms`."""
     variables = jax.device_get(variables)
     fn = serving_fn(model, cfg)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape('b, h, w, 3'), jnp.uint8)
-    exported = jax.export.export(jax.jit(lambda images: fn(variables, images)))(spec)
+    exported = jax.export.export(jax.jit(lambda images: fn(variables, images)), platforms=tuple(platforms))(spec)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(exported.serialize())
@@ -191,17 +200,18 @@ def export_stablehlo(model: Any, variables: dict, cfg: pp.PostprocessConfig, out
 
 def export_model(
     model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, output: str | Path,
-    class_names: Sequence[str],
+    class_names: Sequence[str], platforms: Sequence[str] = PLATFORMS,
 ) -> Path:
     """Writes `model` (+ folded `variables`) in `fmt` to `output` and its metadata JSON; returns the model path.
 
     SavedModel: a directory, metadata in PATH/export.json; ONNX / StableHLO: a file, metadata in PATH.json.
+    `platforms`: what the SavedModel / StableHLO are lowered for (ONNX is platform-neutral).
     """
     if fmt == 'savedmodel':
-        path = export_savedmodel(model, variables, cfg, output)
+        path = export_savedmodel(model, variables, cfg, output, platforms)
         meta_path = path / 'export.json'
     elif fmt == 'stablehlo':
-        path = export_stablehlo(model, variables, cfg, output)
+        path = export_stablehlo(model, variables, cfg, output, platforms)
         meta_path = Path(f'{path}.json')
     elif fmt == 'onnx':
         from yolo_jax import onnx_export  # noqa: PLC0415
@@ -227,7 +237,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError('pass --workdir=DIR (a trained checkpoint) or --weights=FILE.weights')
     model, variables = inference.load_variables(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_config(config)
-    path = export_model(model, variables, cfg, flags_.format, flags_.output, inference.class_names(config))
+    path = export_model(model, variables, cfg, flags_.format, flags_.output, inference.class_names(config),
+                        platforms=[p.strip() for p in flags_.platforms.split(',') if p.strip()])
     print(f'exported {flags_.format} → {path}')
 
 
@@ -240,6 +251,7 @@ def _define_flags() -> None:
     flags.DEFINE_string('weights', None, 'A Darknet .weights file to export instead of a checkpoint.')
     flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
+    flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
     flags.mark_flags_as_required(['config', 'output'])
 
 
