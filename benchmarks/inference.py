@@ -17,7 +17,8 @@ with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved
   opencv-dnn   OpenCV's DNN module on the Darknet .cfg + .weights (blobFromImages, forward, NMSBoxesBatched):
                an outside anchor, only where the .cfg is available (--darknet-dir; YOLOv3-tiny in shared/data).
 With --darknet-dir holding yolov3-tiny.cfg/.weights all four run the official COCO weights; YOLOv3 runs with
-random weights and without the OpenCV row unless yolov3.cfg/.weights are there too. Results in
+random weights (saved as a .weights file with a generated yolov3.cfg for OpenCV) unless yolov3.cfg/.weights are
+there too. Results in
 benchmarks/results/inference_runtimes.json, with ratios to OpenCV DNN measured in the same run.
 """
 
@@ -112,6 +113,41 @@ def _street_images(batch: int, darknet_dir: Path) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(x, (batch, SIZE, SIZE, 3)))
 
 
+def yolov3_cfg(num_classes: int = 80, size: int = SIZE) -> str:
+    """Darknet's yolov3.cfg (inference fields only): Darknet53 + three YOLO heads, the order our conv names follow,
+    so a file written by darknet.save_weights loads into OpenCV's Darknet importer."""
+    out = [f'[net]\nbatch=1\nwidth={size}\nheight={size}\nchannels=3\n']
+
+    def conv(filters: int, size_: int, stride: int = 1, linear: bool = False) -> None:
+        if linear:
+            out.append(f'[convolutional]\nsize={size_}\nstride={stride}\npad=1\nfilters={filters}\n'
+                       'activation=linear\n')
+        else:
+            out.append(f'[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size_}\nstride={stride}\n'
+                       'pad=1\nactivation=leaky\n')
+
+    conv(32, 3)
+    for filters, repeats in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        conv(filters, 3, 2)
+        for _ in range(repeats):
+            conv(filters // 2, 1)
+            conv(filters, 3)
+            out.append('[shortcut]\nfrom=-3\nactivation=linear\n')
+    anchors = '10,13, 16,30, 33,23, 30,61, 62,45, 59,119, 116,90, 156,198, 373,326'
+    for i, (filters, mask, route) in enumerate(((512, '6,7,8', None), (256, '3,4,5', 61), (128, '0,1,2', 36))):
+        if route is not None:
+            out.append('[route]\nlayers=-4\n')
+            conv(filters, 1)
+            out.append(f'[upsample]\nstride=2\n[route]\nlayers=-1, {route}\n')
+        for _ in range(3):
+            conv(filters, 1)
+            conv(filters * 2, 3)
+        conv(3 * (5 + num_classes), 1, linear=True)
+        out.append(f'[yolo]\nmask={mask}\nanchors={anchors}\nclasses={num_classes}\nnum=9\n')
+        del i
+    return '\n'.join(out)
+
+
 def _opencv_runner(cfg_path: Path, weights_path: Path, score_threshold: float, iou_threshold: float):
     """fn(images uint8 RGB (B, 416, 416, 3)) → per-image kept indices: OpenCV's Darknet pipeline."""
     import cv2  # noqa: PLC0415
@@ -153,6 +189,7 @@ def side_by_side(args) -> list[dict]:
     darknet_dir = Path(args.darknet_dir)
     rows = []
     for name in args.models.split(','):
+        tmp = tempfile.mkdtemp(prefix='yolo_export_bench_')
         stem = {'yolov3_tiny': 'yolov3-tiny', 'yolov3': 'yolov3'}[name]
         cfg_path, weights_path = darknet_dir / f'{stem}.cfg', darknet_dir / f'{stem}.weights'
         mc = darknet.darknet_model_config(name, num_classes=80, input_size=SIZE)
@@ -162,11 +199,14 @@ def side_by_side(args) -> list[dict]:
         else:
             variables = init_variables(create_model(mc), jax.random.key(0), SIZE)
             source = 'random weights'
+            if name == 'yolov3' and not cfg_path.is_file():  # the same random weights as a Darknet cfg + file
+                cfg_path, weights_path = Path(tmp) / 'yolov3.cfg', Path(tmp) / 'yolov3.weights'
+                cfg_path.write_text(yolov3_cfg())
+                darknet.save_weights(weights_path, variables, mc)
         model, folded = fold_variables(mc, {'params': variables['params'], 'batch_stats': variables['batch_stats']})
         cfg = pp.PostprocessConfig(input_size=SIZE, strides=tuple(mc.strides), anchors=tuple(
             tuple(tuple(float(v) for v in a) for a in s) for s in mc.anchors))
         runners = {'jax': functools.partial(jax.jit(export.serving_fn(model, cfg)), folded)}
-        tmp = tempfile.mkdtemp(prefix='yolo_export_bench_')
         saved = tf.saved_model.load(str(export.export_savedmodel(model, folded, cfg, Path(tmp) / 'sm')))
         signature = saved.signatures['serving_default']
         runners['savedmodel'] = lambda x, f=signature: {k: v.numpy() for k, v in f(images=tf.constant(x)).items()}

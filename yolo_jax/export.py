@@ -76,8 +76,8 @@ def _axis_taps(out_size: int, in_size: Any, new: jax.Array, offset: jax.Array) -
 
     Canvas pixel i shows resized pixel r = i - offset (inside when 0 <= r < new); its source coordinate is
     (r + 0.5) * (in / new) - 0.5 in float32; lower = max(floor, 0), upper = min(ceil, in - 1), lerp = frac.
-    XLA contracts multiply-adds into FMAs (one rounding where TF's kernel rounds twice), so pixels may differ
-    from tf.image.resize by ~1e-5 of their 0..1 range.
+    XLA's CPU code may fuse these multiply-adds (FMA: one rounding where TF's kernel rounds twice), so pixels can
+    differ from tf.image.resize by ~1e-5 of their 0..1 range (measured <= 3e-5; detections agree to 1e-6).
     Returns int32 (lower, upper) (S,), float32 lerp (S,), bool inside (S,).
     """
     n = jnp.asarray(in_size, jnp.int32)
