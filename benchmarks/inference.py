@@ -8,6 +8,18 @@ have passed (at least `--min-repeats`); the median call time gives images/s. Pos
 on the model's own outputs, twice: with the default settings (score > 0.3, NMS 0.45, K = 100) and in its worst
 case (score threshold 0: every candidate enters NMS, which then runs all K = 100 iterations). The forward pass
 alone is also timed with and without BatchNorm folded into the convs (alternating calls; eval/detect fold).
+
+Side by side (`--mode=runtimes`, or `all`): the whole detector on uint8 RGB 416x416 images (letterbox, network
+with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved round by round in one process:
+  jax          jit(export.serving_fn), the function every export contains;
+  savedmodel   the jax2tf SavedModel (export.export_savedmodel) through TF's serving signature;
+  onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session;
+  opencv-dnn   OpenCV's DNN module on the Darknet .cfg + .weights (blobFromImages, forward, NMSBoxesBatched):
+               an outside anchor, only where the .cfg is available (--darknet-dir; YOLOv3-tiny in shared/data).
+With --darknet-dir holding yolov3-tiny.cfg/.weights all four run the official COCO weights; YOLOv3 runs with
+random weights (saved as a .weights file with a generated yolov3.cfg for OpenCV) unless yolov3.cfg/.weights are
+there too. Results in
+benchmarks/results/inference_runtimes.json, with ratios to OpenCV DNN measured in the same run.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from yolo_jax import inference  # noqa: E402
+from yolo_jax import cpu_env, darknet, export, inference  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.defaults import model_config  # noqa: E402
 from yolo_jax.models import create_model, fold_variables, init_variables  # noqa: E402
@@ -88,6 +100,146 @@ def folding_speedup(model, variables: dict, mc, images: np.ndarray, rounds: int 
     return dict(forward_ms_bn=1e3 * bn, forward_ms_folded=1e3 * fold, folding_speedup=bn / fold)
 
 
+def _street_images(batch: int, darknet_dir: Path) -> np.ndarray:
+    """(batch, 416, 416, 3) uint8 RGB: shared/data's street.jpg resized to 416 (random pixels without it)."""
+    photo = darknet_dir.parent / 'images' / 'street.jpg'
+    if photo.is_file():
+        from PIL import Image  # noqa: PLC0415
+
+        with Image.open(photo) as im:
+            x = np.asarray(im.convert('RGB').resize((SIZE, SIZE), Image.BILINEAR))
+    else:
+        x = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(x, (batch, SIZE, SIZE, 3)))
+
+
+def yolov3_cfg(num_classes: int = 80, size: int = SIZE) -> str:
+    """Darknet's yolov3.cfg (inference fields only): Darknet53 + three YOLO heads, the order our conv names follow,
+    so a file written by darknet.save_weights loads into OpenCV's Darknet importer."""
+    out = [f'[net]\nbatch=1\nwidth={size}\nheight={size}\nchannels=3\n']
+
+    def conv(filters: int, size_: int, stride: int = 1, linear: bool = False) -> None:
+        if linear:
+            out.append(f'[convolutional]\nsize={size_}\nstride={stride}\npad=1\nfilters={filters}\n'
+                       'activation=linear\n')
+        else:
+            out.append(f'[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size_}\nstride={stride}\n'
+                       'pad=1\nactivation=leaky\n')
+
+    conv(32, 3)
+    for filters, repeats in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        conv(filters, 3, 2)
+        for _ in range(repeats):
+            conv(filters // 2, 1)
+            conv(filters, 3)
+            out.append('[shortcut]\nfrom=-3\nactivation=linear\n')
+    anchors = '10,13, 16,30, 33,23, 30,61, 62,45, 59,119, 116,90, 156,198, 373,326'
+    for i, (filters, mask, route) in enumerate(((512, '6,7,8', None), (256, '3,4,5', 61), (128, '0,1,2', 36))):
+        if route is not None:
+            out.append('[route]\nlayers=-4\n')
+            conv(filters, 1)
+            out.append(f'[upsample]\nstride=2\n[route]\nlayers=-1, {route}\n')
+        for _ in range(3):
+            conv(filters, 1)
+            conv(filters * 2, 3)
+        conv(3 * (5 + num_classes), 1, linear=True)
+        out.append(f'[yolo]\nmask={mask}\nanchors={anchors}\nclasses={num_classes}\nnum=9\n')
+        del i
+    return '\n'.join(out)
+
+
+def _opencv_runner(cfg_path: Path, weights_path: Path, score_threshold: float, iou_threshold: float):
+    """fn(images uint8 RGB (B, 416, 416, 3)) → per-image kept indices: OpenCV's Darknet pipeline."""
+    import cv2  # noqa: PLC0415
+
+    net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    names = net.getUnconnectedOutLayersNames()
+
+    def run(images: np.ndarray):
+        blob = cv2.dnn.blobFromImages(list(images), 1 / 255.0, (SIZE, SIZE), swapRB=False, crop=False)
+        net.setInput(blob)
+        outs = net.forward(names)  # per YOLO layer: (B, rows, 5 + C) or (rows, 5 + C) for B = 1
+        kept = []
+        for b in range(len(images)):
+            rows = np.concatenate([o[b] if o.ndim == 3 else o for o in outs])
+            cls = rows[:, 5:].argmax(axis=1)
+            score = rows[np.arange(len(rows)), 5 + cls]  # OpenCV's region layer already multiplies by objectness
+            keep = score > score_threshold
+            xywh = rows[keep, :4] * SIZE
+            xywh[:, :2] -= xywh[:, 2:] / 2
+            kept.append(cv2.dnn.NMSBoxesBatched(xywh.tolist(), score[keep].tolist(), cls[keep].tolist(),
+                                                score_threshold, iou_threshold))
+        return kept
+
+    return run
+
+
+def side_by_side(args) -> list[dict]:
+    """Interleaved timing of the four runtimes (module docstring) for each model and batch size."""
+    import tempfile  # noqa: PLC0415
+
+    import onnxruntime as ort  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from yolo_jax import onnx_export  # noqa: PLC0415
+
+    tf.config.set_visible_devices([], 'GPU')
+    darknet_dir = Path(args.darknet_dir)
+    rows = []
+    for name in args.models.split(','):
+        tmp = tempfile.mkdtemp(prefix='yolo_export_bench_')
+        stem = {'yolov3_tiny': 'yolov3-tiny', 'yolov3': 'yolov3'}[name]
+        cfg_path, weights_path = darknet_dir / f'{stem}.cfg', darknet_dir / f'{stem}.weights'
+        mc = darknet.darknet_model_config(name, num_classes=80, input_size=SIZE)
+        if weights_path.is_file():
+            variables = darknet.load_weights(str(weights_path), mc)
+            source = f'Darknet weights {weights_path.name}'
+        else:
+            variables = init_variables(create_model(mc), jax.random.key(0), SIZE)
+            source = 'random weights'
+            if name == 'yolov3' and not cfg_path.is_file():  # the same random weights as a Darknet cfg + file
+                cfg_path, weights_path = Path(tmp) / 'yolov3.cfg', Path(tmp) / 'yolov3.weights'
+                cfg_path.write_text(yolov3_cfg())
+                darknet.save_weights(weights_path, variables, mc)
+        model, folded = fold_variables(mc, {'params': variables['params'], 'batch_stats': variables['batch_stats']})
+        cfg = pp.PostprocessConfig(input_size=SIZE, strides=tuple(mc.strides), anchors=tuple(
+            tuple(tuple(float(v) for v in a) for a in s) for s in mc.anchors))
+        runners = {'jax': functools.partial(jax.jit(export.serving_fn(model, cfg)), folded)}
+        saved = tf.saved_model.load(str(export.export_savedmodel(model, folded, cfg, Path(tmp) / 'sm')))
+        signature = saved.signatures['serving_default']
+        runners['savedmodel'] = lambda x, f=signature: {k: v.numpy() for k, v in f(images=tf.constant(x)).items()}
+        session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
+                                       providers=['CPUExecutionProvider'])
+        runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
+        if cfg_path.is_file() and weights_path.is_file():
+            runners['opencv-dnn'] = _opencv_runner(cfg_path, weights_path, cfg.score_threshold, cfg.iou_threshold)
+        for batch in (int(b) for b in args.runtime_batches.split(',')):
+            images = _street_images(batch, darknet_dir)
+            for fn in runners.values():  # warm-up: compile / first-call allocations
+                jax.block_until_ready(fn(images))
+            times = {k: [] for k in runners}
+            start = time.perf_counter()
+            while (len(times['jax']) < args.min_repeats
+                   or time.perf_counter() - start < args.seconds * len(runners)):
+                for k, fn in runners.items():
+                    t = time.perf_counter()
+                    jax.block_until_ready(fn(images))
+                    times[k].append(time.perf_counter() - t)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            for k, t in med.items():
+                row = dict(model=name, weights=source, batch=batch, runtime=k, images_s=batch / t,
+                           ms_per_image=1e3 * t / batch, timed_calls=len(times[k]))
+                if 'opencv-dnn' in med:
+                    row['vs_opencv_dnn'] = med['opencv-dnn'] / t
+                rows.append(row)
+                ratio = f', {row["vs_opencv_dnn"]:.2f}x OpenCV DNN' if 'vs_opencv_dnn' in row else ''
+                print(f'{name:<12} batch {batch:>2} {k:<12} {row["images_s"]:7.2f} img/s '
+                      f'({row["ms_per_image"]:.1f} ms/img, {len(times[k])} calls){ratio}', flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'inference.json'))
@@ -95,7 +247,32 @@ def main() -> None:
     parser.add_argument('--min-repeats', type=int, default=2)
     parser.add_argument('--batches', default='1,16')
     parser.add_argument('--models', default='yolov3_tiny,yolov3')
+    parser.add_argument('--mode', choices=('all', 'jax', 'runtimes'), default='all',
+                        help='jax: our forward/post-processing rows; runtimes: JAX vs exports vs OpenCV DNN')
+    parser.add_argument('--runtime-batches', default='1,8')
+    parser.add_argument('--darknet-dir', default=str(REPO.parent / 'shared' / 'data' / 'darknet'),
+                        help='folder with <model>.cfg/.weights (yolov3-tiny, yolov3) for the OpenCV DNN rows')
+    parser.add_argument('--runtimes-out', default=str(REPO / 'benchmarks' / 'results' / 'inference_runtimes.json'))
+    parser.add_argument('--ynn', action='store_true',
+                        help=f'set {cpu_env.YNN_DOT_FLAG} (as main.py does for float32) for JAX and TF XLA alike')
     args = parser.parse_args()
+    if args.ynn:
+        cpu_env.set_ynn_dot_flag(True)  # before the first computation initialises the XLA backend
+    if args.mode in ('all', 'runtimes'):
+        import cv2  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
+
+        rows = side_by_side(args)
+        meta = dict(input_size=SIZE, num_classes=80, dtype='float32', cpus=os.cpu_count(), jax=jax.__version__,
+                    onnxruntime=ort.__version__, opencv=cv2.__version__, opencv_threads=cv2.getNumThreads(),
+                    machine=platform.processor() or platform.machine(), xla_flags=os.environ.get('XLA_FLAGS', ''),
+                    seconds=args.seconds, interleaved=True)
+        out = Path(args.runtimes_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + '\n')
+        print(f'wrote {out}')
+        if args.mode == 'runtimes':
+            return
 
     rng = np.random.default_rng(0)
     rows = []

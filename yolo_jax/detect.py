@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from yolo_jax import inference, visualize
+from yolo_jax import inference, video, visualize
 from yolo_jax.data.annotations import write_text_atomic
 from yolo_jax.errors import DataError, MissingFileError, summarize
 from yolo_jax.evaluation import postprocess_config
@@ -86,6 +86,16 @@ def _output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def _detect_video(
+    config: ml_collections.ConfigDict, workdir: str | Path | None, source: str | Path | int,
+    output: str | Path | None, weights: str | Path | None, batch_size: int | None,
+) -> dict[str, Any]:
+    """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
+    model, variables, spec = inference.load_detector(config, workdir, weights, fold=True)
+    out = inference.output_dir(output, workdir, 'detect')
+    return video.detect_video(config, model, variables, source, out, spec.class_names, batch_size or 8)
+
+
 def detect_images(
     config: ml_collections.ConfigDict,
     workdir: str | Path | None,
@@ -97,7 +107,8 @@ def detect_images(
 ) -> list[dict[str, Any]]:
     """Detects objects in `images` (a file, a directory or a glob) and writes the drawn images + detections.json.
 
-    The model comes from `inference.load_variables(config, workdir, weights)`; thresholds from config.eval.
+    The model and class names come from `inference.load_detector(config, workdir, weights)`; thresholds from
+    config.eval.
     Output (default workdir/detect): one PNG per input with boxes, class names and scores drawn, and
     detections.json: {'images': one entry per image read, 'errors': one {'file', 'error'} per input skipped
     because it could not be read as an image, 'complete': false if a failure stopped the run part-way}, where
@@ -107,6 +118,8 @@ def detect_images(
 
     Returns the image entries. Raises DataError (listing them) when no input could be read.
     """
+    if isinstance(images, (str, Path, int)) and video.is_video(images):  # a video file or camera index
+        return [_detect_video(config, workdir, images, output, weights, batch_size)]
     paths = find_images(images)
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
     names = spec.class_names

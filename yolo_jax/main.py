@@ -21,6 +21,7 @@ config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.p
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'detect'], 'What to run.')
 flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glob.')
+flags.DEFINE_string('video', None, 'detect: a video file or camera index (a video path also works as --images).')
 flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
 flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
 flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, run dots and reductions with YNNPACK (XLA flag '
@@ -76,9 +77,10 @@ def main(argv):
     else:
         from yolo_jax import detect  # noqa: PLC0415
 
-        if not FLAGS.images:
-            raise app.UsageError('--mode=detect needs --images=PATH|DIR|GLOB')
-        detect.detect_images(config, FLAGS.workdir, FLAGS.images, output=FLAGS.output, weights=FLAGS.weights)
+        images = FLAGS.video or FLAGS.images
+        if not images:
+            raise app.UsageError('--mode=detect needs --images=PATH|DIR|GLOB|VIDEO or --video=PATH|CAMERA_INDEX')
+        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
