@@ -16,9 +16,7 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 import time
-import types
 from pathlib import Path
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -26,7 +24,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import yolo_jax.data  # noqa: E402
 from yolo_jax import input_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,15 +77,10 @@ def install_synthetic_source(n: int) -> None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(shard)))
         return ds, SyntheticSplitInfo(len(examples), tuple(str(c) for c in range(10)))
 
-    try:
-        from yolo_jax.data import sources
+    from yolo_jax.data import sources
 
-        sources.load_split = load_split
-    except Exception:
-        module = types.ModuleType('yolo_jax.data.sources')
-        module.load_split, module.SplitInfo = load_split, SyntheticSplitInfo
-        sys.modules['yolo_jax.data.sources'] = module
-        yolo_jax.data.sources = module
+    sources.load_split = load_split
+    sources.prepare = lambda config: (tuple(str(c) for c in range(10)), 'the synthetic source')
 
 
 def get_config():
@@ -101,12 +93,13 @@ def get_config():
 def time_epochs(config, batch_size: int, epochs: int) -> dict:
     """Images/s over `epochs` timed epochs after one untimed warm-up epoch, with and without the per-epoch
     dataset construction (tracing the maps), which a long epoch amortises."""
-    for _ in input_pipeline.create_train_dataset(config, epoch=0, batch_size=batch_size).as_numpy_iterator():
+    data = input_pipeline.Data(config)  # decoded and cached once, as in training
+    for _ in data.train_epoch(0, batch_size).as_numpy_iterator():
         pass
     images, build, iterate = 0, 0.0, 0.0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        ds = input_pipeline.create_train_dataset(config, epoch=epoch, batch_size=batch_size)
+        ds = data.train_epoch(epoch, batch_size)
         build += time.perf_counter() - start
         start = time.perf_counter()
         for batch in ds.as_numpy_iterator():
@@ -147,7 +140,6 @@ def main() -> None:
 
     rows = []
     for augment in (True, False):
-        input_pipeline.clear_cache()
         config.data.augment = augment
         rows.append(dict(augment=augment, **time_epochs(config, args.batch_size, args.epochs)))
 

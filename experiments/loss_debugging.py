@@ -51,10 +51,10 @@ import tensorflow as tf
 from matplotlib.patches import Rectangle
 
 from yolo_jax import decode as decode_lib
-from yolo_jax import inference, input_pipeline, visualize
+from yolo_jax import inference, input_pipeline, transfer, visualize
 from yolo_jax import loss as loss_lib
 from yolo_jax.data import targets as targets_lib
-from yolo_jax.models import create_model, init_variables
+from yolo_jax.models import create_model
 
 IN_NOTEBOOK = 'ipykernel' in sys.modules
 if not IN_NOTEBOOK:
@@ -67,7 +67,7 @@ print('jax', jax.__version__, 'on', jax.devices())
 # ## Parameters
 #
 # `BN_MODE` decides which BatchNorm statistics the forward pass uses: `'batch'` normalises with this batch's
-# statistics, exactly what `train.train_step` differentiates; `'running'` uses the running averages, what
+# statistics, exactly what `steps.train_step` differentiates; `'running'` uses the running averages, what
 # validation (`eval_step`) and inference see. A random init has meaningless running averages (mean 0, variance 1:
 # with Keras' 0.01-std kernels the activations would vanish layer after layer), so it defaults to `'batch'`; a
 # checkpoint defaults to `'running'`.
@@ -122,13 +122,15 @@ config.data.shuffle_buffer = 16
 config.data.digit_source = DIGIT_SOURCE
 config.data.data_dir = DATA_DIR
 
-LOSS_KW = loss_lib.loss_kwargs(config)
+data = input_pipeline.Data(config)  # builds the small MNIST set once, then reads it
+SPEC = data.spec  # the detection problem: input size, strides, anchors, class names
+LOSS_KW = loss_lib.loss_kwargs(SPEC, config.loss)
 STRIDES = LOSS_KW['strides']
 ANCHORS = np.asarray(LOSS_KW['anchors'], np.float32)  # (L, A, 2) pixels
 SIZE = int(config.model.input_size)
 NUM_CLASSES = int(config.model.num_classes)
 GRIDS = [SIZE // s for s in STRIDES]
-NAMES = inference.class_names(config)
+NAMES = SPEC.class_names
 print(f'{config.model.name} width {config.model.width_multiplier}, input {SIZE} px, strides {STRIDES}, '
       f'grids {GRIDS}, {len(ANCHORS[0])} anchors per scale')
 print(f'ignore_thresh {config.loss.ignore_thresh}, label_smoothing {config.data.label_smoothing}, '
@@ -138,6 +140,7 @@ print(f'ignore_thresh {config.loss.ignore_thresh}, label_smoothing {config.data.
 # ## One batch from the pipeline
 #
 # The first batch of epoch 0, as `train.train_and_evaluate` would see it (same shuffle, same augmentation).
+# `input_pipeline.Data` is the run's data object: `train_epoch(epoch, batch_size)` and `eval_batches(batch_size)`.
 # Shapes (B = batch, S_l = grid side of scale l, A = 3 anchors, C = 10 classes, M = `max_bbox_per_scale`):
 #
 # * `image` (B, 256, 256, 3) in [0, 1];
@@ -149,10 +152,9 @@ print(f'ignore_thresh {config.loss.ignore_thresh}, label_smoothing {config.data.
 
 # %%
 if SPLIT == 'train':
-    dataset = input_pipeline.create_train_dataset(config, epoch=0, batch_size=BATCH_SIZE)
+    batch = next(data.train_epoch(0, BATCH_SIZE).as_numpy_iterator())
 else:
-    dataset = input_pipeline.create_eval_dataset(config, batch_size=BATCH_SIZE, split=SPLIT)
-batch = next(dataset.as_numpy_iterator())
+    batch = next(data.eval_batches(BATCH_SIZE, SPLIT))
 inputs = {k: batch[k] for k in ('image', 'labels', 'bboxes')}  # what the compiled loss consumes
 
 for key in ('image', 'boxes', 'classes'):
@@ -169,19 +171,18 @@ print('ground-truth boxes per image', gt_valid.sum(axis=1).tolist(), '|', elapse
 #
 # With `YOLO_WORKDIR` set, the best checkpoint of that workdir (falling back to the latest) is loaded; the config
 # (`YOLO_CONFIG`) must describe the same network. Otherwise the random init a training run with this config starts
-# from (same seed, same key split as `train.create_train_state`), which we optionally train for
+# from (`transfer.fresh_variables`: the same seed), which we optionally train for
 # `YOLO_TRAIN_STEPS` Adam steps on this very batch: at init every prediction sits at its cell centre with the
 # anchor's size and objectness ≈ 0.5, so the confidence map is nearly uniform; a few steps make it show
 # structure (the loss falls fast on a single batch: this is overfitting on purpose).
 
 # %%
 if WORKDIR:
-    model, variables = inference.load_variables(config, WORKDIR)
+    model, variables = inference.load_variables(config, WORKDIR, fold=False)
     print('loaded the checkpoint of', WORKDIR)
 else:
     model = create_model(config.model)
-    init_rng, _ = jax.random.split(jax.random.key(config.train.seed))  # as train.create_train_state splits it
-    variables = init_variables(model, init_rng, SIZE)
+    variables = transfer.fresh_variables(config, model)
     print(f'random init: the weights of step 0 of a training run with this config (seed {config.train.seed})')
 params, batch_stats = variables['params'], variables['batch_stats']
 print(f'{sum(x.size for x in jax.tree.leaves(params)):,} parameters | {elapsed()}')
@@ -189,7 +190,7 @@ print(f'{sum(x.size for x in jax.tree.leaves(params)):,} parameters | {elapsed()
 
 @functools.partial(jax.jit, static_argnames='train')
 def loss_and_grads(params, batch_stats, inputs, train: bool):
-    """Forward + `yolo_loss` + gradient, as `train.train_step` computes them (without the optimizer).
+    """Forward + `yolo_loss` + gradient, as `steps.train_step` computes them (without the optimizer).
 
     Returns (metrics {'giou', 'conf', 'prob', 'total'} batch means, raw outputs per scale (B, S, S, A*(5+C)),
     updated batch_stats, gradients (a params-shaped tree)).

@@ -62,24 +62,22 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
 def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
     import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
-    from yolo_jax import inference, input_pipeline, visualize  # noqa: PLC0415
+    from yolo_jax import evaluation, inference, input_pipeline, visualize  # noqa: PLC0415
     from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
 
-    model, variables = inference.load_variables(config, workdir)
-    names = inference.class_names(config)
+    model, variables, spec = inference.load_detector(config, workdir, fold=config.eval.fold_batchnorm)
+    cfg = evaluation.postprocess_config(config, spec)
     tiles = []
-    for batch in input_pipeline.create_eval_dataset(config, batch_size=config.train.eval_batch_size):
-        batch = jax.tree.map(np.asarray, batch)
-        det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], config))
+    for batch in input_pipeline.Data(config).eval_batches(config.train.eval_batch_size):
+        det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], cfg))
         for i in range(len(batch['image'])):
             if len(tiles) < num_images and batch['valid'][i] > 0:
                 keep, (h, w) = det.valid[i], batch['orig_size'][i]
                 # The eval images are letterboxed inputs; map the detections (original pixels) onto them.
                 boxes = letterbox_boxes(det.boxes[i][keep], int(h), int(w), config.model.input_size, config.data.resize)
                 tiles.append(visualize.draw_detections(batch['image'][i], boxes, det.classes[i][keep],
-                                                       det.scores[i][keep], names))
+                                                       det.scores[i][keep], spec.class_names))
         if len(tiles) >= num_images:
             break
     from PIL import Image  # noqa: PLC0415

@@ -232,7 +232,7 @@ PHOTO_BOXES = {
 
 
 def photo_coco_json(path: Path) -> Path:
-    from yolo_jax.inference import COCO_CLASS_NAMES
+    from yolo_jax.data.sources import COCO_CLASS_NAMES
 
     data = {'images': [], 'annotations': [],
             'categories': [{'id': i, 'name': n} for i, n in zip(COCO_IDS, COCO_CLASS_NAMES, strict=True)]}

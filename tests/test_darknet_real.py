@@ -185,3 +185,21 @@ def test_transfer_real_weights_to_ten_classes(shared_data):
                 np.testing.assert_array_equal(a, f, err_msg=name)
             else:
                 np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_coco_config_detects_with_the_official_weights_from_the_command_line(shared_data, tmp_path):
+    """The README's command: configs/coco.py:tiny + --weights, no other override; named COCO classes come out."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, '-m', 'yolo_jax.main', '--config=configs/coco.py:tiny', '--mode=detect',
+           f'--weights={shared_data / WEIGHTS}', f'--images={shared_data / "images" / "street.jpg"}',
+           f'--workdir={tmp_path}', '--nojemalloc']
+    env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads((tmp_path / 'detect' / 'detections.json').read_text())['images'][0]['class_names']
+    assert {'bus', 'person'} <= set(found), found

@@ -44,6 +44,18 @@ from yolo_jax.errors import ConfigError, MissingFileError
 
 SPLITS = ('train', 'test')  # the names every source knows; TFDS sets take their own split names too
 FILE_DATASETS = ('annotations', 'coco_json', 'yolo_txt')
+COCO_CLASS_NAMES = (
+    'person', 'bicycle', 'car', 'motorbike', 'aeroplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
+    'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
+    'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
+    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
+    'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
+    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'sofa',
+    'pottedplant', 'bed', 'diningtable', 'toilet', 'tvmonitor', 'laptop', 'mouse', 'remote', 'keyboard',
+    'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors',
+    'teddy bear', 'hair drier', 'toothbrush',
+)  # Darknet's coco.names, in the order of the 80 outputs of its COCO weights
+
 # TF decodes these natively; other formats PIL reads are decoded through PIL.
 _TF_IMAGE_FORMATS = annotations_lib.TF_IMAGE_FORMATS
 
@@ -101,6 +113,8 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     for part in dataset.split('+'):
         _tfds_rules(part)  # validates the name
         got = tuple(tfds.builder(part, data_dir=_data_dir(config)).info.features['objects']['label'].names)
+        if part.startswith('coco') and got == tuple(str(i) for i in range(len(COCO_CLASS_NAMES))):
+            got = COCO_CLASS_NAMES  # an unprepared builder knows only the count: the names in the same order
         if names is not None and got != names:
             raise ConfigError(f'config.data.dataset={dataset!r}: the sets have different classes')
         names = got
