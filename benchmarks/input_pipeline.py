@@ -80,7 +80,8 @@ def install_synthetic_source(n: int) -> None:
     from yolo_jax.data import sources
 
     sources.load_split = load_split
-    sources.prepare = lambda config: (tuple(str(c) for c in range(10)), 'the synthetic source')
+    sources.class_source = lambda config: (tuple(str(c) for c in range(10)), 'the synthetic source')
+    sources.prepare = lambda config: None
 
 
 def get_config():

@@ -165,6 +165,44 @@ def _train_empty_test_split(tmp: Path, workdir: Path) -> list[str]:
     return [f'--config={SMOKE}', f'--workdir={workdir}', *annotation_flags(files)]
 
 
+def _names_file_with_three_classes(tmp: Path, workdir: Path) -> list[str]:
+    files = make_dataset(tmp / 'data')
+    files['names'].write_text('a\nb\nc\n')
+    return [f'--config={SMOKE}', f'--workdir={workdir}', *annotation_flags(files)]
+
+
+def _mnist_with_three_classes(tmp: Path, workdir: Path) -> list[str]:
+    return [f'--config={SMOKE}', f'--workdir={workdir}', '--config.model.num_classes=3',
+            '--config.data.digit_source=sklearn', f'--config.data.data_dir={tmp / "tfds"}']
+
+
+def _workdir_is_a_file(tmp: Path, workdir: Path) -> list[str]:
+    blocker = tmp / 'a_file'
+    blocker.write_text('')
+    return [f'--config={SMOKE}', f'--workdir={blocker / "run"}']
+
+
+def _resume_another_width(tmp: Path, workdir: Path) -> list[str]:
+    """A checkpoint of the smoke model at width 0.25 in `workdir`; the command resumes it at the config's 0.125."""
+    import json
+
+    import jax
+
+    from configs.mnist import get_config
+    from yolo_jax import checkpointing, steps
+
+    config = get_config('tiny,smoke')
+    config.model.width_multiplier = 0.25
+    abstract = jax.eval_shape(lambda: steps.build_model_and_state(config, 1)[2])
+    state = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), abstract)
+    manager = checkpointing.create_manager(workdir)
+    meta = {'model': json.loads(json.dumps(config.model.to_dict())), 'epoch': 0, 'step': 1}
+    checkpointing.save(manager, 1, state, meta)
+    manager.wait_until_finished()
+    return [f'--config={SMOKE}', f'--workdir={workdir}', '--config.data.digit_source=sklearn',
+            f'--config.data.data_dir={tmp / "tfds"}']
+
+
 CLI_CASES = {
     'config field typo': Cli(
         _smoke('--config.train.epoch=3'),
@@ -192,10 +230,21 @@ CLI_CASES = {
     'detect with input_size 400': Cli(
         _detect_bad_input_size, r'^error: config\.model\.input_size=400: input_size must be a multiple of 32'
     ),
-    # train.py reads the test split only after building the model and the checkpoint manager (~20 s here); the
-    # start-up validation planned in train.py will move this error to the first seconds.
-    'train with an empty test annotation file': Cli(
-        _train_empty_test_split, r'^error: no images in .*test\.txt', time_limit_s=90
+    'train with an empty test annotation file': Cli(_train_empty_test_split, r'^error: no images in .*test\.txt'),
+    'names file with 3 names, num_classes 10': Cli(
+        _names_file_with_three_classes,
+        r"^error: config\.model\.num_classes=10 but config\.data\.class_names \(.*classes\.txt\) has 3 classes; "
+        r'set --config\.model\.num_classes=3$',
+    ),
+    'MNIST with num_classes 3': Cli(
+        _mnist_with_three_classes,
+        r'^error: config\.model\.num_classes=3 but the MNIST detection set has 10 classes', time_limit_s=15,
+    ),
+    'workdir that cannot be created': Cli(_workdir_is_a_file, r'^error: --workdir=.*a_file/run is not writable'),
+    'resume a workdir with another model setting': Cli(
+        _resume_another_width,
+        r'^error: cannot resume from .*: the model differs \(config\.model\.width_multiplier: checkpoint 0\.25, '
+        r'config 0\.125\)',
     ),
 }
 

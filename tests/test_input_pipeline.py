@@ -66,7 +66,8 @@ def source(monkeypatch):
     from yolo_jax.data import sources
 
     monkeypatch.setattr(sources, 'load_split', load_split)
-    monkeypatch.setattr(sources, 'prepare', lambda config: (tuple(str(c) for c in range(10)), 'the test source'))
+    monkeypatch.setattr(sources, 'class_source', lambda config: (tuple(str(c) for c in range(10)), 'the test source'))
+    monkeypatch.setattr(sources, 'prepare', lambda config: None)
     return data
 
 

@@ -18,7 +18,7 @@ from configs.mnist import get_config  # noqa: E402
 from yolo_jax.defaults import model_config  # noqa: E402
 from yolo_jax.loss import yolo_loss  # noqa: E402
 from yolo_jax.models import create_model, iter_darknet_layers  # noqa: E402
-from yolo_jax.train import create_learning_rate_fn  # noqa: E402
+from yolo_jax.steps import create_learning_rate_fn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import tf_baseline as tb  # noqa: E402
@@ -142,7 +142,7 @@ def test_train_step_loss_and_batch_stats_match_flax(pair):
 def test_learning_rate_schedule_matches_ours():
     config = _config('yolov3')
     config.train.epochs, config.train.warmup_epochs = 5, 2
-    lr_fn = create_learning_rate_fn(config, steps_per_epoch=10)
+    lr_fn = create_learning_rate_fn(config.train, steps_per_epoch=10)
     opt = tb.make_optimizer(config, steps_per_epoch=10)
     for k in (0, 1, 10, 19, 20, 21, 35, 49, 60):
         opt.iterations.assign(k)  # Keras evaluates the schedule at its 0-based update count, as optax

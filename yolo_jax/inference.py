@@ -22,7 +22,6 @@ from yolo_jax.models import create_model, fold_variables
 from yolo_jax.spec import DetectionSpec, build_spec, check_num_classes
 
 
-
 def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str) -> Path:
     """Where `--mode=MODE` writes: `output` if given, else WORKDIR/MODE; created if missing."""
     if output is None:

@@ -36,7 +36,7 @@ import tensorflow as tf
 from yolo_jax.data import augment as augment_lib
 from yolo_jax.data import letterbox as letterbox_lib
 from yolo_jax.data import targets as targets_lib
-from yolo_jax.errors import DataError
+from yolo_jax.errors import ConfigError, DataError
 from yolo_jax.spec import build_spec
 
 
@@ -89,7 +89,7 @@ def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_diffi
     size = int(config.model.input_size)
     mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
-        raise ValueError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
+        raise ConfigError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
 
     def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example['image']
@@ -256,8 +256,9 @@ class Data:
         self.config, self.process_index, self.process_count = config, process_index, process_count
         configure_tensorflow(_num_threads(config))  # before TF's first op
         self._sources_lib = sources
-        self.class_names, where = sources.prepare(config)
-        self.spec = build_spec(config.model, self.class_names, where)
+        self.class_names, where = sources.class_source(config)
+        self.spec = build_spec(config.model, self.class_names, where)  # checked before any data is built or read
+        sources.prepare(config)
         self._splits: dict[str, tuple[tf.data.Dataset, Any]] = {}
 
     def split(self, name: str) -> tuple[tf.data.Dataset, Any]:

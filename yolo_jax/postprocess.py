@@ -42,6 +42,7 @@ import numpy as np
 from yolo_jax import boxes as boxes_lib
 from yolo_jax import decode as decode_lib
 from yolo_jax.data.letterbox import RESIZE_MODES, resize_params
+from yolo_jax.errors import ConfigError
 
 Array = jnp.ndarray
 
@@ -52,7 +53,7 @@ def _method(name: str) -> str:
     """'nms' or 'soft_nms' ('soft-nms', the reference's spelling, is accepted too)."""
     name = name.replace('-', '_')
     if name not in NMS_METHODS:
-        raise ValueError(f'config.eval.nms_method: unknown method {name!r}; expected one of {NMS_METHODS}')
+        raise ConfigError(f'config.eval.nms_method: unknown method {name!r}; expected one of {NMS_METHODS}')
     return name
 
 
@@ -79,9 +80,9 @@ class PostprocessConfig:
     def __post_init__(self):
         object.__setattr__(self, 'method', _method(self.method))
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f'config.data.resize: unknown mode {self.resize_mode!r}; expected one of {RESIZE_MODES}')
+            raise ConfigError(f'config.data.resize: unknown mode {self.resize_mode!r}; expected one of {RESIZE_MODES}')
         if self.max_detections < 1:
-            raise ValueError(f'config.eval.max_detections must be >= 1, got {self.max_detections}')
+            raise ConfigError(f'config.eval.max_detections must be >= 1, got {self.max_detections}')
 
     @classmethod
     def from_config(cls, config: Any, **overrides) -> PostprocessConfig:

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from yolo_jax import checkpointing, darknet
+from yolo_jax.errors import ConfigError, MissingFileError
 from yolo_jax.models import iter_darknet_layers
 
 # Parameter shapes do not depend on the input size: initialise on a small input (cheap on CPU).
@@ -127,7 +128,7 @@ def load_darknet_source(path: Path, mc: ml_collections.ConfigDict) -> dict:
     try:
         return darknet.load_weights(path, src_mc, epsilon_check='ignore')
     except ValueError as e:  # names expected and found counts (and the architecture the count fits)
-        raise ValueError(f'config.train.init_from: {e}') from None
+        raise ConfigError(f'config.train.init_from: {e}') from None
 
 
 def load_checkpoint_source(path: Path) -> tuple[dict, int]:
@@ -154,7 +155,7 @@ def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
     """
     path = Path(config.train.init_from).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'config.train.init_from: {path} does not exist (a Darknet .weights file or an orbax checkpoint directory)'
         )
     if path.is_dir():
@@ -174,7 +175,7 @@ def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
     # Check on shapes first: a mismatch fails before the (seconds-long) fresh init.
     abstract = jax.eval_shape(lambda: fresh_variables(config, model))
     if set(_layers(source)) != set(_layers(abstract)):
-        raise ValueError(
+        raise ConfigError(
             f'config.train.init_from: {what} holds {_architecture(source)} but config.model.name is '
             f'{config.model.name!r} ({_architecture(abstract)})'
         )
@@ -183,7 +184,7 @@ def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
     # hand-edited model), and a half-transferred network would train from a silently broken start.
     bad = [r for r in report if r[1] == 'skipped' and not r[2].startswith('output conv')]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f'config.train.init_from: {len(bad)} of {len(report)} convolutions of {what} do not match config.model '
             f'(width_multiplier {config.model.width_multiplier}?); first: {bad[0][0]} {bad[0][2]}'
         )

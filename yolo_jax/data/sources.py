@@ -121,21 +121,26 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return names
 
 
-def prepare(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
-    """Makes config.data.dataset ready to read and returns (its class names, a description of where they come
-    from). Building the generated MNIST set is this explicit step (logged; once per data dir), never a side
-    effect of loading."""
+def class_source(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+    """(class names of config.data.dataset, a description of where they come from), without building or reading
+    any examples: cheap enough to check a config against in the first seconds of a run."""
     dataset = str(config.data.dataset)
     if dataset == 'mnist_detection':
-        logging.info('Preparing the MNIST detection set (built once into %s, then reused)',
-                     config.data.data_dir or 'the TFDS data dir')
-        builder = mnist_detection.prepare_mnist_detection(config)
-        return mnist_detection.CLASS_NAMES, f'the MNIST detection set ({builder.info.full_name})'
+        return mnist_detection.CLASS_NAMES, 'the MNIST detection set'
     if dataset in ('annotations', 'yolo_txt'):
         return get_class_names(config), f'config.data.class_names ({config.data.class_names})'
     if dataset == 'coco_json':
         return get_class_names(config), 'the COCO JSON categories'
     return get_class_names(config), f'the TFDS data set {dataset}'
+
+
+def prepare(config: ml_collections.ConfigDict) -> None:
+    """Makes config.data.dataset ready to read. Building the generated MNIST set is this explicit step (logged; once
+    per data dir), never a side effect of loading; the other data sets need no preparation here."""
+    if str(config.data.dataset) == 'mnist_detection':
+        logging.info('Preparing the MNIST detection set (built once into %s, then reused)',
+                     config.data.data_dir or 'the TFDS data dir')
+        mnist_detection.prepare_mnist_detection(config)
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
