@@ -121,13 +121,12 @@ def test_freeze_backbone_keeps_params_and_statistics_and_eval_ignores_training_f
     """freeze=backbone: backbone params AND BatchNorm statistics bit-identical to the transferred start; then eval
     and detect of that checkpoint run without the training-only flags (freeze, grad clipping)."""
     import numpy as np
+    from test_detect import make_workdir
 
+    from configs.mnist import get_config
     from yolo_jax import checkpointing
 
-    start = tmp_path / 'start'
-    proc = subprocess.run(_cmd(start, data_dir, '--config.train.epochs=1'), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = make_workdir(tmp_path / 'start', get_config('tiny,smoke'))  # a checkpoint as training writes it
     frozen = tmp_path / 'frozen'
     flags = ('--config.train.freeze=backbone', '--config.train.grad_clip_norm=10', f'--config.train.init_from={start}',
              '--config.train.bn_recalibration_batches=2')
