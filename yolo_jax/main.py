@@ -31,6 +31,8 @@ flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process
                     '--num_processes and --process_id).')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: this process, 0..num_processes-1 (with --coordinator_address).')
+flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'Multi-host: a process silent this long ends the others '
+                     'with an error instead of a hang.')
 flags.DEFINE_bool('distributed', False, 'Multi-host on a cluster (SLURM, Open MPI, ...): detect the processes '
                   'automatically (jax.distributed.initialize()).')
 flags.DEFINE_bool('jemalloc', True, 'Restart under jemalloc (if installed: apt-get install libjemalloc2), '
@@ -64,7 +66,7 @@ def main(argv):
     from yolo_jax import parallel  # noqa: PLC0415  (JAX: after the XLA flags are set)
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                    auto=FLAGS.distributed)
+                                    auto=FLAGS.distributed, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     logging.info('Config:\n%s', config)
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415
