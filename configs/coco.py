@@ -10,24 +10,14 @@ COCO JSON: `--config.data.dataset=coco_json --config.data.test_annotations=insta
 --config.data.test_images=val2017/` (and train_* likewise).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _mnist():
-    """configs/mnist.py, loaded by path (this file may be loaded from any working directory)."""
-    spec = importlib.util.spec_from_file_location('yolo_jax_configs_mnist', Path(__file__).with_name('mnist.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from yolo_jax.defaults import apply_variants, default_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    """The COCO config; `variant` as configs/mnist.py's (applied after the COCO settings)."""
-    mnist = _mnist()
-    config = mnist.get_config()
+    """The COCO config; `variant` as configs/mnist.py's (defaults.VARIANTS, applied after the COCO settings)."""
+    config = default_config()
     config.model.num_classes = 80
     config.model.input_size = 416  # Darknet's published figures are at 416 (also 320 and 608)
     config.model.bn_epsilon = 1e-5  # Darknet's, so its .weights load as they were trained
@@ -52,9 +42,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval.voc_metric = 'all_point'
     config.eval.voc_truncate_boxes = False
     config.eval.split = 'test'
-    for name in (variant or '').split(','):
-        if name not in mnist.VARIANTS:
-            raise ValueError(f'configs/coco.py: unknown variant {name!r}; expected a comma-separated subset of '
-                             f'{sorted(v for v in mnist.VARIANTS if v)}')
-        mnist.VARIANTS[name](config)
-    return config
+    return apply_variants(config, variant, 'configs/coco.py')

@@ -9,24 +9,14 @@ README). Variants after a colon as configs/mnist.py ('tiny', 'quick', 'smoke'), 
 Every field can be overridden on the command line.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _mnist():
-    """configs/mnist.py, loaded by path (this file may be loaded from any working directory)."""
-    spec = importlib.util.spec_from_file_location('yolo_jax_configs_mnist', Path(__file__).with_name('mnist.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from yolo_jax.defaults import apply_variants, default_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    """The VOC config; `variant` as configs/mnist.py's (applied after the VOC settings)."""
-    mnist = _mnist()
-    config = mnist.get_config()
+    """The VOC config; `variant` as configs/mnist.py's (defaults.VARIANTS, applied after the VOC settings)."""
+    config = default_config()
     config.model.num_classes = 20
     config.model.input_size = 416
     config.model.bn_epsilon = 1e-5  # Darknet's: start from the COCO .weights (train.init_from)
@@ -51,9 +41,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval.voc_metric = '11_point'  # the VOC2007 test protocol
     config.eval.voc_truncate_boxes = False  # the devkit's float boxes
     config.eval.split = 'test'
-    for name in (variant or '').split(','):
-        if name not in mnist.VARIANTS:
-            raise ValueError(f'configs/voc.py: unknown variant {name!r}; expected a comma-separated subset of '
-                             f'{sorted(v for v in mnist.VARIANTS if v)}')
-        mnist.VARIANTS[name](config)
-    return config
+    return apply_variants(config, variant, 'configs/voc.py')

@@ -23,6 +23,7 @@ from PIL import Image
 from configs.mnist import get_config
 from yolo_jax import darknet, detect, errors, inference, visualize
 from yolo_jax.data import annotations as ann
+from yolo_jax.spec import check_num_classes
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 30  # a sanity bound ("fails in the first seconds"), not a benchmark
@@ -296,7 +297,7 @@ class Call:
 def _names_vs_classes(tmp: Path, fx: dict) -> Callable[[], Any]:
     names = tmp / 'names.txt'
     names.write_text('cat\ndog\nbird\n')
-    return lambda: ann.check_class_names(ann.read_class_names(names), 10, names)
+    return lambda: check_num_classes(10, ann.read_class_names(names), f'config.data.class_names ({names})')
 
 
 def _empty_train_split(tmp: Path, fx: dict) -> Callable[[], Any]:
@@ -407,7 +408,7 @@ def _tf_error() -> type[BaseException]:
 CALL_CASES = {
     'names file with 3 names, num_classes 10': Call(
         _names_vs_classes, errors.ConfigError,
-        r'names\.txt lists 3 class names but config\.model\.num_classes=10',
+        r'config\.model\.num_classes=10 but config\.data\.class_names \(.*names\.txt\) has 3 classes',
     ),
     'empty train annotation file': Call(_empty_train_split, ann.AnnotationError, r'^no images in .*train\.txt'),
     'annotation file without boxes': Call(_no_boxes, ann.AnnotationError, r'^no images with boxes in .*train\.txt'),

@@ -141,8 +141,8 @@ def test_batchnorm_custom_backward_equals_flax_autodiff():
 
 
 def test_stride2_maxpool_equals_flax_max_pool_on_odd_sizes():
-    from yolo_jax.models.yolov3 import _maxpool
+    from yolo_jax.models.layers import maxpool2x2
 
     for size in (6, 7):
         x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
-        np.testing.assert_array_equal(_maxpool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID'))
+        np.testing.assert_array_equal(maxpool2x2(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID'))

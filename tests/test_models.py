@@ -7,8 +7,7 @@ import pytest
 
 from yolo_jax.defaults import model_config
 from yolo_jax.models import create_model, init_variables, iter_darknet_layers
-from yolo_jax.models.layers import ConvBN
-from yolo_jax.models.yolov3 import _maxpool
+from yolo_jax.models.layers import ConvBN, maxpool2x2
 
 
 def _shapes(name, num_classes, size, width=1.0):
@@ -71,7 +70,7 @@ def test_stride2_conv_pads_top_left_like_darknet():
 
 def test_tiny_stride1_maxpool_keeps_size():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 5, 1)), jnp.float32)
-    y = np.asarray(_maxpool(x, 1))
+    y = np.asarray(maxpool2x2(x, 1))
     xp = np.pad(np.asarray(x)[0, :, :, 0], ((0, 1), (0, 1)), constant_values=-np.inf)
     expect = np.array([[xp[i : i + 2, j : j + 2].max() for j in range(5)] for i in range(5)])
     np.testing.assert_array_equal(y[0, :, :, 0], expect)

@@ -67,12 +67,6 @@ def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
-def read_only_manager(directory: str | Path) -> ocp.CheckpointManager:
-    """A manager that never writes or cleans up (safe while a training run writes to the same directory)."""
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=('state', 'meta'))
-
-
 def inference_step(manager: ocp.CheckpointManager) -> int | None:
     """The checkpoint to run inference from: the best by validation loss, else the latest (None if none)."""
     step = best_step(manager)

@@ -52,6 +52,7 @@ from absl import logging
 
 from yolo_jax import inference
 from yolo_jax import postprocess as pp
+from yolo_jax.data.annotations import write_text_atomic
 from yolo_jax.data.letterbox import unletterbox_boxes
 from yolo_jax.errors import ConfigError
 from yolo_jax.spec import DetectionSpec
@@ -519,14 +520,8 @@ def evaluate_checkpoint(
         'class_names': list(spec.class_names),
         'metrics': metrics,
     }
-    write_json_atomic(output / 'metrics.json', _jsonable(record), indent=1)
-    write_json_atomic(output / 'detections.json', _jsonable(detections))
+    write_text_atomic(output / 'metrics.json', json.dumps(_jsonable(record), indent=1) + '\n')
+    write_text_atomic(output / 'detections.json', json.dumps(_jsonable(detections)) + '\n')
     print(f'wrote {output / "metrics.json"} and {output / "detections.json"}')
     return metrics
 
-
-def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
-    """Writes JSON to a temporary file beside `path`, then renames it: readers never see half a file."""
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=indent) + '\n')
-    tmp.replace(path)

@@ -69,8 +69,7 @@ def inference_spec(config: ml_collections.ConfigDict, meta: dict | None = None) 
         return spec
     from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow)
 
-    names = sources.get_class_names(config)
-    return build_spec(config.model, names, f'config.data.dataset={config.data.dataset!r}')
+    return build_spec(config.model, *sources.class_source(config))
 
 
 def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:

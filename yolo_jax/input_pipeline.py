@@ -229,19 +229,11 @@ def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data
 
 def _blank_batch(template: dict[str, Any]) -> dict[str, Any]:
     """A batch shaped like `template` holding only padding examples (valid = 0, no boxes)."""
-    out = jax_tree_map(np.zeros_like, template)
+    out = tf.nest.map_structure(np.zeros_like, template)
     out['classes'] = np.full_like(template['classes'], -1)
     out['orig_size'] = template['orig_size']  # any harmless (h, w)
     return out
 
-
-def jax_tree_map(fn, tree):
-    """tree map over dicts / tuples of NumPy arrays (without importing JAX into the input pipeline)."""
-    if isinstance(tree, dict):
-        return {k: jax_tree_map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(jax_tree_map(fn, v) for v in tree)
-    return fn(tree)
 
 
 class Data:

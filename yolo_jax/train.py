@@ -81,19 +81,16 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, directory: Pa
                           '--workdir, or the checkpoint\'s settings (config.train.init_from=WORKDIR fine-tunes it)')
 
 
-def _mean_metrics(sums: dict[str, float]) -> dict[str, float]:
-    count = max(sums.pop('count', 0.0), 1.0)
-    return {k: v / count for k, v in sums.items()}
-
-
 def evaluate(parallel: Parallel, state: steps.TrainState, batches) -> dict[str, float]:
-    """Mean validation losses over eval batches (padding examples excluded; all processes' shards)."""
-    totals: dict[str, float] = {}
+    """Mean validation losses over eval batches (padding examples excluded; all processes' shards). The sums stay
+    on the device until the last batch: one host transfer per evaluation."""
+    totals = None
     for batch in batches:
-        sums = jax.device_get(parallel.eval(state, {k: batch[k] for k in STEP_KEYS}))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    return _mean_metrics(totals)
+        sums = parallel.eval(state, {k: batch[k] for k in STEP_KEYS})
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = {k: float(v) for k, v in jax.device_get(totals or {}).items()}
+    count = max(totals.pop('count', 0.0), 1.0)
+    return {k: v / count for k, v in totals.items()}
 
 
 def frozen_stats_mask(batch_stats: Any, freeze: str) -> Any:

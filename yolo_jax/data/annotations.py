@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from yolo_jax.errors import ConfigError, DataError, summarize
+from yolo_jax.errors import DataError, summarize
 
 # Formats the input pipeline decodes with TF (sources.annotation_records_dataset); PIL decodes the others.
 TF_IMAGE_FORMATS = frozenset({'JPEG', 'PNG', 'BMP', 'GIF'})
@@ -100,15 +100,6 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
         if name in names[:i]:
             raise AnnotationError(f'{path}:{i + 1}: duplicate class name {name!r}')
     return tuple(names)
-
-
-def check_class_names(names: Sequence[str], num_classes: int, where: str | os.PathLike) -> None:
-    """ConfigError naming both numbers unless `names` (read from `where`) has config.model.num_classes entries."""
-    if len(names) != int(num_classes):
-        raise ConfigError(
-            f'{where} lists {len(names)} class names but config.model.num_classes={num_classes}: '
-            f'set --config.model.num_classes={len(names)} or fix the names file'
-        )
 
 
 def _image_size(path: Path) -> tuple[int, int, str]:

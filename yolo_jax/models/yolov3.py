@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from yolo_jax.models.layers import ConvBN, bn_training, make_conv, scaled_channels, upsample2x
+from yolo_jax.models.layers import ConvBN, bn_training, make_conv, maxpool2x2, scaled_channels, upsample2x
 
 Array = jnp.ndarray
 
@@ -135,18 +135,6 @@ class YOLOv3(_Base):
         return {n: getattr(self, n) for n in names}
 
 
-def _maxpool(x: Array, stride: int) -> Array:
-    """Darknet's 2x2 max-pool: at stride 1 it pads bottom/right so the size is kept.
-
-    Stride 2 (non-overlapping windows) is a reshape and a max: its gradient is a cheap select, where XLA's CPU
-    select-and-scatter for `nn.max_pool` took ~4x as long. Same forward values.
-    """
-    if stride == 2:
-        b, h, w, c = x.shape
-        return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-    return nn.max_pool(x, (2, 2), strides=(1, 1), padding=((0, 1), (0, 1)))
-
-
 class TinyBackbone(_Base):
     """YOLOv3-tiny's seven conv/max-pool stages; returns the stride 16 route and the stride 32 map."""
 
@@ -155,10 +143,10 @@ class TinyBackbone(_Base):
         c = _Convs(self, 0, train)
         x = x.astype(self.dtype)
         for features in (16, 32, 64, 128):
-            x = _maxpool(c.bn(x, features), 2)
+            x = maxpool2x2(c.bn(x, features), 2)
         route = c.bn(x, 256)
-        x = _maxpool(route, 2)
-        x = _maxpool(c.bn(x, 512), 1)  # the size-2 stride-1 pool of yolov3-tiny.cfg
+        x = maxpool2x2(route, 2)
+        x = maxpool2x2(c.bn(x, 512), 1)  # the size-2 stride-1 pool of yolov3-tiny.cfg
         return route, c.bn(x, 1024)
 
 

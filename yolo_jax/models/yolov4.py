@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from yolo_jax.models.layers import KERNEL_INIT, ConvBN, bn_training, scaled_channels, upsample2x
+from yolo_jax.models.layers import KERNEL_INIT, ConvBN, bn_training, maxpool2x2, scaled_channels, upsample2x
 
 Array = jnp.ndarray
 
@@ -171,12 +171,6 @@ class YOLOv4(_V4Base):
         return YOLOv4Head(**kw, name='head')(routes, bn_training(train, 'head', self.freeze))
 
 
-def _maxpool2(x: Array) -> Array:
-    """Darknet's 2x2 stride-2 max-pool (a reshape and a max; odd trailing rows/columns dropped)."""
-    b, h, w, ch = x.shape
-    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, ch).max(axis=(2, 4))
-
-
 def _csp_tiny_block(c: _Layers, x: Array, features: int) -> tuple[Array, Array]:
     """One CSP-tiny block: 3x3 conv, `route groups=2 group_id=1` (the second half of the channels), two 3x3
     convs, concat, 1x1, concat with the block's first conv, 2x2 max-pool.
@@ -188,7 +182,7 @@ def _csp_tiny_block(c: _Layers, x: Array, features: int) -> tuple[Array, Array]:
     a = c.bn(half, features // 2, 3)
     b = c.bn(a, features // 2, 3)
     feat = c.bn(jnp.concatenate([b, a], axis=-1), features, 1)
-    return _maxpool2(jnp.concatenate([x, feat], axis=-1)), feat
+    return maxpool2x2(jnp.concatenate([x, feat], axis=-1), 2), feat
 
 
 class CSPTinyBackbone(_V4Base):
