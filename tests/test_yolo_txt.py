@@ -165,3 +165,24 @@ def test_train_and_detect_end_to_end(yolo_set, tmp_path):
     listed = json.loads((tmp_path / 'detect' / 'detections.json').read_text())
     assert len(listed['images']) == 4
     assert all((tmp_path / 'detect' / f'{Path(s.name).stem}.png').is_file() for s in TEST)
+
+
+def test_converter_output_reads_back_through_the_printed_config_flags(tmp_path):
+    """Each format the converter writes loads as a training split with the flags it prints (no guessing where its
+    images went)."""
+    from configs.mnist import get_config
+
+    coco_path, coco_images = write_coco(tmp_path, TEST, 'src')
+    for fmt in convert.FORMATS:
+        out = tmp_path / fmt
+        convert.convert('coco_json', fmt, str(coco_path), str(out), images=str(coco_images))
+        config = get_config()
+        config.model.num_classes = len(CLASS_NAMES)
+        for flag in convert.dataset_flags(fmt, out):
+            key, value = flag[len('--config.'):].split('=', 1)
+            section, field = key.split('.')
+            config[section][field] = value
+        _, info = sources.load_split(config, 'train')
+        # The reference's format skips images without boxes, as upstream does.
+        want = sum(bool(spec.boxes) for spec in TEST) if fmt == 'annotations' else len(TEST)
+        assert info.num_examples == want and info.class_names == CLASS_NAMES, fmt

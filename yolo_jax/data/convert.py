@@ -132,6 +132,19 @@ def convert(
     return write(dst, records, names, output, overwrite=overwrite)
 
 
+def dataset_flags(fmt: str, output: str | Path, split: str = 'train') -> list[str]:
+    """The `--config.data.*` flags that read a folder `write(fmt, ..., output)` made as the `split` split."""
+    out = Path(output)
+    flags_ = [f'--config.data.dataset={fmt}']
+    if fmt == 'annotations':
+        flags_ += [f'--config.data.{split}_annotations={out / "annotations.txt"}']
+    elif fmt == 'coco_json':
+        flags_ += [f'--config.data.{split}_annotations={out / "annotations.json"}']
+    flags_ += [f'--config.data.{split}_images={out / "images"}'] if fmt != 'annotations' else []
+    flags_ += [f'--config.data.class_names={out / "classes.txt"}'] if fmt != 'coco_json' else []
+    return flags_
+
+
 def _define_flags() -> None:
     flags.DEFINE_enum('from', None, list(FORMATS), 'Input format.')
     flags.DEFINE_enum('to', None, list(FORMATS), 'Output format.')
@@ -150,7 +163,7 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     path = convert(f['from'].value, f.to, f.input, f.output, images=f.images, class_names=f.class_names,
                    overwrite=f.overwrite)
-    print(f'wrote {path}')
+    print(f'wrote {path}; as a training split: {" ".join(dataset_flags(f.to, f.output))}')
 
 
 if __name__ == '__main__':
