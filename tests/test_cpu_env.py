@@ -70,3 +70,45 @@ def test_ynn_flag_is_accepted_and_keeps_the_loss_and_gradients():
     got = _run(cpu_env.YNN_DOT_FLAG)
     assert got['loss'] == pytest.approx(want['loss'], rel=1e-4)
     assert got['grad_norm'] == pytest.approx(want['grad_norm'], rel=1e-3)
+
+
+# mallinfo2 (glibc >= 2.33) reports the heap (arena) and the mmapped bytes (hblkhd): a 64 MiB block is mmapped
+# by default and unmapped on free; tuned, it comes from the heap, which keeps it after the free.
+_MALLOC_SCRIPT = """
+import ctypes, json, sys
+from yolo_jax import cpu_env
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                                'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = cpu_env.tune_glibc_malloc() if sys.argv[1] == 'tuned' else False
+before = libc.mallinfo2()
+p = libc.malloc(64 << 20)
+during = libc.mallinfo2()
+libc.free(p)
+after = libc.mallinfo2()
+print(json.dumps({'tuned': tuned, 'mmapped': during.hblkhd - before.hblkhd,
+                  'heap_growth_kept': after.arena - before.arena}))
+"""
+
+
+@pytest.mark.parametrize('mode', ['default', 'tuned'])
+def test_glibc_malloc_tuning_keeps_large_blocks_on_the_heap(mode):
+    if cpu_env.jemalloc_loaded():
+        pytest.skip('this test process runs under jemalloc')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for var in ('LD_PRELOAD', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_', 'GLIBC_TUNABLES'):
+        env.pop(var, None)
+    out = subprocess.run([sys.executable, '-c', _MALLOC_SCRIPT, mode], env=env, capture_output=True, text=True,
+                         timeout=60)
+    if 'mallinfo2' in out.stderr:
+        pytest.skip('glibc without mallinfo2 (< 2.33)')
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode == 'default':
+        assert not got['tuned'] and got['mmapped'] >= 64 << 20 and got['heap_growth_kept'] == 0
+    else:
+        assert got['tuned'] and got['mmapped'] == 0 and got['heap_growth_kept'] >= 64 << 20

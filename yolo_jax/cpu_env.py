@@ -1,9 +1,11 @@
-"""Process-level CPU settings that speed up JAX training here: jemalloc and XLA's YNN dot/reduce fusions.
+"""Process-level CPU settings that speed up JAX training here: the allocator and XLA's YNN dot/reduce fusions.
 
-Both must be in place before the process (allocator) or JAX's backend (XLA flags) starts, so `main.py` and
+The allocator is jemalloc when installed (a restart with LD_PRELOAD), else glibc malloc tuned by `mallopt` to
+keep freed memory. Both must be in place before JAX's backend starts (the XLA flags too), so `main.py` and
 the benchmarks call these first. Measured on 2-core AMD EPYC machines (benchmarks/train_step.py, README).
 """
 
+import ctypes
 import os
 import sys
 
@@ -22,6 +24,11 @@ JEMALLOC_PATHS = (
 # YOLOv3 160). Adding 'eltwise' made it slower.
 YNN_DOT_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 _REEXEC_MARK = 'YOLO_JAX_REEXEC'
+# glibc's mallopt parameters (malloc.h) and values that keep freed memory in the process, as jemalloc does above:
+# no mmap for large blocks (each would be unmapped on free and page-faulted in again on the next step), and
+# neither trimming the heap's top (threshold: C int max, ~2 GiB) nor growing it by less than 1 GiB at a time.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+GLIBC_MALLOC_TUNING = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 1 << 30))
 
 
 def find_jemalloc() -> str | None:
@@ -54,6 +61,21 @@ def exec_with_jemalloc(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def tune_glibc_malloc() -> bool:
+    """Applies GLIBC_MALLOC_TUNING with `mallopt` when the process runs on glibc malloc (jemalloc not loaded).
+
+    The same as starting with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=..., but needs no
+    restart. Memory that is freed stays mapped for reuse, so the peak resident size of a run is kept, not returned.
+    Returns whether it was applied (False under jemalloc or without glibc).
+    """
+    if jemalloc_loaded():
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, 'gnu_get_libc_version') or not hasattr(libc, 'mallopt'):
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in GLIBC_MALLOC_TUNING)
 
 
 def set_ynn_dot_flag(enabled: bool) -> None:

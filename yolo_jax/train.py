@@ -136,9 +136,10 @@ class MetricsFile:
             return 1 << 62  # an unreadable (half-written) line is dropped
 
     def write(self, **record) -> None:
+        """Appends `record` with its wall-clock `time` (Unix seconds: time-to-accuracy curves read it)."""
         if self.enabled:
             with self.path.open('a') as f:
-                f.write(json.dumps(record) + '\n')
+                f.write(json.dumps({**record, 'time': round(time.time(), 3)}) + '\n')
 
 
 def detection_report(config, spec: DetectionSpec, model, state, data, eval_batch: int, writer, step: int,
