@@ -32,7 +32,8 @@ def load_run(workdir: Path) -> dict:
 def summarize(name: str, run: dict) -> dict:
     points = run['points']
     row = {'name': name, 'command': run['command'], 'epochs': points[-1][1] + 1 if points else 0,
-           'final_map50': points[-1][2] if points else None, 'best_map50': max(p[2] for p in points) if points else None,
+           'final_map50': points[-1][2] if points else None,
+           'best_map50': max(p[2] for p in points) if points else None,
            'median_epoch_s': statistics.median(run['epoch_s']) if run['epoch_s'] else None,
            'total_min': run['total_min']}
     for t in THRESHOLDS:
@@ -84,8 +85,8 @@ def main() -> None:
     runs = {name: load_run(Path(wd)) for name, wd in (r.split('=', 1) for r in args.runs)}
     rows = [summarize(name, run) for name, run in runs.items()]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'results.json').write_text(json.dumps({'rows': rows, 'points': {n: r['points'] for n, r in runs.items()}},
-                                                      indent=1))
+    points = {n: r['points'] for n, r in runs.items()}
+    (args.out / 'results.json').write_text(json.dumps({'rows': rows, 'points': points}, indent=1))
     (args.out / 'table.md').write_text(table(rows))
     plot(runs, args.out / 'curves.png')
     print(table(rows))
