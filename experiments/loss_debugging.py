@@ -21,7 +21,7 @@
 # | variable | default | meaning |
 # |---|---|---|
 # | `YOLO_WORKDIR` | `''` | a training workdir: use its best checkpoint (`inference.load_variables`), no random init |
-# | `YOLO_CONFIG` | `quick` | variants of `configs/mnist.py` (comma-separated); must match the workdir's run |
+# | `YOLO_CONFIG` | `small` | variants of `configs/mnist.py` (comma-separated); must match the workdir's run |
 # | `YOLO_DATA_DIR` | `''` | TFDS data dir for the generated MNIST set (`''` = `~/tensorflow_datasets`) |
 # | `YOLO_DIGIT_SOURCE` | `sklearn` (random init) / `auto` (workdir) | `config.data.digit_source` |
 # | `YOLO_TRAIN_STEPS` | `20` | random init only: Adam steps on this batch first, so the maps are not all uniform |
@@ -74,7 +74,7 @@ print('jax', jax.__version__, 'on', jax.devices())
 
 # %%
 WORKDIR = os.environ.get('YOLO_WORKDIR', '')
-CONFIG_VARIANT = os.environ.get('YOLO_CONFIG', 'quick')
+CONFIG_VARIANT = os.environ.get('YOLO_CONFIG', 'small')
 DATA_DIR = os.environ.get('YOLO_DATA_DIR', '')
 DIGIT_SOURCE = os.environ.get('YOLO_DIGIT_SOURCE', 'auto' if WORKDIR else 'sklearn')
 TRAIN_STEPS = 0 if WORKDIR else int(os.environ.get('YOLO_TRAIN_STEPS', '20'))
@@ -104,7 +104,7 @@ def elapsed() -> str:
 # %% [markdown]
 # ## Config
 #
-# `configs/mnist.py` with the `quick` variant: YOLOv3 at a quarter of its width, 256 px input, so grids of
+# `configs/mnist.py` with the `small` variant: YOLOv3 at a quarter of its width, 256 px input, so grids of
 # 32, 16 and 8 cells at strides 8, 16, 32. Only 16 train / 8 test images are generated (offline, from the
 # bundled scikit-learn digits unless a workdir asks for its own digits): image *i* of the generator does not
 # depend on how many are generated, so these are the first images of the full set.
@@ -219,7 +219,7 @@ print('loss at the start:', {k: round(float(v), 3) for k, v in result[0].items()
 # %% [markdown]
 # ### Optional: a few Adam steps on this batch (random init only)
 #
-# Constant learning rate 1e-3 (the `quick` config's peak), reusing the compiled `loss_and_grads` (no second
+# Constant learning rate 1e-3 (the `small` config's peak), reusing the compiled `loss_and_grads` (no second
 # compile of the network); `batch_stats` are updated as in training.
 
 # %%

@@ -38,7 +38,7 @@ def test_variants_load():
     assert base.model.strides == (8, 16, 32) and base.model.anchors[2][2] == (373, 326)
     assert (base.train.batch_size, base.train.epochs, base.train.warmup_epochs) == (4, 100, 2)
     assert (base.train.lr_init, base.train.lr_end, base.loss.ignore_thresh) == (1e-4, 1e-6, 0.5)
-    tiny = _parse('--config=configs/mnist.py:tiny,quick')
+    tiny = _parse('--config=configs/mnist.py:tiny,small')
     assert tiny.model.name == 'yolov3_tiny' and tiny.model.strides == (16, 32)
     assert tiny.model.anchors[0][0] == (10, 14) and tiny.model.input_size == 256
     with pytest.raises(Exception, match='unknown variant'):

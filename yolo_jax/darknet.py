@@ -35,12 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from yolo_jax.defaults import model_config
+from yolo_jax.defaults import DARKNET_BN_EPSILON, model_config
 from yolo_jax.errors import ConfigError, DataError, MissingFileError, summarize
 from yolo_jax.models import create_model, iter_darknet_layers
 
-# sqrt(var + eps) with eps = 1e-5: Darknet's GPU normalize_kernel and cuDNN path (see module docstring).
-DARKNET_BN_EPSILON = 1e-5
+# DARKNET_BN_EPSILON (1e-5, from defaults): sqrt(var + eps) as Darknet's GPU normalize_kernel and cuDNN path
+# compute it (see module docstring).
 DARKNET_ARCHITECTURES = ('yolov3', 'yolov3_tiny', 'yolov4', 'yolov4_tiny')
 _FLOAT = np.dtype('<f4')
 

@@ -149,11 +149,19 @@ def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
       {'params', 'batch_stats'} of `model`: copied layers from the source, the rest freshly initialised.
 
     Raises:
-      FileNotFoundError if init_from does not exist or holds no checkpoint; ValueError if it holds another
+      FileNotFoundError if init_from does not exist (unless config.train.init_from_missing is 'scratch': then
+      a warning and a fresh init) or holds no checkpoint; ValueError if it holds another
       architecture (e.g. YOLOv3 weights for YOLOv3-tiny) or a convolution other than the class-dependent
       output convs does not match in shape (e.g. another width_multiplier).
     """
+    if config.train.init_from_missing not in ('error', 'scratch'):
+        raise ConfigError(f"config.train.init_from_missing: expected 'error' or 'scratch', got "
+                          f'{config.train.init_from_missing!r}')
     path = Path(config.train.init_from).expanduser()
+    if not path.exists() and config.train.init_from_missing == 'scratch':
+        logging.warning('config.train.init_from: %s does not exist; training from scratch instead '
+                        '(config.train.init_from_missing=scratch)', path)
+        return fresh_variables(config, model)
     if not path.exists():
         raise MissingFileError(
             f'config.train.init_from: {path} does not exist (a Darknet .weights file or an orbax checkpoint directory)'
