@@ -13,6 +13,7 @@ import tensorflow as tf
 from yolo_jax import input_pipeline
 from yolo_jax.data import letterbox, targets
 from yolo_jax.defaults import model_config
+from yolo_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST = 11, 7
@@ -219,3 +220,48 @@ def test_train_batches_stream_epochs_from_a_resume_step(source):
     want = batches(train_ds(config, 1, 2, data=data))[3:5] + batches(train_ds(config, 2, 2, data=data))[: spe - 2]
     for (_, x), y in zip(got, want, strict=True):
         np.testing.assert_array_equal(x['image'], y['image'])
+
+
+def test_mosaic_and_hsv_replay_and_keep_the_epoch_length(source):
+    """With mosaic and HSV on, (seed, epoch, step) still fixes every batch (resume replays it) and an epoch has
+    as many batches as without."""
+    config = get_config('yolov3', 96)
+    config.data.mosaic = 1.0
+    config.data.hsv_gains = (0.015, 0.7, 0.4)
+    data = input_pipeline.Data(config)
+    a = batches(train_ds(config, 3, 2, data=data))  # the first pass: 4 streams read the source while caching it
+    plain = batches(train_ds(get_config('yolov3', 96), 3, 2))  # mosaic and HSV off (its own Data)
+    calls = len(source['calls'])
+    assert len(a) == len(plain) == NUM_TRAIN // 2
+    for x in a:
+        check_batch(x, config, 2)
+    resumed = batches(train_ds(config, 3, 2, skip_batches=2, data=data))  # a fresh pipeline, from step 2
+    assert len(resumed) == len(a) - 2
+    for x, y in zip(a[2:], resumed, strict=True):
+        for u, v in zip(tf.nest.flatten(x), tf.nest.flatten(y), strict=True):
+            np.testing.assert_array_equal(u, v)
+    other = batches(train_ds(config, 4, 2, data=data))
+    assert not np.array_equal(other[0]['image'], a[0]['image'])
+    assert len(source['calls']) == calls  # later passes come from the cache
+    # Same order of main examples as without mosaic; every one became a mosaic (its 'orig_size' is the canvas).
+    for x, y in zip(a, plain, strict=True):
+        np.testing.assert_array_equal(x['image_id'], y['image_id'])
+        np.testing.assert_array_equal(x['orig_size'], np.full((2, 2), 96))
+        assert not np.array_equal(x['image'], y['image'])
+
+
+def test_hsv_alone_changes_colours_not_boxes_and_bad_values(source):
+    config = get_config('yolov3', 96, augment=False)
+    data = input_pipeline.Data(config)
+    plain = batches(train_ds(config, 0, 4, data=data))
+    config.data.hsv_gains = (0.015, 0.7, 0.4)
+    jittered = batches(train_ds(config, 0, 4, data=data))
+    for x, y in zip(plain, jittered, strict=True):
+        np.testing.assert_array_equal(x['boxes'], y['boxes'])
+        np.testing.assert_array_equal(x['labels'][0], y['labels'][0])
+        assert np.abs(x['image'] - y['image']).mean() > 0.01
+    for field, value in [('mosaic', 1.5), ('mosaic', -0.1), ('hsv_gains', (0.1, 0.2)), ('hsv_gains', (0.1, 0.2, -1))]:
+        bad = get_config('yolov3', 96)
+        bad.data[field] = value
+        with pytest.raises(ConfigError, match=f'config.data.{field}'):
+            train_ds(bad, 0, 4)

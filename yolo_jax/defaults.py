@@ -99,6 +99,12 @@ def default_config() -> ml_collections.ConfigDict:
     d.train_images = ''
     d.test_images = ''
     d.augment = True  # random flip, crop and translate, each with p=0.5
+    # Training only, independent of `augment`: YOLOv5's mosaic, the chance (0 = off, YOLOv5: 1.0) that an example
+    # becomes 4 examples on an input-size canvas (data/augment.py `mosaic`), before flip/crop/translate ...
+    d.mosaic = 0.0
+    # ... and HSV jitter of the letterboxed input: per image, hue/saturation/value times 1 + U(-g, g) for g in
+    # these gains ((0, 0, 0) = off; YOLOv5: (0.015, 0.7, 0.4)).
+    d.hsv_gains = (0.0, 0.0, 0.0)
     d.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     d.label_smoothing = 0.01
     d.positive_iou = 0.3  # anchors with IoU > this are responsible for a box

@@ -21,6 +21,10 @@ Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_
 Determinism: the train order is a seeded shuffle of the whole shard (seed from (config.train.seed, epoch));
 augmentation uses stateless random ops seeded by (config.train.seed, epoch, process index, example index in the
 shard), and maps run with deterministic=True, so batches do not depend on parallelism, timing or `skip_batches`.
+With config.data.mosaic > 0, each example's 3 partner tiles come from 3 more seeded shuffles of the shard (seeds
+from (config.train.seed, epoch, 1..3)), zipped with the main stream before `skip_batches`, so they replay too
+('orig_size' of a mosaic is its canvas, (S, S)). Without config.data.cache each stream decodes the images itself:
+4x the decoding and shuffle-buffer memory.
 (The shuffle is tf.data's: its op seed is fixed, but a process-wide `tf.random.set_seed` also feeds into it.)
 """
 
@@ -76,20 +80,43 @@ def _options(config) -> tf.data.Options:
     return options
 
 
-def _shuffle_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit op seed from (seed, epoch)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _shuffle_seed(seed: int, epoch: int, *stream: int) -> int:
+    """A well-mixed 63-bit op seed from (seed, epoch) (and a stream number for the mosaic's partner shuffles)."""
+    entropy = [int(seed), int(epoch), *map(int, stream)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _example_key(augment_seed: tuple[int, int, int], index: tf.Tensor) -> tf.Tensor:
+    """(2,) int64 stateless seed of the example at `index` in the shard from (seed, epoch, process index)."""
+    seed, epoch, process_index = augment_seed
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), process_index)
+    return tf.random.experimental.stateless_fold_in(key, index)
+
+
+def _extra_augmentations(config) -> tuple[float, tuple[float, float, float]]:
+    """(config.data.mosaic, config.data.hsv_gains), checked."""
+    mosaic = float(config.data.mosaic)
+    if not 0.0 <= mosaic <= 1.0:
+        raise ConfigError(f'config.data.mosaic: a probability in [0, 1], got {config.data.mosaic!r}')
+    gains = tuple(float(g) for g in config.data.hsv_gains)
+    if len(gains) != 3 or not all(0.0 <= g <= 1.0 for g in gains):
+        raise ConfigError(f'config.data.hsv_gains: 3 gains (hue, saturation, value) in [0, 1], '
+                          f'got {config.data.hsv_gains!r}')
+    return mosaic, gains
 
 
 def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False):
     """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels.
 
+    augment_seed: (seed, epoch, process index) for training (config.data.augment, config.data.hsv_gains), None
+      for evaluation (no augmentation).
     keep_difficult: keep boxes flagged 'difficult' (evaluation); otherwise they are dropped (training).
     """
     size = int(config.model.input_size)
     mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
         raise ConfigError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
+    _, hsv_gains = _extra_augmentations(config)
 
     def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example['image']
@@ -103,12 +130,12 @@ def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_diffi
             keep = tf.logical_not(difficult)
             boxes, classes, difficult = (tf.boolean_mask(x, keep) for x in (boxes, classes, difficult))
         orig_size = tf.shape(image)[:2]
-        if augment_seed is not None:
-            seed, epoch, process_index = augment_seed
-            key = tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), process_index)
-            key = tf.random.experimental.stateless_fold_in(key, index)
-            image, boxes = augment_lib.random_augment(image, boxes, key)
+        if augment_seed is not None and config.data.augment:
+            image, boxes = augment_lib.random_augment(image, boxes, _example_key(augment_seed, index))
         image, boxes = letterbox_lib.resize_image_and_boxes(image, boxes, size, mode)
+        if augment_seed is not None and any(hsv_gains):  # on the S x S input: fewer pixels than the decoded image
+            hsv_seed = augment_lib.sub_seed(_example_key(augment_seed, index), augment_lib.HSV_STREAM)
+            image = augment_lib.random_hsv(image, hsv_seed, hsv_gains)
         return {
             'image': image,
             'gt_boxes': boxes,
@@ -194,7 +221,8 @@ def train_epoch_dataset(
     of the global batch).
 
     Seeded shuffle of the whole shard by (config.train.seed, epoch) (config.data.shuffle_buffer > 0 caps the
-    buffer to bound memory on big datasets), augmentation when config.data.augment, letterbox (or stretch),
+    buffer to bound memory on big datasets), mosaic when config.data.mosaic > 0, augmentation when
+    config.data.augment, letterbox (or stretch), HSV jitter when config.data.hsv_gains,
     target encoding, drop_remainder batching. `skip_batches` drops the first batches exactly (for resume),
     before any augmentation work is spent on them.
     """
@@ -203,9 +231,23 @@ def train_epoch_dataset(
     seed = int(config.train.seed)
     ds = source.enumerate()  # the index in the shard seeds this example's augmentation
     ds = ds.shuffle(buffer, seed=_shuffle_seed(seed, epoch), reshuffle_each_iteration=False)
+    mosaic, _ = _extra_augmentations(config)
+    if mosaic > 0:  # each example's 3 partner tiles: the same position in 3 more shuffles of the shard
+        partners = [source.shuffle(buffer, seed=_shuffle_seed(seed, epoch, k), reshuffle_each_iteration=False)
+                    for k in (1, 2, 3)]
+        ds = tf.data.Dataset.zip((ds, *partners))
     if skip_batches:
         ds = ds.skip(int(skip_batches) * batch_size)  # same as skipping batches: augmentation is per example
-    augment_seed = (seed, int(epoch), int(process_index)) if config.data.augment else None
+    augment_seed = (seed, int(epoch), int(process_index))
+    if mosaic > 0:
+        size = int(config.model.input_size)
+
+        def combine(main: tuple[tf.Tensor, dict], *partners: dict) -> tuple[tf.Tensor, dict]:
+            index, example = main
+            key = augment_lib.sub_seed(_example_key(augment_seed, index), augment_lib.MOSAIC_STREAM)
+            return index, augment_lib.random_mosaic([example, *partners], key, size, mosaic)
+
+        ds = ds.map(combine, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(_prepare_fn(config, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=True)
     ds = ds.map(
