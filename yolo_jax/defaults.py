@@ -1,8 +1,8 @@
 """Building blocks for configs: published anchors, the `config.model` block and the default config.
 
 Config files under `configs/` call these, and `apply_variants` for the variants after the colon (quick, small,
-transfer, tiny, smoke, yolov4, yolov4_tiny). Library code reads the config it is given and never re-defaults a field, so every
-default lives here, once.
+transfer, tiny, smoke, yolov4, yolov4_tiny). Library code reads the config it is given and never re-defaults a
+field, so every default lives here, once.
 """
 
 import ml_collections
