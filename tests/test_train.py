@@ -100,7 +100,7 @@ def test_freeze_policies(freeze):
     _, state, batch, step = _setup(freeze=freeze, warmup_epochs=0)
     new, _ = step(state, batch)
     # Frozen parts run BatchNorm in inference mode: their statistics stay bit-identical, the rest move.
-    frozen = train.frozen_stats_mask(state.batch_stats, freeze)
+    frozen = steps.frozen_stats_mask(state.batch_stats, freeze)
     for f, a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)):
         assert f == bool(np.all(np.asarray(a) == np.asarray(b)))
     changed = jax.tree_util.tree_map_with_path(
@@ -116,6 +116,22 @@ def test_freeze_policies(freeze):
             assert did_change == is_output, path
 
 
+@pytest.mark.parametrize('freeze', ['none', 'backbone', 'all_but_heads'])
+def test_recalibrated_inference_equals_training_mode_on_the_batch(freeze):
+    """Recalibrated on one batch, inference mode on that batch computes what training mode does: every trainable
+    BN normalises with that batch's statistics either way, and frozen parts use their own statistics both ways."""
+    from yolo_jax.parallel import Parallel
+
+    config, state, batch, _ = _setup(freeze=freeze)
+    par = Parallel('mesh', steps.train_step, steps.eval_step,
+                   functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze=freeze))
+    new = train.recalibrate_batch_norm(par, state, [batch], freeze)
+    trained, _ = state.apply_fn(state.variables, batch['image'], train=True, mutable=['batch_stats'])
+    inferred = new.apply_fn(new.variables, batch['image'], train=False)
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(inferred), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-3, atol=2e-3)
+
+
 def test_recalibrate_batch_norm_averages_batch_statistics():
     """The first BN layer's recalibrated mean/var equal the average of per-batch moments of its input, computed
     independently (the first conv's output via lax.conv with the model's kernel)."""
@@ -124,7 +140,7 @@ def test_recalibrate_batch_norm_averages_batch_statistics():
 
     config, state, batch, _ = _setup()
     par = Parallel('mesh', steps.train_step, steps.eval_step,
-                   functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum))
+                   functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze='none'))
     rng = np.random.default_rng(3)
     batches = [dict(batch, image=rng.uniform(size=batch['image'].shape).astype(np.float32)) for _ in range(3)]
 

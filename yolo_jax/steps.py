@@ -19,6 +19,7 @@ import optax
 from yolo_jax.errors import ConfigError
 from yolo_jax.loss import yolo_loss
 from yolo_jax.models import create_model
+from yolo_jax.models.layers import FROZEN_PARTS
 
 FREEZE_POLICIES = ('none', 'backbone', 'all_but_heads')
 PMAP_AXIS = 'batch'  # the pmap axis name (parallel.py): BatchNorm statistics are synchronised over it
@@ -158,16 +159,24 @@ def eval_step(state: TrainState, batch: dict, *, loss_kw: dict, axis_name: str |
     return sums
 
 
-def batch_stats_step(state: TrainState, batch: dict, *, momentum: float) -> Any:
+def frozen_stats_mask(batch_stats: Any, freeze: str) -> Any:
+    """True for BatchNorm statistics that the freeze policy keeps fixed (frozen parts run BN in inference mode)."""
+    frozen = FROZEN_PARTS[freeze]
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], 'key', None) in frozen, batch_stats)
+
+
+def batch_stats_step(state: TrainState, batch: dict, *, momentum: float, freeze: str) -> Any:
     """This batch's BatchNorm statistics under the current params (per layer 'mean' and 'var').
 
     Runs BatchNorm in training mode from zero running statistics: one update leaves (1 - momentum) * batch stat.
-    Layers that a freeze policy runs in inference mode keep zeros here (the caller keeps their statistics).
+    Layers that the freeze policy runs in inference mode normalise with their own statistics (not zeros, which
+    would feed the trainable layers garbage) and return them unchanged.
     """
-    zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
-    _, updates = state.apply_fn({'params': state.params, 'batch_stats': zeros}, batch['image'], train=True,
+    frozen = frozen_stats_mask(state.batch_stats, freeze)
+    start = jax.tree.map(lambda f, x: x if f else jnp.zeros_like(x), frozen, state.batch_stats)
+    _, updates = state.apply_fn({'params': state.params, 'batch_stats': start}, batch['image'], train=True,
                                 mutable=['batch_stats'])
-    return jax.tree.map(lambda x: x / (1.0 - momentum), updates['batch_stats'])
+    return jax.tree.map(lambda f, x: x if f else x / (1.0 - momentum), frozen, updates['batch_stats'])
 
 
 def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch: int):

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,6 @@ from clu import metric_writers, periodic_actions
 from yolo_jax import checkpointing, steps
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
-from yolo_jax.models.layers import FROZEN_PARTS
 from yolo_jax.parallel import Parallel, check_batch_size, check_mode
 from yolo_jax.progress import Progress, format_train_line, format_val_line
 from yolo_jax.spec import DetectionSpec
@@ -93,12 +91,6 @@ def evaluate(parallel: Parallel, state: steps.TrainState, batches) -> dict[str, 
     return {k: v / count for k, v in totals.items()}
 
 
-def frozen_stats_mask(batch_stats: Any, freeze: str) -> Any:
-    """True for BatchNorm statistics that the freeze policy keeps fixed (frozen parts run BN in inference mode)."""
-    frozen = FROZEN_PARTS[freeze]
-    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], 'key', None) in frozen, batch_stats)
-
-
 def recalibrate_batch_norm(parallel: Parallel, state: steps.TrainState, batches, freeze: str) -> steps.TrainState:
     """Replaces the running BatchNorm statistics by their average over `batches` at the current weights ("precise
     BN", Wu & Johnson 2021). The exponential moving average lags weights that move fast (high learning rates, thin
@@ -111,7 +103,7 @@ def recalibrate_batch_norm(parallel: Parallel, state: steps.TrainState, batches,
         n += 1
     if n == 0:
         return state
-    mask = frozen_stats_mask(state.batch_stats, freeze)
+    mask = steps.frozen_stats_mask(state.batch_stats, freeze)
     new = jax.tree.map(lambda frozen, old, t: old if frozen else t / n, mask, state.batch_stats, total)
     return state.replace(batch_stats=new)
 
@@ -217,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         mode,
         functools.partial(steps.train_step, loss_kw=kw, lr_fn=lr_fn),
         functools.partial(steps.eval_step, loss_kw=kw),
-        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum),
+        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze=t.freeze),
     )
 
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
