@@ -246,6 +246,32 @@ def test_transfer_from_orbax_checkpoint(tmp_path):
     _assert_trees_equal(transfer.initial_variables(config, create_model(config.model)), source)
 
 
+def test_missing_init_from_falls_back_to_scratch_only_when_asked(tmp_path, caplog):
+    config = _smoke_config(10)
+    model = create_model(config.model)
+    config.train.init_from = str(tmp_path / 'weights' / 'yolov3-tiny.weights')
+    config.train.init_from_missing = 'scratch'
+    with caplog.at_level('WARNING'):
+        variables = transfer.initial_variables(config, model)
+    assert 'training from scratch' in caplog.text and 'yolov3-tiny.weights' in caplog.text
+    _assert_trees_equal(variables, transfer.fresh_variables(config, model))
+    config.train.init_from_missing = 'error'
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        transfer.initial_variables(config, model)
+    config.train.init_from_missing = 'ignore'
+    with pytest.raises(ValueError, match=r"init_from_missing: expected 'error' or 'scratch', got 'ignore'"):
+        transfer.initial_variables(config, model)
+
+
+def test_transfer_variant_names_the_darknet_file_of_the_network():
+    for variant, name in (('transfer', 'yolov3'), ('tiny,transfer', 'yolov3-tiny'), ('quick', 'yolov3-tiny'),
+                          ('yolov4,transfer', 'yolov4'), ('yolov4_tiny,transfer', 'yolov4-tiny')):
+        config = get_config(variant)
+        assert config.train.init_from == f'weights/{name}.weights', variant
+        assert (config.model.width_multiplier, config.train.init_from_missing) == (1.0, 'scratch')
+        assert config.model.bn_epsilon == darknet.DARKNET_BN_EPSILON
+
+
 def test_transfer_errors(tmp_path):
     config = _smoke_config(10)
     model = create_model(config.model)
