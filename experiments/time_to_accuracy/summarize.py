@@ -2,7 +2,7 @@
 
     python experiments/time_to_accuracy/summarize.py --out=experiments/time_to_accuracy NAME=WORKDIR ...
 
-For each run: minutes from the command's start (WORKDIR/start_time) to the first mAP report with VOC mAP@0.5 >= 0.80
+For each run: minutes from the command's start (WORKDIR/start_time; WORKDIR/end_time when it ended) to the first mAP report with VOC mAP@0.5 >= 0.80
 and >= 0.90 (mAP is computed at the end of an epoch, so the time includes that epoch's validation and mAP), the final
 mAP, epochs and the median epoch time. Writes OUT/results.json, OUT/table.md and OUT/curves.png (mAP against
 wall-clock minutes).
@@ -24,7 +24,7 @@ def load_run(workdir: Path) -> dict:
     val_times = [r['time'] for r in records if r['kind'] == 'val']
     epoch_s = [b - a for a, b in zip(val_times, val_times[1:])]
     command = (workdir / 'command').read_text().strip() if (workdir / 'command').exists() else ''
-    end = (workdir / 'log.txt').stat().st_mtime if (workdir / 'log.txt').exists() else None
+    end = float((workdir / 'end_time').read_text()) if (workdir / 'end_time').exists() else None
     return {'points': points, 'epoch_s': epoch_s, 'command': command,
             'total_min': (end - start) / 60 if end else None}
 
