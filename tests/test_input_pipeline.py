@@ -265,3 +265,86 @@ def test_hsv_alone_changes_colours_not_boxes_and_bad_values(source):
         bad.data[field] = value
         with pytest.raises(ConfigError, match=f'config.data.{field}'):
             train_ds(bad, 0, 4)
+
+
+def multi_scale_config(sizes=(64, 96), every: int = 2):
+    config = get_config('yolov3', 96)
+    config.train.multi_scale_sizes = sizes
+    config.train.multi_scale_every_steps = every
+    return config
+
+
+def test_multi_scale_size_is_a_pure_function_of_seed_and_step_chunk():
+    config = multi_scale_config((224, 256, 288), every=10)
+    sizes = [input_pipeline.train_input_size(config, s) for s in range(3000)]
+    chunks = np.reshape(sizes, (300, 10))
+    assert np.all(chunks == chunks[:, :1])  # constant for 10 steps, then a new draw
+    counts = {s: int(np.sum(chunks[:, 0] == s)) for s in (224, 256, 288)}
+    assert set(chunks[:, 0]) == {224, 256, 288} and min(counts.values()) > 70, counts  # ~100 each (binomial sd 8)
+    assert np.mean(chunks[1:, 0] != chunks[:-1, 0]) > 0.5  # it switches (2/3 of the time for a uniform draw)
+    # Nothing but (seed, step // every) matters: not the run's shape, epoch length or input size.
+    other = multi_scale_config((224, 256, 288), every=10)
+    other.train.epochs, other.train.batch_size, other.model.input_size, other.train.steps_per_epoch = 3, 8, 416, 7
+    assert [input_pipeline.train_input_size(other, s) for s in range(3000)] == sizes
+    other.train.seed = 1
+    assert [input_pipeline.train_input_size(other, s) for s in range(3000)] != sizes
+    # Off: every step at config.model.input_size.
+    assert {input_pipeline.train_input_size(get_config('yolov3', 96), s) for s in range(50)} == {96}
+
+
+@pytest.mark.parametrize(('field', 'value'), [
+    ('multi_scale_sizes', (64, 80)), ('multi_scale_sizes', (0, 64)), ('multi_scale_sizes', (64.0,)),
+    ('multi_scale_every_steps', 0),
+])
+def test_multi_scale_bad_config_names_the_field(source, field, value):
+    config = multi_scale_config()
+    config.train[field] = value
+    with pytest.raises(ConfigError, match=f'config.train.{field}'):
+        input_pipeline.Data(config)  # at start-up, before any data is read
+    assert source['calls'] == []
+
+
+def test_multi_scale_batches_equal_the_single_size_pipeline_at_each_steps_size(source):
+    """Batch k of a multi-scale epoch is the one-size pipeline's batch k at that step's size: the same order,
+    augmentation, letterbox and targets, with grids size / stride; BN recalibration's batches stay one-size."""
+    config = multi_scale_config((64, 96), every=2)
+    config.train.seed = 5  # sizes 96, 96, 64, 64, 96 | 96, 64, 64, 96, 96 over the first two 5-step epochs
+    data = input_pipeline.Data(config)
+    got = batches(data.train_epoch(0, 2, first_step=0))
+    want_sizes = [input_pipeline.train_input_size(config, s) for s in range(len(got))]
+    assert len(got) == 5 and set(want_sizes) == {64, 96}  # both sizes occur, so both are compared below
+    single = {}
+    for size in (64, 96):
+        one = get_config('yolov3', size)
+        one.train.seed = 5
+        single[size] = batches(train_ds(one, 0, 2))
+    for k, (batch, size) in enumerate(zip(got, want_sizes, strict=True)):
+        check_batch(batch, get_config('yolov3', size), 2)  # image (2, S, S, 3), labels (2, S/8, S/8, 3, 15), ...
+        for u, v in zip(tf.nest.flatten(batch), tf.nest.flatten(single[size][k]), strict=True):
+            np.testing.assert_array_equal(u, v)
+    # No step given (BatchNorm recalibration): config.model.input_size = 96 throughout.
+    for x, y in zip(batches(data.train_epoch(0, 2)), single[96], strict=True):
+        for u, v in zip(tf.nest.flatten(x), tf.nest.flatten(y), strict=True):
+            np.testing.assert_array_equal(u, v)
+    assert source['calls'].count('train') == 3  # once per Data: every size from one decoding
+
+
+def test_multi_scale_train_batches_replay_the_sizes_after_a_resume(source):
+    """train_batches from step 3 (mid-epoch, mid-chunk) yields the uninterrupted stream's steps 3.. exactly,
+    across the epoch boundary and two size switches."""
+    config = multi_scale_config((64, 96), every=2)
+    config.train.seed = 5
+    data = input_pipeline.Data(config)
+    spe = data.steps_per_epoch(2)  # 5
+    stream = data.train_batches(0, spe, 2)
+    full = [next(stream) for _ in range(7)]
+    resumed = data.train_batches(3, spe, 2)
+    for step in range(3, 7):
+        epoch, batch = next(resumed)
+        size = input_pipeline.train_input_size(config, step)
+        assert epoch == full[step][0] == step // spe
+        assert batch['image'].shape[1:3] == full[step][1]['image'].shape[1:3] == (size, size)
+        assert [x.shape[1] for x in batch['labels']] == [size // 8, size // 16, size // 32]
+        for u, v in zip(tf.nest.flatten(batch), tf.nest.flatten(full[step][1]), strict=True):
+            np.testing.assert_array_equal(u, v)
+    assert [input_pipeline.train_input_size(config, s) for s in range(3, 7)] == [64, 96, 96, 64]

@@ -150,3 +150,55 @@ def test_batch_must_divide_devices():
     assert check_batch_size('config.train.batch_size', 8, 4, 2) == 4
     with pytest.raises(ValueError, match=r'config.train.batch_size=6 must be divisible.*devices \(4\)'):
         check_batch_size('config.train.batch_size', 6, 4, 1)
+
+
+@pytest.mark.slow  # three compilations of the train step: ~35 s of CPU
+def test_multi_scale_pmap_step_compiles_once_per_size():
+    """pmap's wrapper exposes no compile cache (compiled_train_steps() is None), so count XLA compilations
+    instead: a new size compiles once, then steps at either size compile nothing. (Mesh mode's cache size is
+    asserted by the multi-scale end-to-end run in test_train_loop.py: exactly 2.) Step 2 may compile at the same
+    size: the fresh state is an uncommitted single-device array, later states are pmap's replicated outputs."""
+    import functools
+
+    import jax
+    import numpy as np
+    from helpers import loss_kw
+    from test_loss import random_problem
+
+    from configs.mnist import get_config
+    from yolo_jax import steps
+    from yolo_jax.parallel import Parallel
+
+    config = get_config('tiny,smoke')
+    config.model.num_classes = 3
+    _, lr_fn, state = steps.build_model_and_state(config, 10, 'pmap')
+    parallel = Parallel('pmap', functools.partial(steps.train_step, loss_kw=loss_kw(config), lr_fn=lr_fn),
+                        functools.partial(steps.eval_step, loss_kw=loss_kw(config)),
+                        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum))
+    rng = np.random.default_rng(0)
+    batches = {}
+    for size in (32, 64):
+        _, labels, bboxes = random_problem(rng, 4, size, config.model.strides, config.model.anchors, 3, 4, max_bbox=8,
+                                           p_respond=0.1)
+        image = rng.uniform(size=(4, size, size, 3)).astype(np.float32)
+        batches[size] = {'image': image, 'labels': tuple(labels), 'bboxes': tuple(bboxes),
+                         'valid': np.ones(4, np.float32)}
+    compiles = []
+
+    def listener(name: str, *args, **kwargs) -> None:
+        if name == '/jax/core/compile/backend_compile_duration':
+            compiles.append(name)
+
+    state = parallel.place_state(state)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        counts = []
+        for size in (32, 32, 64, 64, 32, 64, 32):
+            state, metrics = parallel.train(state, batches[size])
+            assert float(metrics['finite']) == 1.0
+            counts.append(len(compiles))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert counts[0] > 0 and counts[1] - counts[0] in (0, 1), counts  # step 2: the state's layout, see above
+    assert counts[2] == counts[1] + 1 and counts[2:] == [counts[2]] * 5, counts  # 64 compiles once, then nothing
+    assert parallel.compiled_train_steps() is None

@@ -160,3 +160,24 @@ def jax_leaves(tree) -> list:
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def test_multi_scale_run_trains_at_each_steps_size_and_compiles_once_per_size(tmp_path, data_dir):
+    """Mesh mode, sizes (32, 64) switching every 2 steps: each logged step was fed its `train_input_size`, both
+    sizes occur, and after 8 steps the jitted train step's cache holds exactly 2 programs."""
+    from configs.mnist import get_config
+    from yolo_jax.input_pipeline import train_input_size
+
+    workdir = tmp_path / 'multi_scale'
+    flags = ('--config.train.multi_scale_sizes=(32, 64)', '--config.train.multi_scale_every_steps=2')
+    proc = subprocess.run(_cmd(workdir, data_dir, *flags), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert 'Training done: 8 steps; compiled train-step programs: 2' in proc.stderr, proc.stderr[-4000:]
+    config = get_config('tiny,smoke')
+    config.train.multi_scale_sizes, config.train.multi_scale_every_steps = (32, 64), 2
+    records = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    fed = {r['step']: r['input_size'] for r in records if r['kind'] == 'train'}
+    assert fed == {s: train_input_size(config, s - 1) for s in range(1, 9)}  # metrics' step s = the s-th update
+    assert set(fed.values()) == {32, 64}
+    assert [r['kind'] for r in records if r['kind'] != 'train'] == ['val', 'val', 'map']  # at 64 (input_size)

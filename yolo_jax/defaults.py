@@ -138,6 +138,12 @@ def default_config() -> ml_collections.ConfigDict:
     t.steps_per_epoch = -1  # -1 = one pass over the training split
     t.bn_recalibration_batches = 0  # > 0: recompute BatchNorm statistics on this many batches per epoch
     t.checkpoint_every_steps = 50  # also save mid-epoch, for exact resume after a crash (0: epochs only)
+    # Multi-scale training: input sides (pixels, multiples of the largest stride) that training batches switch
+    # between, a random one every multi_scale_every_steps optimizer steps, picked from (seed, step // every) so a
+    # resumed run replays the same sizes; validation, BN recalibration and mAP stay at config.model.input_size.
+    # () = off: every batch at config.model.input_size.
+    t.multi_scale_sizes = ()
+    t.multi_scale_every_steps = 10
 
     e = config.eval = ml_collections.ConfigDict()
     e.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set

@@ -5,7 +5,8 @@ TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the 
 knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams train batches for
 (epoch, skip) and eval batches padded to the same count on every process.
 
-Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size, C = num_classes:
+Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size (a multi-scale training
+batch: its own size, below), C = num_classes:
   'image'     float32 (B, S, S, 3) RGB in [0, 1] (letterboxed on grey 128, or stretched).
   'labels'    tuple over scales (strides ascending) of float32 (B, S_l, S_l, A, 5 + C): [x, y, w, h in input
               pixels, objectness, smoothed one-hot] at responsible anchors (see data/targets.py).
@@ -26,10 +27,20 @@ from (config.train.seed, epoch, 1..3)), zipped with the main stream before `skip
 ('orig_size' of a mosaic is its canvas, (S, S)). Without config.data.cache each stream decodes the images itself:
 4x the decoding and shuffle-buffer memory.
 (The shuffle is tf.data's: its op seed is fixed, but a process-wide `tf.random.set_seed` also feeds into it.)
+
+Multi-scale training (config.train.multi_scale_sizes): training batch k of an epoch is global step
+epoch * steps_per_epoch + k, and its side S is `train_input_size(config, step)`, a pure function of
+(config.train.seed, step // config.train.multi_scale_every_steps). One pipeline serves every size: examples are
+decoded once (cached), shuffled, skipped and augmented exactly as at one size; each example's letterbox and each
+batch's target encoding is a `tf.switch_case` over the sizes, selected by its batch's position in the epoch. So a
+batch at size S equals the single-size pipeline's batch at S, and resuming mid-epoch replays the same sizes.
+Their element_spec then leaves the side of 'image' and the grid sides of 'labels' unknown (None).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +53,9 @@ from yolo_jax.data import letterbox as letterbox_lib
 from yolo_jax.data import targets as targets_lib
 from yolo_jax.errors import ConfigError, DataError
 from yolo_jax.spec import build_spec
+
+# The third seed word of `train_input_size`: any constant, fixed since it decides the sizes a resumed run replays.
+_MULTI_SCALE_STREAM = 0x6D53
 
 
 def _num_threads(config) -> int:
@@ -105,14 +119,48 @@ def _extra_augmentations(config) -> tuple[float, tuple[float, float, float]]:
     return mosaic, gains
 
 
-def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False):
+def check_multi_scale(config) -> tuple[int, ...]:
+    """config.train.multi_scale_sizes as ints (() = off); ConfigError naming the field for a side that is not a
+    positive multiple of the network's downsampling (the largest stride, at least 32), or a period below 1."""
+    t = config.train
+    sizes = tuple(t.multi_scale_sizes)
+    if not sizes:
+        return ()
+    multiple = max(32, *(int(s) for s in config.model.strides))
+    bad = [s for s in sizes if not isinstance(s, int | np.integer) or isinstance(s, bool) or s <= 0 or s % multiple]
+    if bad:
+        raise ConfigError(f'config.train.multi_scale_sizes={sizes}: every size must be a positive multiple of '
+                          f'{multiple} (the largest stride; config.model.strides={tuple(config.model.strides)}), '
+                          f'not {bad}')
+    if not isinstance(t.multi_scale_every_steps, int | np.integer) or t.multi_scale_every_steps < 1:
+        raise ConfigError(f'config.train.multi_scale_every_steps={t.multi_scale_every_steps!r} must be an integer '
+                          '>= 1 (optimizer steps between size changes)')
+    return tuple(int(s) for s in sizes)
+
+
+def train_input_size(config, step: int) -> int:
+    """The input side (pixels) of the batch of 0-based global training step `step` (the one that makes
+    state.step = step + 1): config.model.input_size, or with config.train.multi_scale_sizes a uniformly random
+    one of them, drawn from (config.train.seed, step // config.train.multi_scale_every_steps) alone."""
+    sizes = check_multi_scale(config)
+    if not sizes:
+        return int(config.model.input_size)
+    chunk = int(step) // int(config.train.multi_scale_every_steps)
+    # A third word keeps this stream apart from the shuffle's SeedSequence([seed, epoch]).
+    rng = np.random.default_rng([int(config.train.seed), chunk, _MULTI_SCALE_STREAM])
+    return int(sizes[int(rng.integers(len(sizes)))])
+
+
+def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False,
+                size: int | None = None):
     """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels.
 
     augment_seed: (seed, epoch, process index) for training (config.data.augment, config.data.hsv_gains), None
       for evaluation (no augmentation).
     keep_difficult: keep boxes flagged 'difficult' (evaluation); otherwise they are dropped (training).
+    size: S in pixels; None = config.model.input_size.
     """
-    size = int(config.model.input_size)
+    size = int(config.model.input_size if size is None else size)
     mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
         raise ConfigError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
@@ -163,14 +211,15 @@ def _padded_batch(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) ->
     return ds.padded_batch(batch_size, padding_values=values, drop_remainder=drop_remainder)
 
 
-def _finish_fn(config, *, batch_size: int, pad: bool):
+def _finish_fn(config, *, batch_size: int, pad: bool, size: int | None = None):
     """Per-batch map: encodes targets for the whole batch and pads/truncates boxes to max_boxes.
 
     pad: pad a short batch to `batch_size` examples with valid = 0 (evaluation); otherwise batches are full.
+    size: the batch's input side S in pixels (the grids are S / stride); None = config.model.input_size.
     """
-    params = targets_lib.TargetParams.from_config(config)
+    size = int(config.model.input_size if size is None else size)
+    params = dataclasses.replace(targets_lib.TargetParams.from_config(config), input_size=size)
     max_boxes = int(config.data.max_boxes)
-    size = int(config.model.input_size)
     label_shapes = targets_lib.grid_shapes(params)
 
     def pad_rows(x: tf.Tensor, n: tf.Tensor, value) -> tf.Tensor:
@@ -215,7 +264,7 @@ def _finish_fn(config, *, batch_size: int, pad: bool):
 
 def train_epoch_dataset(
     config, source: tf.data.Dataset, num_examples: int, *, epoch: int, batch_size: int, process_index: int = 0,
-    skip_batches: int = 0,
+    skip_batches: int = 0, first_step: int | None = None,
 ) -> tf.data.Dataset:
     """One epoch of a process's shard `source` (decoded, cached), as batches of `batch_size` (this process's part
     of the global batch).
@@ -225,6 +274,10 @@ def train_epoch_dataset(
     config.data.augment, letterbox (or stretch), HSV jitter when config.data.hsv_gains,
     target encoding, drop_remainder batching. `skip_batches` drops the first batches exactly (for resume),
     before any augmentation work is spent on them.
+
+    first_step: the global step of the epoch's batch 0 (epoch * steps_per_epoch). Given, and with
+    config.train.multi_scale_sizes set, batch k (counted before skipping) has side `train_input_size(config,
+    first_step + k)`; None (BN recalibration) or multi-scale off: every batch at config.model.input_size.
     """
     buffer = max(1, num_examples if config.data.shuffle_buffer <= 0 else min(num_examples,
                                                                              int(config.data.shuffle_buffer)))
@@ -248,12 +301,44 @@ def train_epoch_dataset(
             return index, augment_lib.random_mosaic([example, *partners], key, size, mosaic)
 
         ds = ds.map(combine, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if first_step is not None and check_multi_scale(config):
+        num_batches = max(num_examples // batch_size - int(skip_batches), 0)
+        steps = range(int(first_step) + int(skip_batches), int(first_step) + int(skip_batches) + num_batches)
+        ds = _multi_scale_batches(config, ds, [train_input_size(config, s) for s in steps], batch_size=batch_size,
+                                  augment_seed=augment_seed)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
     ds = ds.map(_prepare_fn(config, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=True)
     ds = ds.map(
         _finish_fn(config, batch_size=batch_size, pad=False), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def _multi_scale_batches(config, ds: tf.data.Dataset, batch_sizes_px: list[int], *, batch_size: int,
+                         augment_seed: tuple[int, int, int] | None) -> tf.data.Dataset:
+    """(index, example) stream → batches where batch k is letterboxed and target-encoded at side
+    batch_sizes_px[k] (pixels). One pipeline: each example goes through the same augmentation as at one size,
+    then a `tf.switch_case` over the distinct sizes picks its batch's letterbox and, per batch, the encoder (each
+    branch is the single-size code with a static size, so grids and shapes are exact per branch)."""
+    branches = sorted(set(batch_sizes_px)) or [int(config.model.input_size)]
+    # Branch index per batch; one extra entry for the remainder examples that drop_remainder discards.
+    table = tf.constant([branches.index(s) for s in batch_sizes_px] + [0], tf.int32)
+    last = len(batch_sizes_px)
+    prepares = [_prepare_fn(config, augment_seed=augment_seed, size=s) for s in branches]
+    finishes = [_finish_fn(config, batch_size=batch_size, pad=False, size=s) for s in branches]
+
+    def prepare(position: tf.Tensor, item: tuple[tf.Tensor, dict]) -> dict[str, tf.Tensor]:
+        which = table[tf.minimum(position // batch_size, last)]
+        return tf.switch_case(which, [functools.partial(f, *item) for f in prepares])
+
+    def finish(k: tf.Tensor, batch: dict[str, tf.Tensor]) -> dict[str, Any]:
+        return tf.switch_case(table[k], [functools.partial(f, batch) for f in finishes])
+
+    # Positions count from the first batch after skip_batches, like batch_sizes_px.
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _padded_batch(ds, batch_size, drop_remainder=True)  # a batch never mixes sizes: it is one position block
+    return ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data.Dataset:
@@ -292,6 +377,7 @@ class Data:
         self._sources_lib = sources
         self.class_names, where = sources.class_source(config)
         self.spec = build_spec(config.model, self.class_names, where)  # checked before any data is built or read
+        check_multi_scale(config)
         sources.prepare(config)
         self._splits: dict[str, tuple[tf.data.Dataset, Any]] = {}
 
@@ -316,19 +402,23 @@ class Data:
         override = int(self.config.train.steps_per_epoch)
         return override if override > 0 else self.num_examples('train') // int(global_batch_size)
 
-    def train_epoch(self, epoch: int, batch_size: int, skip_batches: int = 0) -> tf.data.Dataset:
-        """One epoch of this process's shard, as batches of `batch_size` (see `train_epoch_dataset`)."""
+    def train_epoch(self, epoch: int, batch_size: int, skip_batches: int = 0,
+                    first_step: int | None = None) -> tf.data.Dataset:
+        """One epoch of this process's shard, as batches of `batch_size` (see `train_epoch_dataset`; `first_step`
+        = epoch * steps_per_epoch gives multi-scale batches, None all at config.model.input_size)."""
         source, _ = self.split('train')
         return train_epoch_dataset(self.config, source, self.shard_size('train'), epoch=epoch, batch_size=batch_size,
-                                   process_index=self.process_index, skip_batches=skip_batches)
+                                   process_index=self.process_index, skip_batches=skip_batches, first_step=first_step)
 
     def train_batches(self, start_step: int, steps_per_epoch: int, batch_size: int) -> Iterator[tuple[int, dict]]:
         """(epoch, host batch) from global step `start_step` on, epoch after epoch, forever; each epoch is
-        `steps_per_epoch` batches."""
+        `steps_per_epoch` batches. With config.train.multi_scale_sizes, step s's batch has side
+        `train_input_size(config, s)`, whatever `start_step` the stream started from."""
         epoch, skip = divmod(start_step, steps_per_epoch)
         while True:
             n = 0
-            for batch in self.train_epoch(epoch, batch_size, skip).take(steps_per_epoch - skip).as_numpy_iterator():
+            ds = self.train_epoch(epoch, batch_size, skip, first_step=epoch * steps_per_epoch)
+            for batch in ds.take(steps_per_epoch - skip).as_numpy_iterator():
                 n += 1
                 yield epoch, batch
             if n < steps_per_epoch - skip:

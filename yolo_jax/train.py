@@ -238,6 +238,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         'process(es), mode %s', config.model.name, sum(x.size for x in jax.tree.leaves(state.params)),
         spec.num_classes, t.epochs, steps_per_epoch, t.batch_size, jax.device_count(), jax.process_count(), mode,
     )
+    multi_scale = bool(t.multi_scale_sizes)
+    if multi_scale:
+        logging.info('Multi-scale training: input sizes %s, a random one every %d steps (validation, BatchNorm '
+                     'recalibration and mAP at %d); the train step compiles once per size',
+                     tuple(t.multi_scale_sizes), t.multi_scale_every_steps, config.model.input_size)
 
     def log_train(step: int, epoch: int, metrics: dict) -> None:
         progress.update(step, f"loss {metrics['total']:.2f}")
@@ -297,6 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         while step < total_steps:
             epoch, batch = next(batches)
             state, metrics = parallel.train(state, {k: batch[k] for k in STEP_KEYS})
+            if multi_scale:  # logged with the step's metrics (metrics.jsonl, TensorBoard)
+                metrics = dict(metrics, input_size=batch['image'].shape[1])
             step += 1
             fetch(pending)  # the previous step's metrics: this step is already queued behind it
             pending = (step, epoch, metrics)
