@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,35 @@ def test_train_batches_stream_epochs_from_a_resume_step(source):
     want = batches(train_ds(config, 1, 2, data=data))[3:5] + batches(train_ds(config, 2, 2, data=data))[: spe - 2]
     for (_, x), y in zip(got, want, strict=True):
         np.testing.assert_array_equal(x['image'], y['image'])
+
+
+class SlowToFree:
+    """An iterable whose destructor takes `seconds` (as a tf.data iterator's can: up to 60 s) and records the
+    thread it ran on."""
+
+    def __init__(self, items: list, seconds: float, freed: list, done: threading.Event):
+        self.items, self.seconds, self.freed, self.done = items, seconds, freed, done
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __del__(self):
+        time.sleep(self.seconds)
+        self.freed.append(threading.current_thread())
+        self.done.set()
+
+
+@pytest.mark.parametrize('abandon', [False, True])
+def test_release_in_background_frees_off_the_consumer_thread(abandon):
+    """Exhausting or abandoning the stream returns at once; the slow destructor runs once, on another thread."""
+    freed, done = [], threading.Event()
+    stream = input_pipeline.release_in_background(SlowToFree([1, 2, 3], 1.0, freed, done))
+    start = time.monotonic()
+    if abandon:
+        assert next(stream) == 1
+        stream.close()
+    else:
+        assert list(stream) == [1, 2, 3]
+    assert time.monotonic() - start < 0.5  # not the destructor's 1 s
+    assert done.wait(10)
+    assert len(freed) == 1 and freed[0] is not threading.main_thread()
