@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +350,35 @@ def test_multi_scale_train_batches_replay_the_sizes_after_a_resume(source):
         for u, v in zip(tf.nest.flatten(batch), tf.nest.flatten(full[step][1]), strict=True):
             np.testing.assert_array_equal(u, v)
     assert [input_pipeline.train_input_size(config, s) for s in range(3, 7)] == [64, 96, 96, 64]
+
+
+class SlowToFree:
+    """An iterable whose destructor takes `seconds` (as a tf.data iterator's can: up to 60 s) and records the
+    thread it ran on."""
+
+    def __init__(self, items: list, seconds: float, freed: list, done: threading.Event):
+        self.items, self.seconds, self.freed, self.done = items, seconds, freed, done
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __del__(self):
+        time.sleep(self.seconds)
+        self.freed.append(threading.current_thread())
+        self.done.set()
+
+
+@pytest.mark.parametrize('abandon', [False, True])
+def test_release_in_background_frees_off_the_consumer_thread(abandon):
+    """Exhausting or abandoning the stream returns at once; the slow destructor runs once, on another thread."""
+    freed, done = [], threading.Event()
+    stream = input_pipeline.release_in_background(SlowToFree([1, 2, 3], 1.0, freed, done))
+    start = time.monotonic()
+    if abandon:
+        assert next(stream) == 1
+        stream.close()
+    else:
+        assert list(stream) == [1, 2, 3]
+    assert time.monotonic() - start < 0.5  # not the destructor's 1 s
+    assert done.wait(10)
+    assert len(freed) == 1 and freed[0] is not threading.main_thread()

@@ -42,8 +42,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +57,7 @@ from yolo_jax.spec import build_spec
 
 # The third seed word of `train_input_size`: any constant, fixed since it decides the sizes a resumed run replays.
 _MULTI_SCALE_STREAM = 0x6D53
+T = TypeVar('T')
 
 
 def _num_threads(config) -> int:
@@ -354,6 +356,31 @@ def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
+def release_in_background(iterable: Iterable[T]) -> Iterator[T]:
+    """Yields `iterable`'s items; once it is exhausted or abandoned (closed, garbage collected), its last reference
+    is dropped on a short-lived background thread instead of the caller's.
+
+    Why: destroying a tf.data iterator can block for up to 60 s. Its autotuning thread sleeps until the next
+    optimization (the period doubles from 10 ms up to 60 s as the iterator ages) and is woken by a cancellation
+    callback, but TF's CancellationManager runs the callbacks before it marks itself cancelled, so a woken thread
+    that checks first goes back to sleep (a lost wakeup: seen with py-spy/gdb at ~1 in 2 epoch starts under load,
+    each stalling the training loop 20-60 s in ~RootDataset::Iterator). The destructor releases the GIL, so on
+    another thread it costs the loop nothing; by then the pipeline itself is already torn down (only the model
+    thread is waited for), so nothing of it keeps running or holds memory.
+    """
+    holder = [iterable]
+    del iterable  # the holder keeps the only reference of this frame
+    try:
+        yield from holder[0]
+    finally:
+        threading.Thread(target=holder.clear, name='release_tf_data_iterator', daemon=True).start()
+
+
+def numpy_iterator(ds: tf.data.Dataset) -> Iterator[Any]:
+    """`ds.as_numpy_iterator()`, destroyed off the calling thread when done (`release_in_background`)."""
+    return release_in_background(ds.as_numpy_iterator())
+
+
 def _blank_batch(template: dict[str, Any]) -> dict[str, Any]:
     """A batch shaped like `template` holding only padding examples (valid = 0, no boxes)."""
     out = tf.nest.map_structure(np.zeros_like, template)
@@ -418,7 +445,7 @@ class Data:
         while True:
             n = 0
             ds = self.train_epoch(epoch, batch_size, skip, first_step=epoch * steps_per_epoch)
-            for batch in ds.take(steps_per_epoch - skip).as_numpy_iterator():
+            for batch in numpy_iterator(ds.take(steps_per_epoch - skip)):
                 n += 1
                 yield epoch, batch
             if n < steps_per_epoch - skip:
@@ -433,7 +460,7 @@ class Data:
         largest_shard = -(-self.num_examples(split) // self.process_count)
         num_batches = -(-largest_shard // batch_size)
         n, last = 0, None
-        for batch in eval_dataset(self.config, source, batch_size=batch_size).as_numpy_iterator():
+        for batch in numpy_iterator(eval_dataset(self.config, source, batch_size=batch_size)):
             n, last = n + 1, batch
             yield batch
         if last is None and num_batches:

@@ -263,7 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
     def end_of_epoch(state, step: int, epoch: int, epoch_time: float, steps_done: int):
         if t.bn_recalibration_batches > 0:
-            batches = data.train_epoch(epoch, local_batch).take(t.bn_recalibration_batches).as_numpy_iterator()
+            from yolo_jax.input_pipeline import numpy_iterator  # noqa: PLC0415  (TensorFlow: data already open)
+
+            batches = numpy_iterator(data.train_epoch(epoch, local_batch).take(t.bn_recalibration_batches))
             state = recalibrate_batch_norm(parallel, state, batches, t.freeze)
         val = None
         if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
