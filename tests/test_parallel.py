@@ -174,7 +174,7 @@ def test_multi_scale_pmap_step_compiles_once_per_size():
     _, lr_fn, state = steps.build_model_and_state(config, 10, 'pmap')
     parallel = Parallel('pmap', functools.partial(steps.train_step, loss_kw=loss_kw(config), lr_fn=lr_fn),
                         functools.partial(steps.eval_step, loss_kw=loss_kw(config)),
-                        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum))
+                        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze='none'))
     rng = np.random.default_rng(0)
     batches = {}
     for size in (32, 64):
