@@ -204,6 +204,12 @@ def _resume_another_width(tmp: Path, workdir: Path) -> list[str]:
             f'--config.data.data_dir={tmp / "tfds"}']
 
 
+def _resume_with_ema(tmp: Path, workdir: Path) -> list[str]:
+    """A checkpoint of the smoke model trained without an EMA; the command resumes it with one."""
+    return [*_resume_another_width(tmp, workdir), '--config.model.width_multiplier=0.25',
+            '--config.train.ema_decay=0.999']
+
+
 CLI_CASES = {
     'config field typo': Cli(
         _smoke('--config.train.epoch=3'),
@@ -246,6 +252,11 @@ CLI_CASES = {
         _resume_another_width,
         r'^error: cannot resume from .*: the model differs \(config\.model\.width_multiplier: checkpoint 0\.25, '
         r'config 0\.125\)',
+    ),
+    'resume a workdir trained without EMA with EMA on': Cli(
+        _resume_with_ema,
+        r'^error: cannot resume from .*: its training state differs \(config\.train\.ema_decay: checkpoint without '
+        r'EMA, config 0\.999\)',
     ),
 }
 

@@ -47,3 +47,51 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert mgr2.latest_step() == 1
     state, _ = checkpointing.restore(mgr2, 1, _state(0))
     assert float(jax.device_get(state['w'])[0, 0]) == 1.0
+
+
+def test_state_without_a_field_restores_into_one_left_none(tmp_path):
+    """A checkpoint written before TrainState had a field (`ema`) resumes into a state that leaves it None (EMA
+    off), and the manager then saves and restores as usual."""
+    import flax
+
+    @flax.struct.dataclass
+    class Before:
+        step: jax.Array
+        params: dict
+
+    @flax.struct.dataclass
+    class After:
+        step: jax.Array
+        params: dict
+        ema: dict | None
+
+    mgr = checkpointing.create_manager(tmp_path)
+    checkpointing.save(mgr, 1, Before(jnp.asarray(1), {'w': jnp.arange(3.0)}), {'epoch': 1})
+    mgr.wait_until_finished()
+    target = After(jnp.asarray(0), {'w': jnp.zeros(3)}, None)
+    state, meta = checkpointing.restore(checkpointing.create_manager(tmp_path), 1, target)
+    assert isinstance(state, After) and state.ema is None and meta == {'epoch': 1}
+    np.testing.assert_array_equal(state.params['w'], [0.0, 1.0, 2.0])
+    checkpointing.save(mgr, 2, state.replace(step=jnp.asarray(2)), {'epoch': 2})
+    mgr.wait_until_finished()
+    assert int(checkpointing.restore(mgr, 2, target)[0].step) == 2
+
+
+def test_load_model_serves_the_ema_when_the_state_has_one(tmp_path):
+    """load_model (eval, detect, export, init_from) reads the EMA's params and batch_stats, not the raw ones."""
+
+    def variables(v: float) -> dict:
+        return {'params': {'conv': {'kernel': jnp.full((1, 1, 3, 2), v)}},
+                'batch_stats': {'bn': {'mean': jnp.full(2, v)}}}
+
+    mgr = checkpointing.create_manager(tmp_path)
+    for step, ema in ((1, None), (2, variables(7.0))):
+        state = {'step': jnp.asarray(step), **variables(float(step)), 'ema': ema}
+        checkpointing.save(mgr, step, state, {'epoch': step}, metrics={'val_total': float(step)})  # both kept
+    mgr.wait_until_finished()
+    for step, want in ((1, 1.0), (2, 7.0)):
+        got, got_step, meta = checkpointing.load_model(tmp_path / 'checkpoints' / str(step))
+        assert got_step == step and meta == {'epoch': step}
+        assert jax.tree.structure(got) == jax.tree.structure(variables(0.0))
+        for leaf in jax.tree.leaves(got):
+            np.testing.assert_array_equal(leaf, want)

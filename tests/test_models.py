@@ -102,3 +102,82 @@ def test_factory_errors():
         create_model(mc)
     with pytest.raises(ValueError, match='config.model.name'):
         model_config('yolov5')
+
+
+# sha256 over every param (sorted paths) of a fresh eager init (key 0, width 0.125, 3 classes), recorded at commit
+# 85a95d1, before config.model.kernel_init existed (jax 0.10.2, flax 0.12.8, CPU): 'normal' must reproduce the
+# reference's init bit for bit. The tiny models cover both layer builders (yolov3.py's and yolov4.py's).
+NORMAL_INIT_SHA256 = {
+    'yolov3_tiny': 'a3ab7a1cd59059e2185ec8f329691dfaca207c86ea723a145ccaae5ea7a2b585',
+    'yolov4_tiny': '83bfd80b685af79deb20008701f0f94e4d2cc54577ef454591c3728224df735e',
+}
+
+
+def _fresh_params(name: str, width: float, kernel_init: str) -> tuple[dict, tuple[str, ...]]:
+    mc = model_config(name, num_classes=3, input_size=64)
+    mc.width_multiplier, mc.kernel_init = width, kernel_init
+    model = create_model(mc)
+    return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)['params'], model.output_convs
+
+
+@pytest.mark.parametrize('name', sorted(NORMAL_INIT_SHA256))
+def test_normal_kernel_init_is_the_reference_bit_for_bit(name):
+    import hashlib
+
+    params, _ = _fresh_params(name, 0.125, 'normal')
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, x in sorted(leaves, key=lambda t: jax.tree_util.keystr(t[0])):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.asarray(x, np.float32).tobytes())
+    assert h.hexdigest() == NORMAL_INIT_SHA256[name]
+
+
+@pytest.mark.parametrize('name', ['yolov3_tiny', 'yolov4_tiny'])
+def test_he_kernel_init_stddev_is_sqrt_2_over_fan_in(name):
+    """Half-width kernels: empirical stddev of each conv before BatchNorm = sqrt(2 / (kh kw c_in)) within 3% for
+    the large ones (>= 10^4 values: sampling error < 0.7%), 20% for the rest; output convs keep stddev 0.01."""
+    params, outputs = _fresh_params(name, 0.5, 'he')
+    checked = 0
+    for part in ('backbone', 'head'):
+        for conv, p in params[part].items():
+            k = np.asarray(p['kernel'] if conv in outputs else p['conv']['kernel'], np.float64)
+            want = 0.01 if conv in outputs else np.sqrt(2.0 / np.prod(k.shape[:3]))
+            tol = 0.03 if k.size >= 10_000 else 0.2
+            assert k.std() == pytest.approx(want, rel=tol), (part, conv, k.shape)
+            assert abs(k.mean()) < 6 * want / np.sqrt(k.size), (part, conv)
+            checked += k.size >= 10_000
+    assert checked >= 6  # yolov3_tiny at half width: 7 kernels of >= 10^4 values
+
+
+def test_kernel_init_reaches_every_conv_of_every_model():
+    """Every conv of v3, v3-tiny, v4 and v4-tiny is built with config.model.kernel_init's initialiser, except the
+    output convs (stddev 0.01 always). Traced with eval_shape (no values): the tests above check the values."""
+    import flax.linen as nn
+
+    from yolo_jax.defaults import MODEL_NAMES
+    from yolo_jax.models.layers import HE_INIT, KERNEL_INIT
+
+    for name in MODEL_NAMES:
+        for kernel_init, init_fn in (('he', HE_INIT), ('normal', KERNEL_INIT)):
+            mc = model_config(name, num_classes=3, input_size=64)
+            mc.kernel_init = kernel_init
+            model = create_model(mc)
+            seen = {}
+
+            def record(next_fun, args, kwargs, context, seen=seen):
+                if isinstance(context.module, nn.Conv):
+                    seen['/'.join(context.module.scope.path)] = context.module.kernel_init
+                return next_fun(*args, **kwargs)
+
+            with nn.intercept_methods(record):
+                jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+            outputs = {f'head/{c}' for c in model.output_convs}
+            assert len(seen) == {'yolov3': 75, 'yolov3_tiny': 13, 'yolov4': 110, 'yolov4_tiny': 21}[name]
+            for path, fn in seen.items():
+                expect = KERNEL_INIT if path in outputs else init_fn
+                assert fn is expect, (name, kernel_init, path)
+    mc = model_config('yolov3_tiny')
+    mc.kernel_init = 'xavier'
+    with pytest.raises(ValueError, match=r"config.model.kernel_init: unknown initialiser 'xavier'"):
+        create_model(mc)

@@ -157,3 +157,97 @@ def test_recalibrate_batch_norm_averages_batch_statistics():
     np.testing.assert_allclose(got['var'], np.mean(variances, 0), rtol=1e-3, atol=1e-7)
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):  # weights untouched
         np.testing.assert_array_equal(a, b)
+
+
+def _bn_inference(apply_fn):
+    """`apply_fn` with BatchNorm always in inference mode: images no longer interact through batch statistics."""
+
+    def apply(variables, x, train=False, mutable=()):
+        out = apply_fn(variables, x, train=False)
+        return (out, {'batch_stats': variables['batch_stats']}) if mutable else out
+
+    return apply
+
+
+@pytest.mark.parametrize('accum', [1, 2])
+def test_ema_follows_numpy_recurrence(accum):
+    """EMA of params and BatchNorm statistics against YOLOv5's recurrence in NumPy over the raw weights after each
+    optimizer update u = 1, 2, ...: ema = d ema + (1 - d) raw, d = decay (1 - exp(-u / tau)), starting from the
+    initial weights. With accumulation (k = 2) the EMA moves only on the steps that apply an update, the params
+    stay bit-identical in between, and the lr metric (the schedule) advances once per k steps."""
+    decay, tau, k = 0.9, 3.0, accum
+    _, state, batch, step = _setup(lr_init=3e-3, warmup_epochs=1, ema_decay=decay, ema_tau=tau, grad_accum_steps=k)
+    as_np = functools.partial(jax.tree.map, lambda x: np.asarray(x, np.float64))
+    expect = as_np(steps.eval_state(state).variables)  # the EMA starts at the initial weights
+    lrs, updates = [], 0
+    for i in range(1, 3 * k + 1):
+        before = state
+        state, metrics = step(state, batch)
+        lrs.append(float(metrics['lr']))
+        if i % k:  # accumulating: nothing applied, the EMA holds
+            for a, b in zip(jax.tree.leaves((before.params, before.ema)), jax.tree.leaves((state.params, state.ema))):
+                np.testing.assert_array_equal(a, b)
+            continue
+        updates += 1
+        d = decay * (1 - math.exp(-updates / tau))
+        expect = jax.tree.map(lambda e, v, d=d: d * e + (1 - d) * v, expect, as_np(state.variables))
+    assert int(steps.optimizer_updates(state)) == updates == 3
+    got = as_np(steps.eval_state(state).variables)
+    for (path, e), g in zip(jax.tree_util.tree_flatten_with_path(expect)[0], jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    raw = jax.tree.leaves(state.params)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(raw, jax.tree.leaves(got['params']))) > 1e-4
+    # The schedule counts optimizer updates: each of update u's k steps reports lr(u) (warm-up: 10 / k updates).
+    assert lrs == pytest.approx([reference_lr(i // k + 1, 10 // k, 20 // k, 3e-3, 1e-6) for i in range(3 * k)],
+                                rel=1e-4)
+
+
+def test_accumulated_micro_batches_equal_one_big_batch():
+    """k = 2 micro-batches of 2 images give the update of one step on the 4 images, with BatchNorm in inference
+    mode. Equal up to float rounding: Adam's moments (from the mean gradient: the loss is a mean over images, so
+    the mean of the micro-batches' gradients is the big batch's) and the params after the update. Not equal in
+    general: with BatchNorm in training mode each micro-batch is normalised by its own statistics (other
+    activations, other gradients), and the running averages take k momentum updates instead of one."""
+    # A constant learning rate: an epoch of the big batch has half the steps, so schedules indexed by steps per
+    # epoch (10 here for both) would differ.
+    kw = dict(lr_init=1e-3, lr_end=1e-3, warmup_epochs=0)
+    _, big, batch, step_big = _setup(**kw)
+    _, acc, _, step_acc = _setup(**kw, grad_accum_steps=2)
+    big = big.replace(apply_fn=_bn_inference(big.apply_fn))
+    acc = acc.replace(apply_fn=_bn_inference(acc.apply_fn))
+    halves = [jax.tree.map(lambda x, s=s: x[s], batch) for s in (slice(0, 2), slice(2, 4))]
+
+    mid, m1 = step_acc(acc, halves[0])
+    for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(mid.params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the first micro-batch only accumulates
+    acc, m2 = step_acc(mid, halves[1])
+    big, m = step_big(big, batch)
+    assert int(acc.step) == 2 and int(steps.optimizer_updates(acc)) == 1 and int(big.step) == 1
+    assert (float(m1['total']) + float(m2['total'])) / 2 == pytest.approx(float(m['total']), rel=1e-5)
+    adam_acc, adam_big = acc.opt_state.inner_opt_state[0], big.opt_state[0]  # optax.adam: (ScaleByAdamState, ...)
+    for moment in ('mu', 'nu'):
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(getattr(adam_acc, moment))[0],
+                                jax.tree.leaves(getattr(adam_big, moment)), strict=True):
+            scale = float(np.abs(b).max())
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=f'{moment} {path}')
+    moved = 0
+    for (path, a), b, p0 in zip(jax.tree_util.tree_flatten_with_path(acc.params)[0], jax.tree.leaves(big.params),
+                                jax.tree.leaves(mid.params), strict=True):
+        a, b, p0 = (np.asarray(x, np.float64) for x in (a, b, p0))
+        # Adam's first update is lr * g / (|g| + eps): at most lr = 1e-3 per weight. Equal to 1e-3 of it.
+        np.testing.assert_allclose(a - p0, b - p0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+        moved += int(np.sum(np.abs(b - p0) > 1e-4))
+    assert moved > 1000
+
+
+def test_training_option_errors_name_the_field():
+    config = get_config('tiny,smoke')
+    for field, value, match in (('ema_decay', 1.0, r'config.train.ema_decay=1.0'),
+                                ('ema_tau', -1.0, r'config.train.ema_tau=-1.0'),
+                                ('grad_accum_steps', 0, r'config.train.grad_accum_steps=0')):
+        bad = get_config('tiny,smoke')
+        bad.train[field] = value
+        with pytest.raises(ValueError, match=match):
+            steps.check_ema(bad.train)
+            steps.create_learning_rate_fn(bad.train, 10)
+    assert steps.check_grad_accum_steps(config.train.grad_accum_steps) == 1

@@ -34,12 +34,12 @@ def _env() -> dict:
     return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
 
 
-def _train_losses(workdir: Path) -> dict[int, float]:
+def _train_losses(workdir: Path, kind: str = 'train') -> dict[int, float]:
     """step → total loss from metrics.jsonl (a resumed run appends; the last record of a step wins)."""
     out = {}
     for line in (workdir / 'metrics.jsonl').read_text().splitlines():
         rec = json.loads(line)
-        if rec['kind'] == 'train':
+        if rec['kind'] == kind:
             out[rec['step']] = rec['total']
     return out
 
@@ -58,9 +58,10 @@ def _wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: fl
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
-    epochs = '--config.train.epochs=4'  # 16 steps: the kill lands mid-run
+    # 16 steps: the kill lands mid-run. With an EMA of the weights (validated each epoch): it resumes exactly too.
+    epochs = ('--config.train.epochs=4', '--config.train.ema_decay=0.9', '--config.train.ema_tau=4')
     full = tmp_path / 'full'
-    proc = subprocess.run(_cmd(full, data_dir, epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(_cmd(full, data_dir, *epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected = _train_losses(full)
@@ -69,7 +70,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
 
     # SIGKILL from outside once step 7 is logged: wherever the run is then (a step, an async save, an eval).
     resumed = tmp_path / 'resumed'
-    proc = subprocess.Popen(_cmd(resumed, data_dir, epochs), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(resumed, data_dir, *epochs), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         _wait_for_step(proc, resumed, 7)
@@ -78,7 +79,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
     assert proc.wait(timeout=60) == -signal.SIGKILL
 
     # Rerun the same command: it resumes from the last complete checkpoint.
-    proc = subprocess.run(_cmd(resumed, data_dir, epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(_cmd(resumed, data_dir, *epochs), cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     match = re.search(r'Resumed from \S+ at step (\d+)', proc.stderr)
@@ -90,6 +91,10 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
     got = _train_losses(resumed)
     for step in range(1, 17):  # before the kill and after the resume, the losses equal the uninterrupted run's
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+    expected_val, got_val = _train_losses(full, 'val'), _train_losses(resumed, 'val')  # the EMA's
+    assert sorted(got_val) == sorted(expected_val) == [4, 8, 12, 16]
+    for step, loss in expected_val.items():
+        assert got_val[step] == pytest.approx(loss, rel=1e-6), step
 
 
 def test_divergence_stops_run_and_says_what_was_kept(tmp_path, data_dir):
@@ -154,6 +159,44 @@ def test_freeze_backbone_keeps_params_and_statistics_and_eval_ignores_training_f
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(json.loads((frozen / 'detect' / 'detections.json').read_text())['images']) == 1
+
+
+def test_ema_run_validates_and_serves_the_ema_weights(tmp_path, data_dir):
+    """config.train.ema_decay > 0 end to end: the checkpoint holds the EMA, and what eval/detect/export load
+    (inference.load_detector → checkpointing.load_model) is that EMA, bit for bit, not the raw params; --mode=eval
+    then reproduces the mAP the run reported for its final (EMA) weights."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from configs.mnist import get_config
+    from yolo_jax import inference
+
+    workdir = tmp_path / 'ema'
+    # One epoch: its end-of-epoch checkpoint is both the best and the final weights. tau = 4 updates: after 4
+    # the average still weighs the earlier weights (decay 0.9 (1 - e^-1) = 0.57).
+    flags = ('--config.train.epochs=1', '--config.train.ema_decay=0.9', '--config.train.ema_tau=4',
+             '--config.train.bn_recalibration_batches=2', '--config.eval.fold_batchnorm=False')
+    proc = subprocess.run(_cmd(workdir, data_dir, *flags), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.restore(workdir / 'checkpoints' / '4' / 'state')  # the whole TrainState
+    config = get_config('tiny,smoke')
+    _, served, _ = inference.load_detector(config, workdir, fold=False)
+    for part in ('params', 'batch_stats'):
+        for a, b in zip(jax_leaves(served[part]), jax_leaves(saved['ema'][part]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(jax_leaves(served['params']), jax_leaves(saved['params']))]
+    assert max(diffs) > 1e-4, diffs  # the raw params are not what is served
+
+    proc = subprocess.run(_cmd(workdir, data_dir, '--mode=eval', *flags[-1:]), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((workdir / 'eval' / 'metrics.json').read_text())['metrics']
+    reported = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    reported = [r for r in reported if r['kind'] == 'map'][-1]
+    assert evaluated['num_detections'] == reported['num_detections']
+    assert evaluated['map50'] == pytest.approx(reported['map50'], abs=1e-6)
 
 
 def jax_leaves(tree) -> list:

@@ -1,8 +1,9 @@
 """Orbax checkpoints: the latest (for exact resume) and the best by validation loss, in one manager.
 
 Layout: `workdir/checkpoints/<step>/{state, meta}`. `state` is the whole TrainState (step, params, batch_stats,
-optimizer state); `meta` is JSON (epoch, step, validation metrics, the model config and the detection spec).
-Inference restores only params and batch_stats (`restore_model`, an orbax partial restore), so evaluating a
+optimizer state, the EMA of the weights when config.train.ema_decay > 0); `meta` is JSON (epoch, step, validation
+metrics, the model config, the detection spec, whether the state has an EMA). Inference restores only params and
+batch_stats (`load_model`, an orbax partial restore; the EMA's when the checkpoint has one), so evaluating a
 checkpoint never depends on training-only settings such as the optimizer or the freeze policy. Orbax writes
 each checkpoint to a temporary directory and renames it when complete, so a run killed mid-save leaves no
 broken checkpoint behind (the half-written temporary is ignored and cleaned up by the next run).
@@ -11,6 +12,7 @@ broken checkpoint behind (the half-written temporary is ignored and cleaned up b
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -88,8 +90,10 @@ def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, d
 
     `path` is a workdir (its best checkpoint by validation loss, else the latest), its checkpoints/ directory or
     one checkpoints/<step>. Restores only params and batch_stats (orbax partial restore) in the shapes the
-    checkpoint's own metadata records: no optimizer, no training settings, no target model needed. `what` names
-    the setting the path came from in errors (e.g. 'config.train.init_from').
+    checkpoint's own metadata records: no optimizer, no training settings, no target model needed. A run trained
+    with config.train.ema_decay > 0 serves its EMA weights (those it validated and chose the best checkpoint by),
+    so eval, detect, export and init_from all read those. `what` names the setting the path came from in errors
+    (e.g. 'config.train.init_from').
     """
     directory, step = checkpoint_location(path)
     if not directory.is_dir():
@@ -106,19 +110,37 @@ def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, d
             raise FileNotFoundError(f'{what}: no checkpoint at step {step} in {directory}')
         metadata = manager.item_metadata(step)['state']
         tree = getattr(metadata, 'tree', metadata)
+        ema = tree.get('ema') is not None  # None (EMA off) or absent (older checkpoints)
+        source = tree['ema'] if ema else tree
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree[k])
+        abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), source[k])
                     for k in ('params', 'batch_stats')}
+        abstract = {'ema': abstract} if ema else abstract
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
         args = ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True)
         restored = manager.restore(step, args=ocp.args.Composite(state=args, meta=ocp.args.JsonRestore()))
-    variables = jax.tree.map(np.asarray, {k: restored['state'][k] for k in ('params', 'batch_stats')})
+    state = restored['state']['ema'] if ema else restored['state']
+    variables = jax.tree.map(np.asarray, {k: state[k] for k in ('params', 'batch_stats')})
     return variables, step, restored['meta']
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
-    """Restores (state, meta) at `step` into the structure (and shardings) of `target`."""
+    """Restores (state, meta) at `step` into the structure (and shardings) of `target`.
+
+    A field `target` leaves None (e.g. TrainState.ema with the EMA off) may be missing on disk, so checkpoints
+    written before the field existed restore too; a field `target` holds must be on disk.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    path = Path(manager.directory) / str(step) / 'state'
+    metadata = ocp.PyTreeCheckpointHandler().metadata(path)
+    saved = set(getattr(metadata, 'tree', metadata))
+    if any(v is None and k not in saved for k, v in flax.serialization.to_state_dict(target).items()):
+        # A partial restore, by a checkpointer of its own: the manager keeps its handler for StandardSave.
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(abstract, restore_args=restore_args,
+                                                                              partial_restore=True))
+        return state, restore_meta(manager, step)
     out = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     )

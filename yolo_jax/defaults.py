@@ -68,6 +68,9 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
     m.bn_momentum = 0.99
     m.bn_epsilon = 1e-3
     m.width_multiplier = 1.0  # scales every layer's channel count (1.0 = the published network)
+    # Conv kernels before BatchNorm: 'normal' = stddev 0.01 (the reference's Keras init), 'he' = normal with
+    # variance 2 / fan_in. The output convs keep stddev 0.01 either way (models/layers.py, `kernel_initializer`).
+    m.kernel_init = 'normal'
     m.dtype = 'float32'  # compute dtype; params stay float32
     return m
 
@@ -144,6 +147,16 @@ def default_config() -> ml_collections.ConfigDict:
     # () = off: every batch at config.model.input_size.
     t.multi_scale_sizes = ()
     t.multi_scale_every_steps = 10
+    # > 0: keep an exponential moving average of params and BatchNorm statistics (YOLOv5's ModelEMA; e.g. 0.9998),
+    # validated, checkpointed as the best and served by eval/detect/export instead of the raw weights. 0 = off.
+    t.ema_decay = 0.0
+    # The EMA's warm-up in optimizer updates: the decay after u updates is ema_decay * (1 - exp(-u / ema_tau)), so
+    # the average forgets the initial weights fast. 0 = no warm-up (the constant ema_decay).
+    t.ema_tau = 2000.0
+    # > 1: average the gradients of this many consecutive batches into one optimizer update (optax.MultiSteps).
+    # batch_size stays the batch of one forward pass; the effective batch is grad_accum_steps x batch_size and the
+    # learning-rate schedule counts updates (warm-up and cosine keep their lengths in epochs). 1 = off.
+    t.grad_accum_steps = 1
 
     e = config.eval = ml_collections.ConfigDict()
     e.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set
@@ -205,9 +218,9 @@ def _make_quick(config: ml_collections.ConfigDict) -> None:
 
 
 def _switch_model(config: ml_collections.ConfigDict, name: str) -> None:
-    """Replaces config.model by `name`'s block, keeping the class count, input size, BN, width and dtype."""
+    """Replaces config.model by `name`'s block, keeping the class count, input size, BN, width, dtype and init."""
     m = model_config(name, num_classes=config.model.num_classes, input_size=config.model.input_size)
-    m.update({k: config.model[k] for k in ('bn_momentum', 'bn_epsilon', 'width_multiplier', 'dtype')})
+    m.update({k: config.model[k] for k in ('bn_momentum', 'bn_epsilon', 'width_multiplier', 'dtype', 'kernel_init')})
     config.model = m
 
 

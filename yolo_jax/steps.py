@@ -29,16 +29,61 @@ PMAP_AXIS = 'batch'  # the pmap axis name (parallel.py): BatchNorm statistics ar
 class TrainState:
     """Everything a training run needs to continue exactly: a pytree saved whole by orbax."""
 
-    step: jax.Array
+    step: jax.Array  # train steps (forward/backward passes) done; optimizer updates differ under accumulation
     params: Any
     batch_stats: Any
     opt_state: Any
+    # The exponential moving average {'params', 'batch_stats'} of the model (config.train.ema_decay > 0), or None.
+    ema: Any
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    ema_decay: float = flax.struct.field(pytree_node=False)  # config.train.ema_decay (0 = no EMA)
+    ema_tau: float = flax.struct.field(pytree_node=False)  # config.train.ema_tau, in optimizer updates
 
     @property
     def variables(self) -> dict:
         return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def eval_state(state: TrainState) -> TrainState:
+    """`state` with params and batch_stats replaced by the EMA's (config.train.ema_decay > 0); else `state`.
+
+    Validation loss, mAP and BatchNorm recalibration run on it: the compiled steps read only params and
+    batch_stats, so the same programs serve both (no recompilation)."""
+    if state.ema is None:
+        return state
+    return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])
+
+
+def with_eval_batch_stats(state: TrainState, batch_stats: Any) -> TrainState:
+    """`state` with the evaluated BatchNorm statistics (the EMA's when on, else the model's) replaced."""
+    if state.ema is None:
+        return state.replace(batch_stats=batch_stats)
+    return state.replace(ema={**state.ema, 'batch_stats': batch_stats})
+
+
+def ema_decay_at(decay: float, tau: float, updates: jax.Array) -> jax.Array:
+    """YOLOv5's ModelEMA decay after `updates` (>= 1) optimizer updates: decay * (1 - exp(-updates / tau)).
+
+    The ramp lets the average forget the random initial weights fast (decay ~ updates / tau early on); tau = 0
+    is a constant decay."""
+    if tau == 0:
+        return jnp.asarray(decay, jnp.float32)
+    return decay * (1.0 - jnp.exp(-jnp.asarray(updates, jnp.float32) / tau))
+
+
+def update_ema(ema: Any, variables: Any, decay: jax.Array) -> Any:
+    """ema + (1 - decay) (variables - ema) leaf by leaf, i.e. decay * ema + (1 - decay) * variables.
+
+    This form leaves a leaf bit-identical when it equals its average (frozen weights and statistics stay exact)."""
+    return jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, variables)
+
+
+def optimizer_updates(state: TrainState) -> jax.Array:
+    """Optimizer updates applied so far: `state.step` without accumulation, fewer with (optax.MultiSteps)."""
+    if isinstance(state.opt_state, optax.MultiStepsState):
+        return state.opt_state.gradient_step
+    return state.step
 
 
 def create_learning_rate_fn(train_config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -48,12 +93,30 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict, steps_per_e
     then lr_end + 0.5 (lr_init - lr_end)(1 + cos(pi (k - warmup) / (total - warmup))). optax counts from 0,
     hence `count + 1`. (Upstream runs its very first update at Adam's default 1e-3 because it assigns the lr
     after the update; we use lr(1), the value its formula intends.)
+
+    `steps_per_epoch` counts batches (forward passes); with config.train.grad_accum_steps = k the schedule
+    counts optimizer updates, steps_per_epoch / k per epoch, so warm-up and cosine keep their lengths in epochs.
     """
     t = train_config
-    warmup = int(t.warmup_epochs * steps_per_epoch)
-    total = max(int(t.epochs * steps_per_epoch), warmup + 1)
+    updates_per_epoch = steps_per_epoch / check_grad_accum_steps(t.grad_accum_steps)
+    warmup = int(t.warmup_epochs * updates_per_epoch)
+    total = max(int(t.epochs * updates_per_epoch), warmup + 1)
     sched = optax.warmup_cosine_decay_schedule(0.0, t.lr_init, warmup, decay_steps=total, end_value=t.lr_end)
     return lambda count: sched(count + 1)
+
+
+def check_grad_accum_steps(k: int) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f'config.train.grad_accum_steps={k!r}: expected an integer >= 1 (1 = no accumulation)')
+    return k
+
+
+def check_ema(train_config: ml_collections.ConfigDict) -> None:
+    t = train_config
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f'config.train.ema_decay={t.ema_decay!r}: expected 0 <= decay < 1 (0 = no EMA)')
+    if not t.ema_tau >= 0.0:
+        raise ConfigError(f'config.train.ema_tau={t.ema_tau!r}: expected >= 0 optimizer updates (0 = no ramp)')
 
 
 def check_freeze(freeze: str) -> str:
@@ -80,8 +143,13 @@ def trainable_mask(params: Any, freeze: str, output_convs: tuple[str, ...]) -> A
 def create_optimizer(
     train_config: ml_collections.ConfigDict, lr_fn: optax.Schedule, params: Any, output_convs: tuple[str, ...]
 ) -> optax.GradientTransformation:
-    """Adam (epsilon config.train.adam_eps) with optional global-norm clipping and freezing."""
+    """Adam (epsilon config.train.adam_eps) with optional global-norm clipping and freezing.
+
+    config.train.grad_accum_steps = k > 1 wraps it in `optax.MultiSteps`: the mean gradient of k consecutive
+    batches makes one update (clipped as a whole), the k - 1 steps before it leave the params unchanged.
+    """
     t = train_config
+    k = check_grad_accum_steps(t.grad_accum_steps)
     tx = optax.adam(lr_fn, eps=t.adam_eps)
     if t.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), tx)
@@ -89,21 +157,31 @@ def create_optimizer(
         mask = trainable_mask(params, t.freeze, output_convs)
         labels = jax.tree.map(lambda m: 'train' if m else 'frozen', mask)
         tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx
 
 
 def create_train_state(
     train_config: ml_collections.ConfigDict, model: Any, variables: dict, lr_fn: optax.Schedule
 ) -> TrainState:
-    """A state around `variables` ({'params', 'batch_stats'}: fresh, transferred or restored)."""
+    """A state around `variables` ({'params', 'batch_stats'}: fresh, transferred or restored).
+
+    With config.train.ema_decay > 0 the EMA starts as a copy of `variables` (own buffers: the mesh train step
+    donates the state, and a buffer cannot be donated twice)."""
+    check_ema(train_config)
     tx = create_optimizer(train_config, lr_fn, variables['params'], model.output_convs)
+    model_vars = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables['params'],
         batch_stats=variables['batch_stats'],
         opt_state=tx.init(variables['params']),
+        ema=jax.tree.map(jnp.array, model_vars) if train_config.ema_decay > 0 else None,
         apply_fn=model.apply,
         tx=tx,
+        ema_decay=float(train_config.ema_decay),
+        ema_tau=float(train_config.ema_tau),
     )
 
 
@@ -125,6 +203,11 @@ def train_step(
 
     A non-finite loss or gradient leaves the state unchanged and sets metrics['finite'] = 0: the host stops the
     run on seeing it. `axis_name` is set under pmap only (gradients and metrics averaged over it).
+
+    Under gradient accumulation (optax.MultiSteps) a step accumulates this batch's gradient and every k-th step
+    applies the update; grad_norm is this batch's, lr the one of the update it contributes to. BatchNorm
+    statistics move at every step. The EMA (when on) follows each applied update, with the decay ramped by the
+    number of updates (`ema_decay_at`).
     """
 
     def loss_fn(params):
@@ -142,9 +225,15 @@ def train_step(
         batch_stats=new_stats,
         opt_state=new_opt,
     )
+    done = optimizer_updates(state)
+    if state.ema is not None:
+        applied = optimizer_updates(new) > done  # always, unless accumulating
+        decay = ema_decay_at(state.ema_decay, state.ema_tau, optimizer_updates(new))
+        ema = update_ema(state.ema, new.variables, decay)
+        new = new.replace(ema=jax.tree.map(lambda n, o: jnp.where(applied, n, o), ema, state.ema))
     # Select, don't branch: keeps the step a single straight-line program.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = dict(metrics, total=total, grad_norm=grad_norm, lr=lr_fn(state.step), finite=finite.astype(jnp.float32))
+    metrics = dict(metrics, total=total, grad_norm=grad_norm, lr=lr_fn(done), finite=finite.astype(jnp.float32))
     return new, metrics
 
 

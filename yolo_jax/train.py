@@ -67,16 +67,27 @@ def check_workdir(workdir: Path) -> None:
 
 
 def check_resumable(meta: dict, config: ml_collections.ConfigDict, directory: Path) -> None:
-    """ConfigError naming every config.model setting that differs from the checkpoint's."""
+    """ConfigError naming every config.model setting that differs from the checkpoint's, and the training settings
+    that shape the saved state (an EMA, gradient accumulation's optimizer state)."""
     saved = meta.get('model')
-    if saved is None:  # written before checkpoints recorded their model
-        return
-    ours = json.loads(json.dumps(config.model.to_dict()))  # tuples → lists, as stored
-    diffs = [f'config.model.{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}'
-             for k in _MODEL_FIELDS if saved.get(k) != ours[k]]
+    diffs = []
+    if saved is not None:  # else written before checkpoints recorded their model
+        ours = json.loads(json.dumps(config.model.to_dict()))  # tuples → lists, as stored
+        diffs = [f'config.model.{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}'
+                 for k in _MODEL_FIELDS if saved.get(k) != ours[k]]
     if diffs:
         raise ConfigError(f'cannot resume from {directory}: the model differs ({"; ".join(diffs)}). Use another '
                           '--workdir, or the checkpoint\'s settings (config.train.init_from=WORKDIR fine-tunes it)')
+    t = config.train
+    saved_ema, saved_k = bool(meta.get('ema', False)), meta.get('grad_accum_steps', 1)  # older checkpoints: neither
+    if saved_ema != (t.ema_decay > 0):
+        diffs.append(f'config.train.ema_decay: checkpoint {"with" if saved_ema else "without"} EMA, '
+                     f'config {t.ema_decay}')
+    if saved_k != t.grad_accum_steps:
+        diffs.append(f'config.train.grad_accum_steps: checkpoint {saved_k}, config {t.grad_accum_steps}')
+    if diffs:
+        raise ConfigError(f'cannot resume from {directory}: its training state differs ({"; ".join(diffs)}). Use '
+                          'another --workdir, the checkpoint\'s settings, or config.train.init_from=WORKDIR')
 
 
 def evaluate(parallel: Parallel, state: steps.TrainState, batches) -> dict[str, float]:
@@ -190,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     t = config.train
     mode = check_mode(t.parallel)
     steps.check_freeze(t.freeze)
+    steps.check_ema(t)
+    steps.check_grad_accum_steps(t.grad_accum_steps)
     local_batch = check_batch_size('config.train.batch_size', t.batch_size, jax.device_count(), jax.process_count())
     eval_batch = check_batch_size('config.train.eval_batch_size', t.eval_batch_size, jax.device_count(),
                                   jax.process_count())
@@ -232,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     progress = Progress(total_steps, start_step)
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=None,
                                                       every_secs=60.0)
-    base_meta = {'model': json.loads(json.dumps(config.model.to_dict())), 'spec': spec.to_json()}
+    base_meta = {'model': json.loads(json.dumps(config.model.to_dict())), 'spec': spec.to_json(),
+                 'ema': t.ema_decay > 0, 'grad_accum_steps': t.grad_accum_steps}
     logging.info(
         'Training %s (%d params, %d classes) for %d epochs x %d steps, global batch %d on %d device(s) in %d '
         'process(es), mode %s', config.model.name, sum(x.size for x in jax.tree.leaves(state.params)),
@@ -262,14 +276,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         log_train(step, epoch, metrics)
 
     def end_of_epoch(state, step: int, epoch: int, epoch_time: float, steps_done: int):
+        # With EMA on (config.train.ema_decay > 0) the EMA weights are the ones recalibrated, validated, ranked
+        # for the best checkpoint and reported (mAP); eval/detect/export load them (checkpointing.load_model).
         if t.bn_recalibration_batches > 0:
             from yolo_jax.input_pipeline import numpy_iterator  # noqa: PLC0415  (TensorFlow: data already open)
 
             batches = numpy_iterator(data.train_epoch(epoch, local_batch).take(t.bn_recalibration_batches))
-            state = recalibrate_batch_norm(parallel, state, batches, t.freeze)
+            recalibrated = recalibrate_batch_norm(parallel, steps.eval_state(state), batches, t.freeze)
+            state = steps.with_eval_batch_stats(state, recalibrated.batch_stats)
         val = None
         if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
-            val = evaluate(parallel, state, data.eval_batches(eval_batch))
+            val = evaluate(parallel, steps.eval_state(state), data.eval_batches(eval_batch))
             progress.log(format_val_line(val))
             writer.write_scalars(step, {f'val/{k}': v for k, v in val.items()})
             metrics_file.write(kind='val', step=step, epoch=epoch, **val)
@@ -287,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     def report_map(state, step: int, epoch: int) -> None:
         from yolo_jax import evaluation  # noqa: PLC0415
 
-        det = detection_report(config, spec, model, state, data, eval_batch, writer, step)
+        det = detection_report(config, spec, model, steps.eval_state(state), data, eval_batch, writer, step)
         scalars = {k: float(det[k]) for k in ('map50', 'coco_map', 'coco_map50', 'coco_map75', 'num_images',
                                               'num_detections', 'num_gt') if k in det}
         progress.log(f"mAP@0.5 (VOC): {scalars['map50']:.4f}, "

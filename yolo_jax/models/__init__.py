@@ -6,6 +6,7 @@ import ml_collections
 
 from yolo_jax.errors import ConfigError
 from yolo_jax.models.fold import fold_batchnorm
+from yolo_jax.models.layers import kernel_initializer
 from yolo_jax.models.yolov3 import Darknet53, YOLOv3, YOLOv3Tiny, iter_darknet_layers
 from yolo_jax.models.yolov4 import YOLOv4, YOLOv4Tiny
 
@@ -41,6 +42,7 @@ def create_model(
     if len(num_anchors) != 1 or len(model_config.anchors) != len(model_config.strides):
         raise ConfigError('config.model.anchors: need the same number of anchors at each of the config.model.strides')
     _check_input_size(model_config)
+    kernel_initializer(model_config.kernel_init)  # ConfigError for an unknown name, before any init
     return _MODELS[model_config.name](
         num_classes=model_config.num_classes,
         num_anchors=num_anchors.pop(),
@@ -51,6 +53,7 @@ def create_model(
         dtype=_DTYPES[model_config.dtype],
         folded=folded,
         freeze=freeze,
+        kernel_init=model_config.kernel_init,
     )
 
 

@@ -47,6 +47,7 @@ class _Convs:
             bn_axis_name=m.bn_axis_name,
             dtype=m.dtype,
             folded=m.folded,
+            kernel_init=m.kernel_init,
             name=self._name(),
         )(x, self.train)
 
@@ -68,6 +69,8 @@ class _Base(nn.Module):
     folded: bool = False  # BatchNorm folded into the convs (inference only; see models.fold_batchnorm)
     # config.train.freeze: frozen parts run BatchNorm in inference mode, so their statistics stay as loaded.
     freeze: str = 'none'
+    # config.model.kernel_init for the convs before BatchNorm ('normal' or 'he'); output convs keep 'normal'.
+    kernel_init: str = 'normal'
 
     @property
     def out_features(self) -> int:
@@ -131,6 +134,7 @@ class YOLOv3(_Base):
     def _kwargs(self) -> dict:
         names = (
             'num_classes', 'num_anchors', 'width', 'bn_momentum', 'bn_epsilon', 'bn_axis_name', 'dtype', 'folded',
+            'kernel_init',
         )
         return {n: getattr(self, n) for n in names}
 

@@ -46,13 +46,16 @@ class _V4Base(nn.Module):
     dtype: Any = jnp.float32
     folded: bool = False  # BatchNorm folded into the convs (inference only; see models.fold_batchnorm)
     freeze: str = 'none'  # config.train.freeze: frozen parts run BatchNorm in inference mode (see yolov3.py)
+    # config.model.kernel_init for the convs before BatchNorm ('normal' or 'he'); output convs keep 'normal'.
+    kernel_init: str = 'normal'
 
     @property
     def out_features(self) -> int:
         return self.num_anchors * (5 + self.num_classes)
 
     def _kwargs(self) -> dict:
-        names = ('num_classes', 'num_anchors', 'width', 'bn_momentum', 'bn_epsilon', 'bn_axis_name', 'dtype', 'folded')
+        names = ('num_classes', 'num_anchors', 'width', 'bn_momentum', 'bn_epsilon', 'bn_axis_name', 'dtype', 'folded',
+                 'kernel_init')
         return {n: getattr(self, n) for n in names}
 
 
@@ -77,6 +80,7 @@ class _Layers:
             bn_axis_name=m.bn_axis_name,
             dtype=m.dtype,
             folded=m.folded,
+            kernel_init=m.kernel_init,
             activation=activation,
             name=self._name(),
         )(x, self.train)
