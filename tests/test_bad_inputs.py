@@ -26,7 +26,7 @@ from yolo_jax.data import annotations as ann
 from yolo_jax.spec import check_num_classes
 
 REPO = Path(__file__).resolve().parents[1]
-TIME_LIMIT_S = 30  # a sanity bound ("fails in the first seconds"), not a benchmark
+TIME_LIMIT_S = 60  # a sanity bound ("fails before any training"), loose for slow or loaded machines: not a benchmark
 SMOKE = 'configs/mnist.py:tiny,smoke'
 
 
