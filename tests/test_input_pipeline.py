@@ -382,3 +382,19 @@ def test_release_in_background_frees_off_the_consumer_thread(abandon):
     assert time.monotonic() - start < 0.5  # not the destructor's 1 s
     assert done.wait(10)
     assert len(freed) == 1 and freed[0] is not threading.main_thread()
+
+
+def test_stream_abandoned_at_interpreter_exit_does_not_hang_the_exit():
+    """A half-read stream still referenced when the interpreter exits (e.g. from the traceback of the error that
+    ends a run) is collected during finalization, when no new thread can start: the process still exits."""
+    import subprocess
+    import sys
+
+    script = ('import sys\n'
+              'from yolo_jax.input_pipeline import release_in_background\n'
+              'stream = release_in_background(iter([1, 2]))\n'
+              'assert next(stream) == 1\n'
+              'sys.exit(3)\n')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).parent.parent, capture_output=True,
+                          text=True, timeout=300)  # a hang guard: the exit takes seconds (importing TensorFlow)
+    assert proc.returncode == 3, proc.stderr[-2000:]

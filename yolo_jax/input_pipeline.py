@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -373,7 +374,10 @@ def release_in_background(iterable: Iterable[T]) -> Iterator[T]:
     try:
         yield from holder[0]
     finally:
-        threading.Thread(target=holder.clear, name='release_tf_data_iterator', daemon=True).start()
+        # At interpreter exit (an abandoned generator collected during finalization) no new thread ever runs and
+        # Thread.start() would wait for it forever: the reference then simply dies with this frame.
+        if not sys.is_finalizing():
+            threading.Thread(target=holder.clear, name='release_tf_data_iterator', daemon=True).start()
 
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator[Any]:

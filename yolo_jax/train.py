@@ -316,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
     step, pending = start_step, None
     epoch_start, epoch_first_step = time.monotonic(), start_step
+    batches = data.train_batches(start_step, steps_per_epoch, local_batch)
     try:
-        batches = data.train_batches(start_step, steps_per_epoch, local_batch)
         while step < total_steps:
             epoch, batch = next(batches)
             state, metrics = parallel.train(state, {k: batch[k] for k in STEP_KEYS})
@@ -339,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 epoch_start, epoch_first_step = time.monotonic(), step
         fetch(pending)
     finally:
+        batches.close()  # now, not when a traceback holding this frame is collected at interpreter exit
         manager.wait_until_finished()  # never leave an async save half done
         writer.flush()
     logging.info('Training done: %d steps; compiled train-step programs: %s', step, parallel.compiled_train_steps())
