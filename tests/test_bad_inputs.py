@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from yolo_jax.data import annotations as ann
 from yolo_jax.spec import check_num_classes
 
 REPO = Path(__file__).resolve().parents[1]
-TIME_LIMIT_S = 60  # a sanity bound ("fails before any training"), loose for slow or loaded machines: not a benchmark
 SMOKE = 'configs/mnist.py:tiny,smoke'
 
 
@@ -148,7 +146,7 @@ class Cli:
     message: str
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     traceback: bool = False
-    time_limit_s: float = TIME_LIMIT_S
+    no_files_under: str | None = None  # a folder (relative to tmp_path) the failing run must not write into
 
 
 def _smoke(*extra: str) -> Callable[[Path, Path], list[str]]:
@@ -245,7 +243,8 @@ CLI_CASES = {
     ),
     'MNIST with num_classes 3': Cli(
         _mnist_with_three_classes,
-        r'^error: config\.model\.num_classes=3 but the MNIST detection set has 10 classes', time_limit_s=15,
+        r'^error: config\.model\.num_classes=3 but the MNIST detection set has 10 classes',
+        no_files_under='tfds',  # the mismatch is found before the data set is generated
     ),
     'workdir that cannot be created': Cli(_workdir_is_a_file, r'^error: --workdir=.*a_file/run is not writable'),
     'resume a workdir with another model setting': Cli(
@@ -261,15 +260,13 @@ CLI_CASES = {
 }
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV}
     full_env.update({'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': str(REPO), **env})
-    start = time.monotonic()
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, '-m', 'yolo_jax.main', '--nojemalloc', *args],
-        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300, check=False,  # a hang guard
     )
-    return proc, time.monotonic() - start
 
 
 @pytest.mark.parametrize('name', list(CLI_CASES))
@@ -278,7 +275,7 @@ def test_cli_user_errors(name, tmp_path):
     workdir = new_workdir(tmp_path)
     args = case.build(tmp_path, workdir)
     before = snapshot(workdir)
-    proc, seconds = run_cli(args, case.env)
+    proc = run_cli(args, case.env)
     stderr = proc.stderr
     assert proc.returncode == errors.EXIT_CODE, f'exit code {proc.returncode}\n{stderr[-3000:]}'
     error_lines = [ln for ln in stderr.splitlines() if ln.startswith('error: ')]
@@ -286,7 +283,9 @@ def test_cli_user_errors(name, tmp_path):
     assert re.search(case.message, error_lines[0]), error_lines[0]
     assert len(error_lines[0]) < 400, error_lines[0]
     assert ('Traceback (most recent call last)' in stderr) == case.traceback, stderr[-3000:]
-    assert seconds < case.time_limit_s, f'{seconds:.0f} s'
+    assert not re.search(r'epoch: *\d+ step:', stderr), stderr[-3000:]  # it failed before any training step
+    if case.no_files_under:
+        assert not [p for p in (tmp_path / case.no_files_under).rglob('*') if p.is_file()]
     assert_untouched(before, workdir)
 
 
@@ -462,16 +461,13 @@ def test_function_user_errors(name, tmp_path, request):
     call = case.build(tmp_path, fixtures)
     watched = [tmp_path, *fixtures.values()]
     before = [snapshot(d) for d in watched]
-    start = time.monotonic()
     with pytest.raises(case.error) as info:
         call()
-    seconds = time.monotonic() - start
     message = str(info.value)
     assert isinstance(info.value, errors.UserError)
     assert re.search(case.message, message), message
     first = message.splitlines()[0]
     assert len(first) < 400 and len(message.splitlines()) <= 22, message[:2000]
-    assert seconds < TIME_LIMIT_S, f'{seconds:.0f} s'
     for d, b in zip(watched, before, strict=True):
         assert_untouched(b, d)
 
@@ -513,9 +509,7 @@ def test_detect_skips_unreadable_inputs(tiny_workdir, tmp_path):
     good = _detect_inputs(tmp_path / 'images')
     before = snapshot(tiny_workdir)
     out = tmp_path / 'out'
-    start = time.monotonic()
     results = detect.detect_images(small_config(), tiny_workdir, str(tmp_path / 'images'), output=out)
-    assert time.monotonic() - start < TIME_LIMIT_S
     assert [r['file'] for r in results] == [str(p) for p in good]
     saved = json.loads((out / 'detections.json').read_text())
     assert saved['complete'] is True and saved['images'] == results
