@@ -19,3 +19,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f'shared data not found at {SHARED_DATA} (development data; see README)')
     return SHARED_DATA
+
+
+@pytest.fixture(scope='session', autouse=True)
+def shared_compilation_cache(tmp_path_factory) -> Path:
+    """One persistent XLA compilation cache for the child processes of the whole session (all xdist workers).
+
+    The end-to-end tests start `python -m yolo_jax.main` dozens of times with the same small programs: compiling
+    them is most of a smoke run's CPU (36 s of CPU cold, 13 s warm). The cache only skips compilations; the
+    executables and the numbers are the same. JAX reads these variables when it is imported, so importing it here
+    first keeps the tests' own process uncached (one of them counts compilations).
+    """
+    import jax  # noqa: F401, PLC0415  (before the variables below are set)
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):  # popen-gwN/: share the session's folder above it
+        root = root.parent
+    cache = root / 'jax_compilation_cache'
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
+    return cache

@@ -209,12 +209,16 @@ def _make_transfer(config: ml_collections.ConfigDict) -> None:
 
 def _make_quick(config: ml_collections.ConfigDict) -> None:
     """The README's main command: YOLOv3-tiny at 256 px fine-tuned from Darknet's COCO weights
-    (weights/yolov3-tiny.weights; from scratch, with a warning, without them) with `small`'s training settings."""
+    (weights/yolov3-tiny.weights; from scratch, with a warning, without them) with `small`'s training settings,
+    validated and reported on an EMA of the weights (experiments/time_to_accuracy: 0.90 one and two epochs
+    sooner on two seeds, the same final mAP)."""
     _make_small(config)
     _switch_model(config, 'yolov3_tiny')
     _make_transfer(config)
     config.train.epochs = 10
     config.train.map_every_epochs = 2
+    config.train.ema_decay = 0.995  # averages over ~200 updates, 1.6 of the 125-step epochs
+    config.train.ema_tau = 125.0  # one epoch of warm-up: the first epochs' average forgets the fresh heads
 
 
 def _switch_model(config: ml_collections.ConfigDict, name: str) -> None:
