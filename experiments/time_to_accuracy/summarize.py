@@ -62,11 +62,15 @@ def plot(runs: dict[str, dict], out: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, (ax, ax_epoch) = plt.subplots(1, 2, figsize=(15, 5.5))
-    for name, run in runs.items():
-        ax.plot([p[0] for p in run['points']], [p[2] for p in run['points']], 'o-', markersize=3, label=name)
-        ax_epoch.plot([p[1] + 1 for p in run['points']], [p[2] for p in run['points']], 'o-', markersize=3, label=name)
-    for a in (ax, ax_epoch):
+    fig, (ax, ax_epoch, ax_zoom) = plt.subplots(1, 3, figsize=(21, 5.5))
+    colours = plt.cm.tab20.colors  # more runs than the default cycle's 10 colours
+    for i, (name, run) in enumerate(runs.items()):
+        style = dict(color=colours[i % len(colours)], marker='o', markersize=3, label=name)
+        epochs, maps = [p[1] + 1 for p in run['points']], [p[2] for p in run['points']]
+        ax.plot([p[0] for p in run['points']], maps, **style)
+        ax_epoch.plot(epochs, maps, **style)
+        ax_zoom.plot(epochs, maps, **style)
+    for a in (ax, ax_epoch, ax_zoom):
         for t in THRESHOLDS:
             a.axhline(t, color='grey', lw=0.8, ls='--')
         a.set_ylabel('VOC mAP@0.5, MNIST test split (200 images)')
@@ -76,6 +80,9 @@ def plot(runs: dict[str, dict], out: Path) -> None:
     ax.axvline(20, color='red', lw=0.8, ls=':')
     ax.set_xlabel('wall-clock minutes since the command started (2-core AMD EPYC VM)')
     ax_epoch.set_xlabel('epochs (independent of machine load)')
+    ax_zoom.set_ylim(0.7, 0.95)
+    ax_zoom.set_xlim(0.5, 10.5)
+    ax_zoom.set_xlabel('epochs, zoomed on the first 10 and mAP 0.70-0.95')
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
