@@ -103,9 +103,12 @@ class Parallel:
             self._stats = jax.jit(self.stats_step, out_shardings=self.replicated)
 
     def place_state(self, state: Any) -> Any:
-        """Puts the state where the compiled steps expect it (replicated over the mesh; pmap broadcasts it)."""
+        """Puts the state where the compiled steps expect it: replicated over the mesh, or, under pmap, over the
+        local devices as pmap returns it (out_axes=None), so that step 2 does not compile the step again for the
+        initial state's single-device layout."""
         if self.mode == 'pmap':
-            return state
+            local = jax.sharding.Mesh(np.array(jax.local_devices()), (PMAP_AXIS,))
+            return jax.device_put(state, NamedSharding(local, P()))
         if jax.process_count() == 1:
             return jax.device_put(state, self.replicated)
 
