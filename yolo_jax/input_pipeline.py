@@ -457,6 +457,11 @@ class Data:
                                 f'fewer than the {steps_per_epoch} steps per epoch (config.train.steps_per_epoch?)')
             epoch, skip = epoch + 1, 0
 
+    def recalibration_batches(self, epoch: int, batch_size: int, count: int) -> Iterator[dict]:
+        """The first `count` training batches of `epoch` (augmented, at config.model.input_size), for BatchNorm
+        recalibration."""
+        return numpy_iterator(self.train_epoch(epoch, batch_size).take(count))
+
     def eval_batches(self, batch_size: int, split: str = 'test') -> Iterator[dict]:
         """This process's shard of `split` in batches of `batch_size`, padded (valid = 0) to the same number of
         batches on every process, so that steps over a multi-process mesh stay in step."""

@@ -279,9 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         # With EMA on (config.train.ema_decay > 0) the EMA weights are the ones recalibrated, validated, ranked
         # for the best checkpoint and reported (mAP); eval/detect/export load them (checkpointing.load_model).
         if t.bn_recalibration_batches > 0:
-            from yolo_jax.input_pipeline import numpy_iterator  # noqa: PLC0415  (TensorFlow: data already open)
-
-            batches = numpy_iterator(data.train_epoch(epoch, local_batch).take(t.bn_recalibration_batches))
+            batches = data.recalibration_batches(epoch, local_batch, t.bn_recalibration_batches)
             recalibrated = recalibrate_batch_norm(parallel, steps.eval_state(state), batches, t.freeze)
             state = steps.with_eval_batch_stats(state, recalibrated.batch_stats)
         val = None
