@@ -197,7 +197,7 @@ def side_by_side(args) -> list[dict]:
             variables = darknet.load_weights(str(weights_path), mc)
             source = f'Darknet weights {weights_path.name}'
         else:
-            variables = init_variables(create_model(mc), jax.random.key(0), SIZE)
+            variables = init_variables(create_model(mc), jax.random.key(0))
             source = 'random weights'
             if name == 'yolov3' and not cfg_path.is_file():  # the same random weights as a Darknet cfg + file
                 cfg_path, weights_path = Path(tmp) / 'yolov3.cfg', Path(tmp) / 'yolov3.weights'
@@ -279,7 +279,7 @@ def main() -> None:
     for name in args.models.split(','):
         mc = model_config(name, num_classes=80, input_size=SIZE)
         model = create_model(mc)
-        variables = init_variables(model, jax.random.key(0), SIZE)
+        variables = init_variables(model, jax.random.key(0))
         cfg = pp.PostprocessConfig(input_size=SIZE, strides=tuple(mc.strides), anchors=tuple(
             tuple(tuple(float(v) for v in a) for a in s) for s in mc.anchors))
         for batch in (int(b) for b in args.batches.split(',')):

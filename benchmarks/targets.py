@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from yolo_jax.data import targets  # noqa: E402
 from yolo_jax.defaults import YOLOV3_ANCHORS  # noqa: E402
+from yolo_jax.spec import DetectionSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     case = dict(input_size=416, strides=(8, 16, 32), anchors=YOLOV3_ANCHORS, num_classes=10)
-    params = targets.TargetParams(max_bbox_per_scale=100, **case)
+    spec = DetectionSpec(416, (8, 16, 32), YOLOV3_ANCHORS, tuple(str(i) for i in range(10)))
+    params = targets.TargetParams(spec, max_bbox_per_scale=100)
     loop_encode = load_oracle()
     single = targets.make_encoder(params, batched=False)
     batched = targets.make_encoder(params, batched=True)

@@ -621,7 +621,7 @@ for t in ordered:
 # (H the binary entropy) is the part of the prob loss no model can remove.
 
 # %%
-base_params = targets_lib.TargetParams.from_config(config)
+base_params = targets_lib.TargetParams.from_spec(SPEC, config.data)
 
 
 def encode(label_smoothing: float):

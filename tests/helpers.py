@@ -12,3 +12,13 @@ def spec_of(config) -> DetectionSpec:
 def loss_kw(config) -> dict:
     """`yolo_loss` keyword arguments for `config` (its model geometry and config.loss)."""
     return loss_kwargs(spec_of(config), config.loss)
+
+
+def target_params(input_size: int, strides, anchors, num_classes: int, **options):
+    """`targets.TargetParams` for the given geometry (placeholder class names) and assignment options."""
+    from yolo_jax.data.targets import TargetParams  # noqa: PLC0415  (TensorFlow)
+
+    spec = DetectionSpec(int(input_size), tuple(int(s) for s in strides),
+                         tuple(tuple((float(w), float(h)) for w, h in scale) for scale in anchors),
+                         tuple(str(i) for i in range(num_classes)))
+    return TargetParams(spec, **options)

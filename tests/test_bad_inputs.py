@@ -22,7 +22,7 @@ from PIL import Image
 from configs.mnist import get_config
 from yolo_jax import darknet, detect, errors, inference, visualize
 from yolo_jax.data import annotations as ann
-from yolo_jax.spec import check_num_classes
+from yolo_jax.spec import build_spec, check_num_classes
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = 'configs/mnist.py:tiny,smoke'
@@ -341,11 +341,9 @@ def _many_bad_lines(tmp: Path, fx: dict) -> Callable[[], Any]:
 
 
 def _input_size_factory(tmp: Path, fx: dict) -> Callable[[], Any]:
-    from yolo_jax.models import create_model
-
     config = get_config('tiny,smoke')
     config.model.input_size = 400
-    return lambda: create_model(config.model)
+    return lambda: build_spec(config.model, [str(i) for i in range(10)], 'test')
 
 
 def _tiny_weights(tmp: Path, corrupt: Callable[[np.ndarray, Any], None]) -> tuple[Path, Any]:
@@ -430,7 +428,7 @@ CALL_CASES = {
         _many_bad_lines, ann.AnnotationError, r'^25 bad annotation line\(s\) in .*train\.txt:(\n  .*:\d+: .*){20}\n'
         r'  \.\.\. and 5 more$',
     ),
-    'create_model with input_size 400': Call(
+    'a spec with input_size 400': Call(
         _input_size_factory, errors.ConfigError, r'config\.model\.input_size=400: input_size must be a multiple of 32'
     ),
     'random bytes of the right size as .weights': Call(

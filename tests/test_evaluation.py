@@ -202,7 +202,7 @@ def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
         assert g['image_id'] == 100 + i and (g['height'], g['width']) == hw
         np.testing.assert_array_equal(g['boxes'], boxes)  # exact: integer annotations snap back
         np.testing.assert_array_equal(g['classes'], classes)
-    first = inference.predict(model, variables, batches[0]['image'], batches[0]['orig_size'], config)
+    first = inference.predict(model, variables, batches[0]['image'], batches[0]['orig_size'], cfg)
     keep = np.asarray(first.valid[1])
     assert keep.sum() > 0 and len(dets[1]['scores']) == keep.sum()
     np.testing.assert_allclose(dets[1]['boxes'], np.asarray(first.boxes[1])[keep], rtol=1e-6)

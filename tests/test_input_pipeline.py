@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import spec_of
 
 from yolo_jax import input_pipeline
 from yolo_jax.data import letterbox, targets
@@ -135,7 +136,7 @@ def test_shapes_and_dtypes(source, model, size):
 
 def test_eval_matches_source_and_encoder(source):
     config = get_config('yolov3', 96)
-    params = targets.TargetParams.from_config(config)
+    params = targets.TargetParams.from_spec(spec_of(config), config.data)
     evals = eval_batches(config, 3)
     rows = [
         {k: (v[i] if not isinstance(v, tuple) else tuple(x[i] for x in v)) for k, v in b.items()}
@@ -278,7 +279,7 @@ def multi_scale_config(sizes=(64, 96), every: int = 2):
 
 def test_multi_scale_size_is_a_pure_function_of_seed_and_step_chunk():
     config = multi_scale_config((224, 256, 288), every=10)
-    sizes = [input_pipeline.train_input_size(config, s) for s in range(3000)]
+    sizes = [input_pipeline.train_input_size(spec_of(config), config.train, s) for s in range(3000)]
     chunks = np.reshape(sizes, (300, 10))
     assert np.all(chunks == chunks[:, :1])  # constant for 10 steps, then a new draw
     counts = {s: int(np.sum(chunks[:, 0] == s)) for s in (224, 256, 288)}
@@ -287,11 +288,12 @@ def test_multi_scale_size_is_a_pure_function_of_seed_and_step_chunk():
     # Nothing but (seed, step // every) matters: not the run's shape, epoch length or input size.
     other = multi_scale_config((224, 256, 288), every=10)
     other.train.epochs, other.train.batch_size, other.model.input_size, other.train.steps_per_epoch = 3, 8, 416, 7
-    assert [input_pipeline.train_input_size(other, s) for s in range(3000)] == sizes
+    assert [input_pipeline.train_input_size(spec_of(other), other.train, s) for s in range(3000)] == sizes
     other.train.seed = 1
-    assert [input_pipeline.train_input_size(other, s) for s in range(3000)] != sizes
+    assert [input_pipeline.train_input_size(spec_of(other), other.train, s) for s in range(3000)] != sizes
     # Off: every step at config.model.input_size.
-    assert {input_pipeline.train_input_size(get_config('yolov3', 96), s) for s in range(50)} == {96}
+    off = get_config('yolov3', 96)
+    assert {input_pipeline.train_input_size(spec_of(off), off.train, s) for s in range(50)} == {96}
 
 
 @pytest.mark.parametrize(('field', 'value'), [
@@ -313,7 +315,7 @@ def test_multi_scale_batches_equal_the_single_size_pipeline_at_each_steps_size(s
     config.train.seed = 5  # sizes 96, 96, 64, 64, 96 | 96, 64, 64, 96, 96 over the first two 5-step epochs
     data = input_pipeline.Data(config)
     got = batches(data.train_epoch(0, 2, first_step=0))
-    want_sizes = [input_pipeline.train_input_size(config, s) for s in range(len(got))]
+    want_sizes = [input_pipeline.train_input_size(spec_of(config), config.train, s) for s in range(len(got))]
     assert len(got) == 5 and set(want_sizes) == {64, 96}  # both sizes occur, so both are compared below
     single = {}
     for size in (64, 96):
@@ -343,13 +345,13 @@ def test_multi_scale_train_batches_replay_the_sizes_after_a_resume(source):
     resumed = data.train_batches(3, spe, 2)
     for step in range(3, 7):
         epoch, batch = next(resumed)
-        size = input_pipeline.train_input_size(config, step)
+        size = input_pipeline.train_input_size(spec_of(config), config.train, step)
         assert epoch == full[step][0] == step // spe
         assert batch['image'].shape[1:3] == full[step][1]['image'].shape[1:3] == (size, size)
         assert [x.shape[1] for x in batch['labels']] == [size // 8, size // 16, size // 32]
         for u, v in zip(tf.nest.flatten(batch), tf.nest.flatten(full[step][1]), strict=True):
             np.testing.assert_array_equal(u, v)
-    assert [input_pipeline.train_input_size(config, s) for s in range(3, 7)] == [64, 96, 96, 64]
+    assert [input_pipeline.train_input_size(spec_of(config), config.train, s) for s in range(3, 7)] == [64, 96, 96, 64]
 
 
 class SlowToFree:

@@ -81,7 +81,7 @@ def test_forward_runs_and_batchnorm_fields():
     mc.bn_momentum, mc.bn_epsilon = 0.5, 1e-5
     model = create_model(mc)
     assert (model.bn_momentum, model.bn_epsilon) == (0.5, 1e-5)
-    variables = init_variables(model, jax.random.key(0), 64)
+    variables = init_variables(model, jax.random.key(0))
     x = jnp.ones((2, 64, 64, 3)) * 0.5
     outputs, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
     assert [o.shape for o in outputs] == [(2, 4, 4, 21), (2, 2, 2, 21)]

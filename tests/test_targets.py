@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import target_params
 
 from yolo_jax.data import targets
 from yolo_jax.defaults import YOLOV3_ANCHORS, YOLOV3_TINY_ANCHORS
@@ -144,7 +145,7 @@ def assert_same(got, want):
 @pytest.mark.parametrize('max_list', [5, 100])
 def test_matches_loop_oracle(name, max_list):
     case = CASES[name]
-    params = targets.TargetParams(max_bbox_per_scale=max_list, **case)
+    params = target_params(max_bbox_per_scale=max_list, **case)
     encode = targets.make_encoder(params, batched=False)
     rng = np.random.default_rng(zlib.crc32(f'{name}{max_list}'.encode()))
     for _ in range(120):
@@ -157,7 +158,7 @@ def test_matches_loop_oracle(name, max_list):
 def test_hand_picked_edge_cases(name):
     case = CASES[name]
     s = case['input_size']
-    params = targets.TargetParams(max_bbox_per_scale=5, **case)
+    params = target_params(max_bbox_per_scale=5, **case)
     encode = targets.make_encoder(params, batched=False)
     sets = [
         np.zeros((0, 4)),  # no boxes
@@ -181,7 +182,7 @@ def test_hand_picked_edge_cases(name):
 
 def test_batched_with_padding_matches_per_image():
     case = CASES['yolov3_96']
-    params = targets.TargetParams(max_bbox_per_scale=5, **case)
+    params = target_params(max_bbox_per_scale=5, **case)
     encode = targets.make_encoder(params, batched=True)
     rng = np.random.default_rng(0)
     sets = [random_boxes(rng, 96, 10) for _ in range(6)]
@@ -202,7 +203,7 @@ def test_batched_with_padding_matches_per_image():
 
 def test_smoothing_and_rows():
     case = CASES['yolov3_96']
-    params = targets.TargetParams(max_bbox_per_scale=4, label_smoothing=0.1, **case)
+    params = target_params(max_bbox_per_scale=4, label_smoothing=0.1, **case)
     labels, lists = targets.encode_targets(tf.constant([[10.0, 20.0, 30.0, 44.0]]), tf.constant([3]), params)
     pos = np.argwhere(np.asarray(labels[0])[..., 4] == 1)
     assert len(pos) >= 1

@@ -41,7 +41,7 @@ def _setup(variant='tiny,smoke', **train_overrides):
         config.train[k] = v
     model = create_model(config.model, freeze=config.train.freeze)
     lr_fn = steps.create_learning_rate_fn(config.train, 10)
-    variables = init_variables(model, jax.random.key(0), config.model.input_size)
+    variables = init_variables(model, jax.random.key(0))
     state = steps.create_train_state(config.train, model, variables, lr_fn)
     rng = np.random.default_rng(0)
     outputs, labels, bboxes = random_problem(

@@ -208,6 +208,8 @@ def jax_leaves(tree) -> list:
 def test_multi_scale_run_trains_at_each_steps_size_and_compiles_once_per_size(tmp_path, data_dir):
     """Mesh mode, sizes (32, 64) switching every 2 steps: each logged step was fed its `train_input_size`, both
     sizes occur, and after 8 steps the jitted train step's cache holds exactly 2 programs."""
+    from helpers import spec_of
+
     from configs.mnist import get_config
     from yolo_jax.input_pipeline import train_input_size
 
@@ -221,6 +223,7 @@ def test_multi_scale_run_trains_at_each_steps_size_and_compiles_once_per_size(tm
     config.train.multi_scale_sizes, config.train.multi_scale_every_steps = (32, 64), 2
     records = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
     fed = {r['step']: r['input_size'] for r in records if r['kind'] == 'train'}
-    assert fed == {s: train_input_size(config, s - 1) for s in range(1, 9)}  # metrics' step s = the s-th update
+    # metrics' step s = the s-th update
+    assert fed == {s: train_input_size(spec_of(config), config.train, s - 1) for s in range(1, 9)}
     assert set(fed.values()) == {32, 64}
     assert [r['kind'] for r in records if r['kind'] != 'train'] == ['val', 'val', 'map']  # at 64 (input_size)

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import spec_of
 
 from configs.coco import get_config as coco_config
 from yolo_jax import detect, export, inference, video
@@ -63,6 +64,8 @@ def test_video_mechanics(tmp_path):
 
     config = small_config(score_threshold=0.05)
     workdir = make_workdir(tmp_path / 'workdir', config)
+    # The checkpoint's spec is the geometry: anchors in the config used now must play no part.
+    config.model.anchors = tuple(tuple((2 * w, 3 * h) for w, h in scale) for scale in config.model.anchors)
     clip = write_video(tmp_path / 'clip.avi', moving_squares(7))
     out = tmp_path / 'out'
     summary = detect.detect_images(config, workdir, str(clip), output=out, batch_size=3)[0]
@@ -73,8 +76,9 @@ def test_video_mechanics(tmp_path):
     written = read_video(out / 'detections.mp4')
     assert len(written) == 7 and written[0].shape == (72, 96, 3)
 
-    model, variables = inference.load_variables(config, workdir, fold=True)
-    fn = jax.jit(export.serving_fn(model, pp.PostprocessConfig.from_config(config)))
+    model, variables, spec = inference.load_detector(config, workdir, fold=True)
+    assert spec.anchors != config.model.anchors
+    fn = jax.jit(export.serving_fn(model, pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)))
     for frame, rec in zip(read_video(clip), records, strict=True):
         det = jax.device_get(fn(variables, frame[None]))
         k = int(det['count'][0])
@@ -112,7 +116,8 @@ def test_boxes_track_a_moving_photo(shared_data, tmp_path):
     model, variables = inference.load_variables(config, None, shared_data / 'darknet' / 'yolov3-tiny.weights',
                                                 fold=True)
     names = (shared_data / 'darknet' / 'coco.names').read_text().split('\n')[:80]
-    summary = video.detect_video(config, model, variables, clip, tmp_path / 'out', names, batch_size=4)
+    cfg = pp.PostprocessConfig.from_spec(spec_of(config), config.eval, config.data.resize)
+    summary = video.detect_video(cfg, model, variables, clip, tmp_path / 'out', names, batch_size=4)
     assert summary['frames'] == n
     records = [json.loads(line) for line in (tmp_path / 'out' / 'detections.jsonl').read_text().splitlines()]
     first = [(c, np.asarray(b)) for c, b, s in zip(records[0]['classes'], records[0]['boxes'], records[0]['scores'],

@@ -356,11 +356,12 @@ def test_loss_box_term_and_v3_default():
 def _responsible(name: str, box_xyxy, iou_thresh: float) -> set[tuple[int, int]]:
     """{(scale, anchor)} responsible for one box in a 416 input."""
     import tensorflow as tf  # noqa: PLC0415  (TF only for the input-pipeline encoder)
+    from helpers import target_params  # noqa: PLC0415
 
-    from yolo_jax.data.targets import TargetParams, encode_targets  # noqa: PLC0415
+    from yolo_jax.data.targets import encode_targets  # noqa: PLC0415
 
     mc = model_config(name, num_classes=3, input_size=416)
-    params = TargetParams(416, tuple(mc.strides), tuple(mc.anchors), 3, iou_thresh=iou_thresh)
+    params = target_params(416, mc.strides, mc.anchors, 3, iou_thresh=iou_thresh)
     labels, _ = encode_targets(tf.constant([box_xyxy], tf.float32), tf.constant([1], tf.int32), params)
     return {(lvl, int(a)) for lvl, lab in enumerate(labels) for a in np.nonzero(lab.numpy()[..., 4])[2]}
 

@@ -18,12 +18,6 @@ def xywh_to_xyxy(boxes: Array) -> Array:
     return jnp.concatenate([xy - wh * 0.5, xy + wh * 0.5], axis=-1)
 
 
-def xyxy_to_xywh(boxes: Array) -> Array:
-    """(..., 4) corners → centre/size."""
-    lo, hi = boxes[..., :2], boxes[..., 2:]
-    return jnp.concatenate([(lo + hi) * 0.5, hi - lo], axis=-1)
-
-
 def _safe_div(num: Array, den: Array) -> Array:
     """num / den where den > 0, else 0; the where-twice trick keeps gradients finite."""
     ok = den > 0

@@ -31,17 +31,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from yolo_jax.defaults import DARKNET_BN_EPSILON, model_config
+from yolo_jax.defaults import DARKNET_BN_EPSILON, MODEL_NAMES, model_config
 from yolo_jax.errors import ConfigError, DataError, MissingFileError, summarize
-from yolo_jax.models import create_model, iter_darknet_layers
+from yolo_jax.models import create_model, iter_darknet_layers, variable_shapes
 
 # DARKNET_BN_EPSILON (1e-5, from defaults): sqrt(var + eps) as Darknet's GPU normalize_kernel and cuDNN path
 # compute it (see module docstring).
-DARKNET_ARCHITECTURES = ('yolov3', 'yolov3_tiny', 'yolov4', 'yolov4_tiny')
 _FLOAT = np.dtype('<f4')
 
 
@@ -102,9 +100,7 @@ def _abstract(name: str, num_classes: int, num_anchors: int, width: float) -> di
     mc = model_config(name, num_classes=num_classes)
     mc.anchors = tuple(a[:1] * num_anchors for a in mc.anchors)  # only the count matters for shapes
     mc.width_multiplier = width
-    model = create_model(mc)
-    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)  # parameter shapes do not depend on the input size
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    return variable_shapes(create_model(mc))
 
 
 def value_count(mc: ml_collections.ConfigDict) -> int:
@@ -161,7 +157,7 @@ def _count_error(path: str | os.PathLike, mc: ml_collections.ConfigDict, expecte
     )
     hints = []
     if not extra:
-        for name in DARKNET_ARCHITECTURES:
+        for name in MODEL_NAMES:
             classes = solve_num_classes(found, _with(mc, name=name))
             if classes is not None:
                 hints.append(f'{name} with {classes} classes')

@@ -33,7 +33,15 @@ YOLOV4_TINY_ANCHORS = (
 # Darknet's scale_x_y per scale (strides ascending) of AlexeyAB's yolov4.cfg and yolov4-tiny.cfg.
 YOLOV4_SCALE_XY = (1.2, 1.1, 1.05)
 YOLOV4_TINY_SCALE_XY = (1.05, 1.05)
-MODEL_NAMES = ('yolov3', 'yolov3_tiny', 'yolov4', 'yolov4_tiny')
+# The networks, each with its Darknet geometry: (strides ascending, anchors per scale in input pixels, scale_x_y).
+# The one list of network names (models/__init__.py maps each to its Flax module).
+NETWORKS = {
+    'yolov3': ((8, 16, 32), YOLOV3_ANCHORS, (1.0, 1.0, 1.0)),
+    'yolov3_tiny': ((16, 32), YOLOV3_TINY_ANCHORS, (1.0, 1.0)),
+    'yolov4': ((8, 16, 32), YOLOV4_ANCHORS, YOLOV4_SCALE_XY),
+    'yolov4_tiny': ((16, 32), YOLOV4_TINY_ANCHORS, YOLOV4_TINY_SCALE_XY),
+}
+MODEL_NAMES = tuple(NETWORKS)
 DARKNET_WEIGHTS_DIR = 'weights'
 DARKNET_BN_EPSILON = 1e-5  # Darknet's BatchNorm epsilon, sqrt(var + eps) (yolo_jax/darknet.py explains)
 
@@ -48,22 +56,9 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
     m.name = name
     m.num_classes = num_classes
     m.input_size = input_size
-    if name == 'yolov3':
-        m.strides = (8, 16, 32)
-        m.anchors = YOLOV3_ANCHORS
-    elif name == 'yolov3_tiny':
-        m.strides = (16, 32)
-        m.anchors = YOLOV3_TINY_ANCHORS
-    elif name == 'yolov4':
-        m.strides = (8, 16, 32)
-        m.anchors = YOLOV4_ANCHORS
-    elif name == 'yolov4_tiny':
-        m.strides = (16, 32)
-        m.anchors = YOLOV4_TINY_ANCHORS
-    else:
+    if name not in NETWORKS:
         raise ValueError(f'config.model.name: unknown model {name!r}; expected one of {MODEL_NAMES}')
-    scale_xy = {'yolov4': YOLOV4_SCALE_XY, 'yolov4_tiny': YOLOV4_TINY_SCALE_XY}
-    m.scale_xy = scale_xy.get(name, (1.0,) * len(m.strides))
+    m.strides, m.anchors, m.scale_xy = NETWORKS[name]
     # Keras defaults, as the reference uses; Darknet weights want epsilon ~1e-5 (see darknet.py).
     m.bn_momentum = 0.99
     m.bn_epsilon = 1e-3

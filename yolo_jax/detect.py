@@ -2,7 +2,8 @@
 
     python -m yolo_jax.main --config=configs/mnist.py --workdir=DIR --mode=detect --images='photos/*.jpg'
 
-Images are read with PIL as RGB and resized exactly as the evaluation pipeline does (the same TF letterbox /
+Images are decoded as training and evaluation decode them (data/decode.py) and resized exactly as the evaluation
+pipeline does (the same TF letterbox /
 stretch function), run through the jitted forward + post-processing in fixed-size batches (the last one padded,
 so there is a single compile), drawn with visualize.draw_detections, and listed in detections.json. A file that
 cannot be read as an image is skipped with a warning and listed under 'errors'; detections.json is written
@@ -24,6 +25,7 @@ from absl import logging
 from PIL import Image
 
 from yolo_jax import inference, video, visualize
+from yolo_jax.data import decode
 from yolo_jax.data.annotations import write_text_atomic
 from yolo_jax.errors import DataError, MissingFileError, summarize
 from yolo_jax.evaluation import postprocess_config
@@ -56,13 +58,9 @@ def find_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, decoded in full; raises DataError (a ValueError) naming the file when it cannot be
-    read as an image."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert('RGB'))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
-        raise DataError(f'cannot read image {path}: {e}') from e
+    """(H, W, 3) uint8 RGB, decoded in full by the decoder training and evaluation use (data/decode.py: the same
+    pixels everywhere); raises DataError (a ValueError) naming the file when it cannot be read as an image."""
+    return decode.decode_image(path)
 
 
 def prepare_image(image: np.ndarray, size: int, mode: str = 'letterbox') -> np.ndarray:
@@ -93,7 +91,8 @@ def _detect_video(
     """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=True)
     out = inference.output_dir(output, workdir, 'detect')
-    return video.detect_video(config, model, variables, source, out, spec.class_names, batch_size or 8)
+    return video.detect_video(postprocess_config(config, spec), model, variables, source, out, spec.class_names,
+                              batch_size or 8)
 
 
 def detect_images(

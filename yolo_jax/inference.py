@@ -18,8 +18,8 @@ import numpy as np
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
 from yolo_jax.errors import ConfigError, MissingFileError
-from yolo_jax.models import create_model, fold_variables
-from yolo_jax.spec import DetectionSpec, build_spec, check_num_classes
+from yolo_jax.models import create_model, fold_variables, variable_shapes
+from yolo_jax.spec import DetectionSpec, build_spec
 
 
 def output_dir(output: str | Path | None, workdir: str | Path | None, mode: str) -> Path:
@@ -60,16 +60,28 @@ def check_num_classes_in_params(
         )
 
 
-def inference_spec(config: ml_collections.ConfigDict, meta: dict | None = None) -> DetectionSpec:
-    """The spec to detect with: a checkpoint's own (its `meta`), else config.model with the data set's class
-    names (read without building anything). Either way config.model.num_classes must agree."""
-    if meta and 'spec' in meta:
-        spec = DetectionSpec.from_json(meta['spec'])
-        check_num_classes(config.model.num_classes, spec.class_names, 'the checkpoint')
-        return spec
-    from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow)
+def inference_spec(config: ml_collections.ConfigDict) -> DetectionSpec:
+    """The spec of Darknet weights: config.model with the data set's class names (read without building anything);
+    config.model.num_classes must agree."""
+    return build_spec(config.model, *_class_source(config))
 
-    return build_spec(config.model, *sources.class_source(config))
+
+def checkpoint_model_config(config: ml_collections.ConfigDict, meta: dict) -> ml_collections.ConfigDict:
+    """config.model as the checkpoint recorded it (network, classes, anchors, BatchNorm epsilon, ...), so eval,
+    detect and export need no training flags repeated; config.model itself for checkpoints without the record."""
+    saved = meta.get('model')
+    if saved is None:
+        return config.model
+    model = ml_collections.ConfigDict(config.model.to_dict())
+    for key, value in saved.items():
+        if key in model:
+            model[key] = _as_tuples(value)
+    return model
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back to the tuples config.model holds."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -81,8 +93,7 @@ def check_compatible(variables: dict, model: Any, model_config: ml_collections.C
                      saved_model: dict | None = None) -> None:
     """ConfigError in a few lines when `variables` do not fit `model` (config.model): the differing settings when
     the source recorded its model (`saved_model`), and the first mismatching tensors."""
-    x = np.zeros((1, 32, 32, 3), np.float32)
-    want = _shape_tree(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+    want = _shape_tree(variable_shapes(model))
     got = _shape_tree({k: variables[k] for k in ('params', 'batch_stats')})
     if want == got:
         return
@@ -112,7 +123,7 @@ def load_detector(
     are read, so training-only settings (optimizer, clipping, freezing) play no part. Raises FileNotFoundError
     for a missing workdir, checkpoint or weights file, and ConfigError when the weights do not fit config.model.
     """
-    model = create_model(config.model)
+    model, model_config = create_model(config.model), config.model
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -129,10 +140,12 @@ def load_detector(
                                    '--weights=FILE')
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
-        check_num_classes_in_params(variables['params'], model, config.model, source)
-        check_compatible(variables, model, config.model, source, meta.get('model'))
-        spec = inference_spec(config, meta)
-    model, variables = _maybe_fold(fold, config, model, variables)
+        model_config = checkpoint_model_config(config, meta)
+        model = create_model(model_config)
+        check_compatible(variables, model, model_config, source, meta.get('model'))
+        spec = (DetectionSpec.from_json(meta['spec']) if 'spec' in meta
+                else build_spec(model_config, *_class_source(config)))
+    model, variables = _maybe_fold(fold, model_config, model, variables)
     return model, variables, spec
 
 
@@ -145,9 +158,15 @@ def load_variables(
     return model, variables
 
 
-def _maybe_fold(fold: bool, config: ml_collections.ConfigDict, model: Any, variables: dict) -> tuple[Any, dict]:
+def _class_source(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+    from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow)
+
+    return sources.class_source(config)
+
+
+def _maybe_fold(fold: bool, model_config: ml_collections.ConfigDict, model: Any, variables: dict) -> tuple[Any, dict]:
     if fold:
-        return fold_variables(config.model, variables)
+        return fold_variables(model_config, variables)
     return model, variables
 
 
@@ -171,7 +190,7 @@ def predict(
     variables: dict,
     images: np.ndarray | jax.Array,
     orig_sizes: np.ndarray,
-    config: ml_collections.ConfigDict | pp.PostprocessConfig,
+    cfg: pp.PostprocessConfig,
 ) -> pp.Detections:
     """Detections for a batch of network inputs.
 
@@ -180,15 +199,14 @@ def predict(
       variables: {'params', 'batch_stats'}.
       images: (B, S, S, 3) float32 RGB in [0, 1], letterboxed (or stretched) as the input pipeline does.
       orig_sizes: (B, 2) original (h, w) of each image, host values (NumPy).
-      config: the full config (config.model, config.eval, config.data.resize) or a PostprocessConfig.
+      cfg: post-processing settings (`PostprocessConfig.from_spec`: the detector's spec and config.eval).
 
     Returns:
       Detections (device arrays): boxes (B, K, 4) xyxy in original pixels, scores, classes, valid;
       K = config.eval.max_detections.
     """
-    cfg = config if isinstance(config, pp.PostprocessConfig) else pp.PostprocessConfig.from_config(config)
     if images.shape[1:3] != (cfg.input_size, cfg.input_size):
-        raise ValueError(f'images are {images.shape[1:3]}, expected config.model.input_size={cfg.input_size}')
+        raise ValueError(f'images are {images.shape[1:3]}, expected the spec\'s input_size={cfg.input_size}')
     sizes = np.asarray(orig_sizes).reshape(-1, 2)
     resize = pp.resize_params_batch(sizes, cfg.input_size, cfg.resize_mode)
     return make_predict_fn(model, cfg)(variables, images, resize, sizes.astype(np.float32))

@@ -5,7 +5,7 @@ TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the 
 knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams train batches for
 (epoch, skip) and eval batches padded to the same count on every process.
 
-Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size (a multi-scale training
+Batch elements (`.as_numpy_iterator()`), B = batch size, S = the spec's input_size (a multi-scale training
 batch: its own size, below), C = num_classes:
   'image'     float32 (B, S, S, 3) RGB in [0, 1] (letterboxed on grey 128, or stretched).
   'labels'    tuple over scales (strides ascending) of float32 (B, S_l, S_l, A, 5 + C): [x, y, w, h in input
@@ -29,7 +29,7 @@ from (config.train.seed, epoch, 1..3)), zipped with the main stream before `skip
 (The shuffle is tf.data's: its op seed is fixed, but a process-wide `tf.random.set_seed` also feeds into it.)
 
 Multi-scale training (config.train.multi_scale_sizes): training batch k of an epoch is global step
-epoch * steps_per_epoch + k, and its side S is `train_input_size(config, step)`, a pure function of
+epoch * steps_per_epoch + k, and its side S is `train_input_size(spec, config.train, step)`, a pure function of
 (config.train.seed, step // config.train.multi_scale_every_steps). One pipeline serves every size: examples are
 decoded once (cached), shuffled, skipped and augmented exactly as at one size; each example's letterbox and each
 batch's target encoding is a `tf.switch_case` over the sizes, selected by its batch's position in the epoch. So a
@@ -39,7 +39,6 @@ Their element_spec then leaves the side of 'image' and the grid sides of 'labels
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
@@ -50,11 +49,12 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
+from yolo_jax import spec as spec_lib
 from yolo_jax.data import augment as augment_lib
 from yolo_jax.data import letterbox as letterbox_lib
 from yolo_jax.data import targets as targets_lib
 from yolo_jax.errors import ConfigError, DataError
-from yolo_jax.spec import build_spec
+from yolo_jax.spec import DetectionSpec, build_spec
 
 # The third seed word of `train_input_size`: any constant, fixed since it decides the sizes a resumed run replays.
 _MULTI_SCALE_STREAM = 0x6D53
@@ -122,18 +122,18 @@ def _extra_augmentations(config) -> tuple[float, tuple[float, float, float]]:
     return mosaic, gains
 
 
-def check_multi_scale(config) -> tuple[int, ...]:
+def check_multi_scale(spec: DetectionSpec, train_config) -> tuple[int, ...]:
     """config.train.multi_scale_sizes as ints (() = off); ConfigError naming the field for a side that is not a
-    positive multiple of the network's downsampling (the largest stride, at least 32), or a period below 1."""
-    t = config.train
+    positive multiple of the network's downsampling (`spec_lib.size_multiple`), or a period below 1."""
+    t = train_config
     sizes = tuple(t.multi_scale_sizes)
     if not sizes:
         return ()
-    multiple = max(32, *(int(s) for s in config.model.strides))
+    multiple = spec_lib.size_multiple(spec.strides)
     bad = [s for s in sizes if not isinstance(s, int | np.integer) or isinstance(s, bool) or s <= 0 or s % multiple]
     if bad:
         raise ConfigError(f'config.train.multi_scale_sizes={sizes}: every size must be a positive multiple of '
-                          f'{multiple} (the largest stride; config.model.strides={tuple(config.model.strides)}), '
+                          f'{multiple} (the largest stride, at least 32; config.model.strides={spec.strides}), '
                           f'not {bad}')
     if not isinstance(t.multi_scale_every_steps, int | np.integer) or t.multi_scale_every_steps < 1:
         raise ConfigError(f'config.train.multi_scale_every_steps={t.multi_scale_every_steps!r} must be an integer '
@@ -141,29 +141,28 @@ def check_multi_scale(config) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
-def train_input_size(config, step: int) -> int:
+def train_input_size(spec: DetectionSpec, train_config, step: int) -> int:
     """The input side (pixels) of the batch of 0-based global training step `step` (the one that makes
-    state.step = step + 1): config.model.input_size, or with config.train.multi_scale_sizes a uniformly random
-    one of them, drawn from (config.train.seed, step // config.train.multi_scale_every_steps) alone."""
-    sizes = check_multi_scale(config)
+    state.step = step + 1): spec.input_size, or with config.train.multi_scale_sizes a uniformly random one of
+    them, drawn from (config.train.seed, step // config.train.multi_scale_every_steps) alone."""
+    sizes = check_multi_scale(spec, train_config)
     if not sizes:
-        return int(config.model.input_size)
-    chunk = int(step) // int(config.train.multi_scale_every_steps)
+        return spec.input_size
+    chunk = int(step) // int(train_config.multi_scale_every_steps)
     # A third word keeps this stream apart from the shuffle's SeedSequence([seed, epoch]).
-    rng = np.random.default_rng([int(config.train.seed), chunk, _MULTI_SCALE_STREAM])
+    rng = np.random.default_rng([int(train_config.seed), chunk, _MULTI_SCALE_STREAM])
     return int(sizes[int(rng.integers(len(sizes)))])
 
 
-def _prepare_fn(config, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False,
-                size: int | None = None):
+def _prepare_fn(config, size: int, *, augment_seed: tuple[int, int, int] | None, keep_difficult: bool = False):
     """Per-example map: (index, example) → image (S, S, 3) and variable-length boxes in input pixels.
 
+    size: S in pixels (the spec's input side, or a multi-scale batch's).
     augment_seed: (seed, epoch, process index) for training (config.data.augment, config.data.hsv_gains), None
       for evaluation (no augmentation).
     keep_difficult: keep boxes flagged 'difficult' (evaluation); otherwise they are dropped (training).
-    size: S in pixels; None = config.model.input_size.
     """
-    size = int(config.model.input_size if size is None else size)
+    size = int(size)
     mode = config.data.resize
     if mode not in letterbox_lib.RESIZE_MODES:
         raise ConfigError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
@@ -214,14 +213,14 @@ def _padded_batch(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) ->
     return ds.padded_batch(batch_size, padding_values=values, drop_remainder=drop_remainder)
 
 
-def _finish_fn(config, *, batch_size: int, pad: bool, size: int | None = None):
+def _finish_fn(config, spec: DetectionSpec, *, batch_size: int, pad: bool):
     """Per-batch map: encodes targets for the whole batch and pads/truncates boxes to max_boxes.
 
+    spec: the geometry at the batch's input side S in pixels (the grids are S / stride).
     pad: pad a short batch to `batch_size` examples with valid = 0 (evaluation); otherwise batches are full.
-    size: the batch's input side S in pixels (the grids are S / stride); None = config.model.input_size.
     """
-    size = int(config.model.input_size if size is None else size)
-    params = dataclasses.replace(targets_lib.TargetParams.from_config(config), input_size=size)
+    size = spec.input_size
+    params = targets_lib.TargetParams.from_spec(spec, config.data)
     max_boxes = int(config.data.max_boxes)
     label_shapes = targets_lib.grid_shapes(params)
 
@@ -266,8 +265,8 @@ def _finish_fn(config, *, batch_size: int, pad: bool, size: int | None = None):
 
 
 def train_epoch_dataset(
-    config, source: tf.data.Dataset, num_examples: int, *, epoch: int, batch_size: int, process_index: int = 0,
-    skip_batches: int = 0, first_step: int | None = None,
+    config, spec: DetectionSpec, source: tf.data.Dataset, num_examples: int, *, epoch: int, batch_size: int,
+    process_index: int = 0, skip_batches: int = 0, first_step: int | None = None,
 ) -> tf.data.Dataset:
     """One epoch of a process's shard `source` (decoded, cached), as batches of `batch_size` (this process's part
     of the global batch).
@@ -279,8 +278,8 @@ def train_epoch_dataset(
     before any augmentation work is spent on them.
 
     first_step: the global step of the epoch's batch 0 (epoch * steps_per_epoch). Given, and with
-    config.train.multi_scale_sizes set, batch k (counted before skipping) has side `train_input_size(config,
-    first_step + k)`; None (BN recalibration) or multi-scale off: every batch at config.model.input_size.
+    config.train.multi_scale_sizes set, batch k (counted before skipping) has side `train_input_size(spec,
+    config.train, first_step + k)`; None (BN recalibration) or multi-scale off: every batch at spec.input_size.
     """
     buffer = max(1, num_examples if config.data.shuffle_buffer <= 0 else min(num_examples,
                                                                              int(config.data.shuffle_buffer)))
@@ -296,7 +295,7 @@ def train_epoch_dataset(
         ds = ds.skip(int(skip_batches) * batch_size)  # same as skipping batches: augmentation is per example
     augment_seed = (seed, int(epoch), int(process_index))
     if mosaic > 0:
-        size = int(config.model.input_size)
+        size = spec.input_size
 
         def combine(main: tuple[tf.Tensor, dict], *partners: dict) -> tuple[tf.Tensor, dict]:
             index, example = main
@@ -304,32 +303,34 @@ def train_epoch_dataset(
             return index, augment_lib.random_mosaic([example, *partners], key, size, mosaic)
 
         ds = ds.map(combine, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if first_step is not None and check_multi_scale(config):
+    if first_step is not None and check_multi_scale(spec, config.train):
         num_batches = max(num_examples // batch_size - int(skip_batches), 0)
         steps = range(int(first_step) + int(skip_batches), int(first_step) + int(skip_batches) + num_batches)
-        ds = _multi_scale_batches(config, ds, [train_input_size(config, s) for s in steps], batch_size=batch_size,
-                                  augment_seed=augment_seed)
+        ds = _multi_scale_batches(config, spec, ds, [train_input_size(spec, config.train, s) for s in steps],
+                                  batch_size=batch_size, augment_seed=augment_seed)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
-    ds = ds.map(_prepare_fn(config, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_prepare_fn(config, spec.input_size, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=True)
     ds = ds.map(
-        _finish_fn(config, batch_size=batch_size, pad=False), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        _finish_fn(config, spec, batch_size=batch_size, pad=False), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def _multi_scale_batches(config, ds: tf.data.Dataset, batch_sizes_px: list[int], *, batch_size: int,
-                         augment_seed: tuple[int, int, int] | None) -> tf.data.Dataset:
+def _multi_scale_batches(config, spec: DetectionSpec, ds: tf.data.Dataset, batch_sizes_px: list[int], *,
+                         batch_size: int, augment_seed: tuple[int, int, int] | None) -> tf.data.Dataset:
     """(index, example) stream → batches where batch k is letterboxed and target-encoded at side
     batch_sizes_px[k] (pixels). One pipeline: each example goes through the same augmentation as at one size,
     then a `tf.switch_case` over the distinct sizes picks its batch's letterbox and, per batch, the encoder (each
     branch is the single-size code with a static size, so grids and shapes are exact per branch)."""
-    branches = sorted(set(batch_sizes_px)) or [int(config.model.input_size)]
+    branches = sorted(set(batch_sizes_px)) or [spec.input_size]
     # Branch index per batch; one extra entry for the remainder examples that drop_remainder discards.
     table = tf.constant([branches.index(s) for s in batch_sizes_px] + [0], tf.int32)
     last = len(batch_sizes_px)
-    prepares = [_prepare_fn(config, augment_seed=augment_seed, size=s) for s in branches]
-    finishes = [_finish_fn(config, batch_size=batch_size, pad=False, size=s) for s in branches]
+    prepares = [_prepare_fn(config, s, augment_seed=augment_seed) for s in branches]
+    finishes = [_finish_fn(config, spec.resized(s), batch_size=batch_size, pad=False) for s in branches]
 
     def prepare(position: tf.Tensor, item: tuple[tf.Tensor, dict]) -> dict[str, tf.Tensor]:
         which = table[tf.minimum(position // batch_size, last)]
@@ -344,15 +345,16 @@ def _multi_scale_batches(config, ds: tf.data.Dataset, batch_sizes_px: list[int],
     return ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def eval_dataset(config, source: tf.data.Dataset, *, batch_size: int) -> tf.data.Dataset:
+def eval_dataset(config, spec: DetectionSpec, source: tf.data.Dataset, *, batch_size: int) -> tf.data.Dataset:
     """A whole shard `source` in order, without augmentation; the last partial batch is padded to `batch_size`
     with 'valid' = 0 (and no boxes)."""
     ds = source.enumerate()
-    ds = ds.map(_prepare_fn(config, augment_seed=None, keep_difficult=True), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(_prepare_fn(config, spec.input_size, augment_seed=None, keep_difficult=True),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=False)
     ds = ds.map(
-        _finish_fn(config, batch_size=batch_size, pad=True), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        _finish_fn(config, spec, batch_size=batch_size, pad=True), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
@@ -408,7 +410,7 @@ class Data:
         self._sources_lib = sources
         self.class_names, where = sources.class_source(config)
         self.spec = build_spec(config.model, self.class_names, where)  # checked before any data is built or read
-        check_multi_scale(config)
+        check_multi_scale(self.spec, config.train)
         sources.prepare(config)
         self._splits: dict[str, tuple[tf.data.Dataset, Any]] = {}
 
@@ -436,15 +438,16 @@ class Data:
     def train_epoch(self, epoch: int, batch_size: int, skip_batches: int = 0,
                     first_step: int | None = None) -> tf.data.Dataset:
         """One epoch of this process's shard, as batches of `batch_size` (see `train_epoch_dataset`; `first_step`
-        = epoch * steps_per_epoch gives multi-scale batches, None all at config.model.input_size)."""
+        = epoch * steps_per_epoch gives multi-scale batches, None all at spec.input_size)."""
         source, _ = self.split('train')
-        return train_epoch_dataset(self.config, source, self.shard_size('train'), epoch=epoch, batch_size=batch_size,
-                                   process_index=self.process_index, skip_batches=skip_batches, first_step=first_step)
+        return train_epoch_dataset(self.config, self.spec, source, self.shard_size('train'), epoch=epoch,
+                                   batch_size=batch_size, process_index=self.process_index, skip_batches=skip_batches,
+                                   first_step=first_step)
 
     def train_batches(self, start_step: int, steps_per_epoch: int, batch_size: int) -> Iterator[tuple[int, dict]]:
         """(epoch, host batch) from global step `start_step` on, epoch after epoch, forever; each epoch is
         `steps_per_epoch` batches. With config.train.multi_scale_sizes, step s's batch has side
-        `train_input_size(config, s)`, whatever `start_step` the stream started from."""
+        `train_input_size(spec, config.train, s)`, whatever `start_step` the stream started from."""
         epoch, skip = divmod(start_step, steps_per_epoch)
         while True:
             n = 0
@@ -458,7 +461,7 @@ class Data:
             epoch, skip = epoch + 1, 0
 
     def recalibration_batches(self, epoch: int, batch_size: int, count: int) -> Iterator[dict]:
-        """The first `count` training batches of `epoch` (augmented, at config.model.input_size), for BatchNorm
+        """The first `count` training batches of `epoch` (augmented, at spec.input_size), for BatchNorm
         recalibration."""
         return numpy_iterator(self.train_epoch(epoch, batch_size).take(count))
 
@@ -469,7 +472,7 @@ class Data:
         largest_shard = -(-self.num_examples(split) // self.process_count)
         num_batches = -(-largest_shard // batch_size)
         n, last = 0, None
-        for batch in numpy_iterator(eval_dataset(self.config, source, batch_size=batch_size)):
+        for batch in numpy_iterator(eval_dataset(self.config, self.spec, source, batch_size=batch_size)):
             n, last = n + 1, batch
             yield batch
         if last is None and num_batches:

@@ -247,7 +247,7 @@ class _NetworkConverter:
         return True
 
     def _stride2_pool(self, eqn: Any, ins: list[_Value]) -> _Value | None:
-        """x.reshape(B, H/2, 2, W/2, 2, C).max(axis=(2, 4)) (models/yolov3._maxpool) → MaxPool 2x2/2."""
+        """x.reshape(B, H/2, 2, W/2, 2, C).max(axis=(2, 4)) (models/layers.maxpool2x2) → MaxPool 2x2/2."""
         src = eqn.invars[0]
         if tuple(eqn.params['axes']) != (2, 4) or src not in self.producer:
             return None

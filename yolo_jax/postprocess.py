@@ -85,25 +85,12 @@ class PostprocessConfig:
             raise ConfigError(f'config.eval.max_detections must be >= 1, got {self.max_detections}')
 
     @classmethod
-    def from_config(cls, config: Any, **overrides) -> PostprocessConfig:
-        """From a full config (config.model's geometry, config.eval, config.data.resize); keyword overrides win."""
-        m = config.model
-        anchors = tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors)
-        geometry = dict(input_size=int(m.input_size), strides=tuple(int(s) for s in m.strides), anchors=anchors,
-                        scale_xy=tuple(float(k) for k in m.scale_xy))
-        return cls._make(geometry, config.eval, config.data.resize, overrides)
-
-    @classmethod
     def from_spec(cls, spec: Any, eval_config: Any, resize_mode: str, **overrides) -> PostprocessConfig:
-        """From a DetectionSpec (geometry), config.eval and config.data.resize; keyword overrides win."""
-        geometry = dict(input_size=spec.input_size, strides=spec.strides, anchors=spec.anchors, scale_xy=spec.scale_xy)
-        return cls._make(geometry, eval_config, resize_mode, overrides)
-
-    @classmethod
-    def _make(cls, geometry: dict, eval_config: Any, resize_mode: str, overrides: dict) -> PostprocessConfig:
+        """From a DetectionSpec (the only source of geometry), config.eval and config.data.resize; keyword
+        overrides win."""
         e = eval_config
         kw = dict(
-            geometry,
+            input_size=spec.input_size, strides=spec.strides, anchors=spec.anchors, scale_xy=spec.scale_xy,
             resize_mode=resize_mode,
             score_threshold=float(e.score_threshold),
             iou_threshold=float(e.nms_iou_threshold),

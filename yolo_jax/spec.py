@@ -22,7 +22,8 @@ Anchors = tuple[tuple[tuple[float, float], ...], ...]
 class DetectionSpec:
     """What a detector predicts and at which resolution.
 
-    input_size: square network input side in pixels (a multiple of the largest stride).
+    input_size: square network input side in pixels (a multiple of 32, the backbones' downsampling, and of every
+      stride).
     strides: output strides, ascending (pixels per grid cell).
     anchors: per scale, (w, h) of each anchor in input pixels.
     class_names: one name per class, in output order.
@@ -41,16 +42,22 @@ class DetectionSpec:
         self._check()
 
     def _check(self) -> None:
+        """The one place geometry is checked (errors name the config.model field that sets it)."""
+        if not self.strides or list(self.strides) != sorted(set(self.strides)) or min(self.strides) <= 0:
+            raise ConfigError(f'config.model.strides={self.strides}: positive and strictly ascending')
         if len(self.anchors) != len(self.strides) or len(self.scale_xy) != len(self.strides):
             raise ConfigError(f'config.model.anchors / scale_xy: {len(self.anchors)} / {len(self.scale_xy)} scales '
                               f'but config.model.strides has {len(self.strides)}')
-        if len({len(a) for a in self.anchors}) != 1:
-            raise ConfigError('config.model.anchors: every scale needs the same number of anchors')
-        if self.input_size <= 0 or self.input_size % max(self.strides):
-            raise ConfigError(f'config.model.input_size={self.input_size} must be a positive multiple of '
-                              f'{max(self.strides)} (the largest stride)')
+        if len({len(a) for a in self.anchors}) != 1 or not self.anchors[0]:
+            raise ConfigError('config.model.anchors: need the same number of anchors (at least one) at each of the '
+                              'config.model.strides')
+        check_input_size(self.input_size, self.strides, 'config.model.input_size')
         if not self.class_names:
             raise ConfigError('the data set names no classes')
+
+    def resized(self, input_size: int) -> DetectionSpec:
+        """The same detector at another input side (multi-scale training); checked like any spec."""
+        return dataclasses.replace(self, input_size=int(input_size))
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +84,20 @@ class DetectionSpec:
         return cls(int(d['input_size']), tuple(int(s) for s in d['strides']),
                    tuple(tuple((float(w), float(h)) for w, h in scale) for scale in d['anchors']),
                    tuple(str(n) for n in d['class_names']), tuple(float(k) for k in d['scale_xy']))
+
+
+def size_multiple(strides: Sequence[int]) -> int:
+    """The multiple every input side must be: 32 (the backbones downsample by 32) and every stride."""
+    return max(32, *(int(s) for s in strides))
+
+
+def check_input_size(size: int, strides: Sequence[int], field: str) -> None:
+    """ConfigError naming `field` unless `size` is a positive multiple of `size_multiple(strides)`."""
+    multiple = size_multiple(strides)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % multiple:
+        nearest = max(multiple, round(float(size) / multiple) * multiple) if isinstance(size, int | float) else multiple
+        raise ConfigError(f'{field}={size!r}: input_size must be a multiple of {multiple} (the network downsamples '
+                          f'by {multiple}; config.model.strides={tuple(strides)}), e.g. {nearest}')
 
 
 def check_num_classes(config_num_classes: int, class_names: Sequence[str], source: str) -> None:

@@ -1,8 +1,9 @@
 """The pure pieces of training: schedule, optimizer, `TrainState`, the train / eval / BatchNorm-statistics steps,
 and `build_model_and_state` (a run's model and fresh state).
 
-Nothing here touches data, files or devices: `parallel.py` compiles these functions for one device, a device mesh
-or pmap, and `train.py` runs the loop around them. Tests, benchmarks and notebooks use them directly.
+Nothing here touches data or devices (only `initial_state` reads `config.train.init_from` weights, through
+transfer.py): `parallel.py` compiles these functions for one device, a device mesh or pmap, and `train.py` runs
+the loop around them. Tests and benchmarks use them directly.
 """
 
 from __future__ import annotations

@@ -27,21 +27,13 @@ from absl import logging
 
 from yolo_jax import checkpointing, darknet
 from yolo_jax.errors import ConfigError, MissingFileError
-from yolo_jax.models import iter_darknet_layers
-
-# Parameter shapes do not depend on the input size: initialise on a small input (cheap on CPU).
-_INIT_SIZE = 32
+from yolo_jax.models import init_variables, iter_darknet_layers
 
 
 def fresh_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
-    """A fresh init of `model` from config.train.seed (what training starts from without init_from).
-
-    Run eagerly, not jitted: on CPU that is several times faster for a one-off init, and later calls reuse the
-    compiled primitives. The values equal a jitted init's up to float rounding of the initialisers (~1e-9).
-    """
+    """A fresh init of `model` from config.train.seed (what training starts from without init_from)."""
     init_rng, _ = jax.random.split(jax.random.key(config.train.seed))
-    x = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3), jnp.float32)
-    return model.init(init_rng, x, train=False)
+    return init_variables(model, init_rng)
 
 
 def _layers(variables: dict) -> dict[str, tuple[dict, dict | None]]:

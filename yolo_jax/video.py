@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -82,7 +81,7 @@ def read_batches(cap: Any, batch_size: int, max_frames: int | None = None) -> It
 
 
 def detect_video(
-    config: ml_collections.ConfigDict,
+    cfg: pp.PostprocessConfig,
     model: Any,
     variables: dict,
     source: str | Path | int,
@@ -95,7 +94,7 @@ def detect_video(
     """Detects objects in every frame of `source` (a video file or a camera index).
 
     Args:
-      config: the full config (config.model, config.eval thresholds, config.data.resize).
+      cfg: post-processing settings: the detector's spec (its geometry; a checkpoint's own) and config.eval.
       model, variables: from inference.load_variables (BatchNorm folded or not).
       source: video path, or camera index (int or digit string).
       output_dir: receives detections.mp4 and detections.jsonl (created if missing).
@@ -107,7 +106,6 @@ def detect_video(
       {'frames', 'fps' (source frame rate), 'frames_per_s' (processing rate), 'video', 'jsonl'}.
     """
     cv2 = cv2_module()
-    cfg = pp.PostprocessConfig.from_config(config)
     predict = jax.jit(export.serving_fn(model, cfg))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -30,10 +29,11 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from yolo_jax.data import decode
 from yolo_jax.errors import DataError, summarize
 
 # Formats the input pipeline decodes with TF (sources.annotation_records_dataset); PIL decodes the others.
-TF_IMAGE_FORMATS = frozenset({'JPEG', 'PNG', 'BMP', 'GIF'})
+TF_IMAGE_FORMATS = decode.TF_IMAGE_FORMATS  # decoded by TensorFlow everywhere (data/decode.py)
 
 
 class AnnotationError(DataError):
@@ -102,21 +102,6 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _image_size(path: Path) -> tuple[int, int, str]:
-    """(width, height, PIL format) from the image header, without decoding the pixels."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return int(im.width), int(im.height), str(im.format)
-
-
-def _tf_error_text(e: Exception) -> str:
-    """A TF op error's message without its '{{function_node ...}}' prefix and ' [Op:...]' suffix."""
-    text = getattr(e, 'message', None) or str(e)
-    text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
-    return re.sub(r'\s*\[Op:[^\]]*\].*$', '', text, flags=re.S).strip()
-
-
 def decode_problem(record: AnnotationRecord) -> str | None:
     """Decodes the record's image in full, as the input pipeline will; None if fine, else what is wrong."""
     if record.image_format in TF_IMAGE_FORMATS:
@@ -125,7 +110,7 @@ def decode_problem(record: AnnotationRecord) -> str | None:
         try:
             image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
         except (tf.errors.OpError, ValueError) as e:
-            return f'unreadable image {record.path}: {_tf_error_text(e)}'
+            return f'unreadable image {record.path}: {decode.tf_error_text(e)}'
         height, width = int(image.shape[0]), int(image.shape[1])
     else:
         from PIL import Image  # noqa: PLC0415
@@ -238,7 +223,7 @@ def _parse_line(text: str, where: str, base: Path, num_classes: int, number: int
             raise AnnotationError(f'{where}: boxes must be written x1,y1,x2,y2,cls (comma-separated, no spaces)')
         raise AnnotationError(f'{where}: image not found: {path_text}')
     try:
-        width, height, image_format = _image_size(image)
+        width, height, image_format = decode.header(image)
     except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
         raise AnnotationError(f'{where}: unreadable image {image}: {e}') from e
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, _image_size
+from yolo_jax.data import decode
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
 
 _MAX_LISTED_ERRORS = 20
 
@@ -137,7 +138,7 @@ def read_coco_json(
                 errors.append(f'{where}: image not found: {image_path}')
                 continue
             try:
-                real_w, real_h, image_format = _image_size(image_path)
+                real_w, real_h, image_format = decode.header(image_path)
             except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
                 errors.append(f'{where}: unreadable image {image_path}: {e}')
                 continue

@@ -195,7 +195,7 @@ def build_mnist_detection(
 
 def prepare_mnist_detection(config: ml_collections.ConfigDict) -> MnistDetection:
     """Builds (if needed) and returns the builder for config.data's num_train, num_test, image_size,
-    generator_seed, digit_source, data_dir and generator_paste (absent = 'overwrite', the reference)."""
+    generator_seed, digit_source, data_dir and generator_paste ('overwrite' is the reference's pasting)."""
     d = config.data
     return build_mnist_detection(
         num_train=int(d.num_train),

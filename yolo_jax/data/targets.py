@@ -37,59 +37,52 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from yolo_jax.spec import DetectionSpec
+
 
 @dataclasses.dataclass(frozen=True)
 class TargetParams:
-    """Static parameters of the encoder (from `config.model` and `config.data`).
+    """Static parameters of the encoder: the detector's geometry (`spec`: input size, strides, anchors in input
+    pixels, classes; checked there) and config.data's assignment settings."""
 
-    input_size: side of the square network input, pixels (divisible by every stride).
-    strides: per-scale strides in pixels, ascending (e.g. (8, 16, 32); (16, 32) for YOLOv3-tiny).
-    anchors: per scale, A (w, h) anchor sizes in input pixels.
-    """
-
-    input_size: int
-    strides: tuple[int, ...]
-    anchors: tuple[tuple[tuple[float, float], ...], ...]
-    num_classes: int
+    spec: DetectionSpec
     label_smoothing: float = 0.01
     positive_iou: float = 0.3
     max_bbox_per_scale: int = 100
     iou_thresh: float = 1.0  # < 1: Darknet's width/height-IoU multi-anchor assignment (module docstring)
 
-    def __post_init__(self) -> None:
-        if len(self.strides) != len(self.anchors):
-            raise ValueError(f'{len(self.strides)} strides but {len(self.anchors)} anchor groups')
-        if len({len(a) for a in self.anchors}) != 1:
-            raise ValueError('every scale must have the same number of anchors')
-        for s in self.strides:
-            if self.input_size % s:
-                raise ValueError(f'input_size {self.input_size} is not divisible by stride {s}')
-
     @classmethod
-    def from_config(cls, config) -> TargetParams:
-        """Reads config.model.{input_size,strides,anchors,num_classes} and
-        config.data.{label_smoothing,positive_iou,max_bbox_per_scale,iou_thresh}."""
-        m, d = config.model, config.data
-        return cls(
-            input_size=int(m.input_size),
-            strides=tuple(int(s) for s in m.strides),
-            anchors=tuple(tuple((float(w), float(h)) for w, h in scale) for scale in m.anchors),
-            num_classes=int(m.num_classes),
-            label_smoothing=float(d.label_smoothing),
-            positive_iou=float(d.positive_iou),
-            max_bbox_per_scale=int(d.max_bbox_per_scale),
-            iou_thresh=float(d.iou_thresh),
-        )
+    def from_spec(cls, spec: DetectionSpec, data_config) -> TargetParams:
+        """`spec` with config.data.{label_smoothing,positive_iou,max_bbox_per_scale,iou_thresh}."""
+        d = data_config
+        return cls(spec, label_smoothing=float(d.label_smoothing), positive_iou=float(d.positive_iou),
+                   max_bbox_per_scale=int(d.max_bbox_per_scale), iou_thresh=float(d.iou_thresh))
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self.spec.strides
+
+    @property
+    def anchors(self) -> tuple[tuple[tuple[float, float], ...], ...]:
+        return self.spec.anchors
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
 
     @property
     def num_anchors(self) -> int:
         """Anchors per scale (A)."""
-        return len(self.anchors[0])
+        return self.spec.num_anchors
 
     @property
     def grid_sizes(self) -> tuple[int, ...]:
         """Per-scale grid side S_l = input_size // stride_l."""
-        return tuple(self.input_size // s for s in self.strides)
+        return self.spec.grid_sizes
 
 
 def _iou_xywh(b1: tf.Tensor, b2: tf.Tensor) -> tf.Tensor:

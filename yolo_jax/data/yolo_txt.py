@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, _image_size
+from yolo_jax.data import decode
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 _MAX_LISTED_ERRORS = 20
@@ -95,7 +96,7 @@ def read_yolo_txt(images: str | os.PathLike, class_names: Sequence[str] | int) -
     missing = 0
     for index, image in enumerate(list_images(images)):
         try:
-            width, height, image_format = _image_size(image)
+            width, height, image_format = decode.header(image)
         except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
             errors.append(f'{image}: unreadable image: {e}')
             continue

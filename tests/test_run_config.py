@@ -1,0 +1,41 @@
+"""WORKDIR/config.py: the run's config, written atomically, loadable as a config file, inserted as --config."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from configs.mnist import get_config
+from yolo_jax import run_config
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location('saved_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_round_trip_keeps_every_field_and_override(tmp_path):
+    config = get_config('tiny,smoke')
+    config.data.train_annotations = "/data/it's \"quoted\"\\path.txt"  # quotes and a backslash survive
+    config.model.anchors = ((1.5, 2.0), (3.0, 4.0)), ((5.0, 6.0), (7.0, 8.0))
+    path = run_config.write(config, tmp_path)
+    assert path == tmp_path / 'config.py' and oct(path.stat().st_mode & 0o777) == '0o644'
+    loaded = _load(path)
+    assert loaded.to_dict() == json.loads(json.dumps(config.to_dict()))
+    assert [p.name for p in tmp_path.iterdir()] == ['config.py']  # no temporary file left
+
+
+def test_config_flag_is_added_only_for_a_run_that_reads_a_workdir(tmp_path):
+    run_config.write(get_config('tiny,smoke'), tmp_path)
+    wd = f'--workdir={tmp_path}'
+    assert run_config.default_config_flag(['m', wd, '--mode=eval']) == ['m', f'--config={tmp_path}/config.py', wd,
+                                                                        '--mode=eval']
+    assert run_config.default_config_flag(['m', wd]) == ['m', wd]  # training: the user's config file
+    assert run_config.default_config_flag(['m', wd, '--mode=detect', '--config=c.py']) == [
+        'm', wd, '--mode=detect', '--config=c.py']
+    empty = tmp_path / 'other'
+    assert run_config.default_config_flag(['m', f'--workdir={empty}', '--mode=eval']) == [
+        'm', f'--workdir={empty}', '--mode=eval']
+    assert run_config.default_config_flag(['e', wd], training_modes=())[1] == f'--config={tmp_path}/config.py'

@@ -1,0 +1,74 @@
+"""A run's config saved in its workdir as a config file: `--config=WORKDIR/config.py` repeats no training flag.
+
+Training writes `WORKDIR/config.py` at its start (atomically): a config file like those in `configs/`, whose
+`get_config()` returns the run's whole config, overrides included. Eval, detect and export given `--workdir`
+and no `--config` read it (the command-line front inserts `--config=WORKDIR/config.py`), and `--config.x.y=...`
+overrides still apply on top of it. The checkpoint's own spec and model settings stay the authority for the
+network (inference.load_detector); this file brings the rest (data set, thresholds, resize mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ml_collections
+
+FILE_NAME = 'config.py'
+
+_TEMPLATE = '''"""The config of the run in this workdir, written by yolo_jax when training started.
+
+Use it as any config file: python -m yolo_jax.main --config={path} --workdir={workdir} --mode=eval
+"""
+
+import json
+
+import ml_collections
+
+_CONFIG = json.loads(r\'\'\'
+{json}
+\'\'\')
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(_CONFIG)
+'''
+
+
+def path(workdir: str | os.PathLike) -> Path:
+    """WORKDIR/config.py."""
+    return Path(workdir) / FILE_NAME
+
+
+def _jsonable(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(json.dumps(config.to_dict()))  # tuples → lists; fails loudly on anything not JSON
+
+
+def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Writes `config` as WORKDIR/config.py (replaced atomically: never half written) and returns the path."""
+    target = path(workdir)
+    text = _TEMPLATE.format(path=target, workdir=Path(workdir), json=json.dumps(_jsonable(config), indent=1))
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f'.{FILE_NAME}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def default_config_flag(argv: list[str], training_modes: tuple[str, ...] = ('train',)) -> list[str]:
+    """`argv` with `--config=WORKDIR/config.py` added when it names no config, names a workdir that holds one,
+    and does not train (eval, detect, export read a run; training starts from a config file the user chose)."""
+    if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+        return argv
+    mode = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--mode=')), 'train')
+    workdir = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--workdir=')), None)
+    if workdir is None or mode in training_modes or not path(workdir).is_file():
+        return argv
+    return [argv[0], f'--config={path(workdir)}', *argv[1:]]
