@@ -119,6 +119,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.shuffle_buffer = 1000
     d.cache = True
     d.num_threads = 0  # tf.data threads; 0 = every CPU this process may use
+    # At the start of a run, read both splits once (filling the cache the first epoch reads), log a one-line data
+    # report (data/check.py) and warn about images in both splits. Costs a pass over the data when cache=False.
+    d.check_at_start = True
 
     t = config.train = ml_collections.ConfigDict()
     t.batch_size = 4  # global batch, split over devices and processes
