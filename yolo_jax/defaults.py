@@ -7,6 +7,8 @@ field, so every default lives here, once.
 
 import ml_collections
 
+from yolo_jax.weights import published_url
+
 # YOLOv3's anchors in input pixels, one row per scale (strides 8, 16, 32).
 YOLOV3_ANCHORS = (
     ((10, 13), (16, 30), (33, 23)),
@@ -136,6 +138,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.parallel = 'mesh'  # 'mesh' (jit over a device mesh; one device is a mesh of one) or 'pmap'
     t.init_from = ''  # a Darknet .weights file or an earlier workdir
     t.init_from_missing = 'error'  # init_from names no file: 'error', or 'scratch' (warn, train from a fresh init)
+    t.init_from_url = ''  # init_from names no file: download it from here first ('' = never; yolo_jax/weights.py)
     t.freeze = 'none'  # 'none', 'backbone' or 'all_but_heads'
     t.save_best_only = True
     t.log_every_steps = 10
@@ -203,11 +206,13 @@ def darknet_weights_path(model_name: str) -> str:
 
 def _make_transfer(config: ml_collections.ConfigDict) -> None:
     """Fine-tune from Darknet's COCO weights of the configured network (the reference's TRAIN_TRANSFER = True):
-    the published width and Darknet's BatchNorm epsilon. Without the file the run warns and trains from scratch."""
+    the published width and Darknet's BatchNorm epsilon. A missing file is downloaded from its published URL; offline
+    the run warns and trains from scratch."""
     config.model.width_multiplier = 1.0
     config.model.bn_epsilon = DARKNET_BN_EPSILON
     config.train.init_from = darknet_weights_path(config.model.name)
     config.train.init_from_missing = 'scratch'
+    config.train.init_from_url = published_url(config.model.name)  # fetched on first use (yolo_jax/weights.py)
 
 
 def _make_quick(config: ml_collections.ConfigDict) -> None:
