@@ -271,3 +271,28 @@ def test_command_line(tmp_path):
     assert missing.returncode == 2
     errors = [ln for ln in missing.stderr.splitlines() if ln.startswith('error:')]
     assert len(errors) == 1 and 'nope.txt' in errors[0] and 'Traceback' not in missing.stderr
+
+
+def test_yolo_txt_problems(tmp_path):
+    """YOLO labels: unknown class, partly outside, degenerate and unparseable lines, each at its label line."""
+    (tmp_path / 'images' / 'train').mkdir(parents=True)
+    (tmp_path / 'labels' / 'train').mkdir(parents=True)
+    _picture(1).save(tmp_path / 'images' / 'train' / 'x.png')  # 160 x 120
+    _picture(2).save(tmp_path / 'images' / 'train' / 'y.png')  # no label file: an image without boxes
+    label = tmp_path / 'labels' / 'train' / 'x.txt'
+    label.write_text('0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.1 0.1\n1 0.95 0.5 0.2 0.2\ngarbage line\n\n1 0.5 0.5 0 0.1\n')
+    read = check.read_yolo_txt_raw(tmp_path / 'images' / 'train', 'train')
+    issues = list(read.issues)
+    for r, bw in zip(read.records, read.box_where, strict=True):
+        issues += check.box_issues(r, bw, 3, 'train')
+    assert sorted((i['kind'], i['where']) for i in issues) == [
+        ('bad_entry', f'{label}:4'), ('degenerate_box', f'{label}:6'), ('partly_outside_box', f'{label}:3'),
+        ('unknown_class', f'{label}:2')]
+    np.testing.assert_allclose(read.records[0].boxes[2], [136, 48, 168, 72])  # 152 -+ 16, 60 -+ 12: unclipped
+    assert [len(r.classes) for r in read.records] == [4, 0]
+
+
+def test_bad_split_name_is_a_user_error(tmp_path):
+    _write_set(tmp_path)
+    with pytest.raises(check.errors.ConfigError, match="--splits: 'validation' is not one of"):
+        check.check_data(_config(tmp_path), ('validation',))
