@@ -77,6 +77,12 @@ def test_unreachable_or_missing_url(tmp_path):
     why = weights.fetch_if_missing(target, (tmp_path / 'nowhere' / TINY).as_uri())
     assert why is not None and why.startswith('downloading file://') and 'failed' in why
     assert not target.exists() and _leftovers(target.parent) == []
+    # A URL of another file (the transfer variant's, after init_from was pointed elsewhere) is never fetched.
+    source = tmp_path / 'yolov3.weights'
+    source.write_bytes(b'x')
+    why = weights.fetch_if_missing(tmp_path / 'mine.weights', source.as_uri())
+    assert why == f'config.train.init_from_url {source.as_uri()} names another file than mine.weights'
+    assert not (tmp_path / 'mine.weights').exists()
 
 
 def _tiny_config(tmp_path: Path, url: str):
@@ -98,7 +104,8 @@ def test_initial_variables_use_a_fetched_file_or_fall_back(tmp_path, caplog):
     rng = np.random.default_rng(0)
     source_vars = jax.tree_util.tree_map_with_path(
         lambda p, s: np.abs(rng.standard_normal(s.shape)).astype(np.float32), darknet.abstract_variables(mc))
-    served = tmp_path / 'served.weights'
+    served = tmp_path / 'served' / 'smoke.weights'
+    served.parent.mkdir()
     darknet.save_weights(served, source_vars, mc)
 
     config.train.init_from_url = served.as_uri()
@@ -110,13 +117,13 @@ def test_initial_variables_use_a_fetched_file_or_fall_back(tmp_path, caplog):
     np.testing.assert_array_equal(kernel, source_vars['params']['backbone']['conv_000']['conv']['kernel'])
 
     caplog.clear()
-    config = _tiny_config(tmp_path / 'b', (tmp_path / 'absent.weights').as_uri())
+    config = _tiny_config(tmp_path / 'b', (tmp_path / 'absent' / 'smoke.weights').as_uri())
     with caplog.at_level(logging.WARNING):
         fresh = transfer.initial_variables(config, model)
-    assert 'training from scratch' in caplog.text and 'absent.weights failed' in caplog.text
+    assert 'training from scratch' in caplog.text and 'absent/smoke.weights failed' in caplog.text
     np.testing.assert_array_equal(fresh['params']['backbone']['conv_000']['conv']['kernel'],
                                   transfer.fresh_variables(config, model)['params']['backbone']['conv_000']['conv'][
                                       'kernel'])
     config.train.init_from_missing = 'error'
-    with pytest.raises(FileNotFoundError, match=r'does not exist .*absent.weights failed'):
+    with pytest.raises(FileNotFoundError, match=r'does not exist .*absent/smoke.weights failed'):
         transfer.initial_variables(config, model)

@@ -13,8 +13,9 @@ does not exist and init_from_url is set, `fetch_if_missing` downloads it, checks
   are verified by size only, a truncated download's symptom (Darknet's value count check in darknet.py catches the
   rest of a wrong file when it is read).
 
-Failure (offline, HTTP error, wrong size or checksum) is returned as a message, never raised: the caller
-(transfer.initial_variables) then falls back as it does for a missing file (config.train.init_from_missing).
+Only a URL whose file name is the target's is fetched. Failure (offline, HTTP error, wrong size or checksum) is
+returned as a message, never raised: the caller (transfer.initial_variables) then falls back as it does for a
+missing file (config.train.init_from_missing).
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def fetch_if_missing(path: str | os.PathLike, url: str) -> str | None:
         return None
     if not url:
         return 'no config.train.init_from_url to fetch it from'
+    if Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name != path.name:
+        # e.g. the transfer variant's URL kept after init_from was pointed at another file: never fill that name
+        # with other weights.
+        return f'config.train.init_from_url {url} names another file than {path.name}'
     if not reachable(url):
         return f'offline: {url} is not reachable'
     expected = PUBLISHED.get(path.name)
