@@ -265,6 +265,11 @@ def test_command_line(tmp_path):
     errors = [ln for ln in bad.stderr.splitlines() if ln.startswith('error:')]
     assert len(errors) == 1 and 'outptu' in errors[0] and 'Traceback' not in bad.stderr
 
+    no_config = _cli('--config=configs/nope.py')
+    assert no_config.returncode == 2
+    assert no_config.stderr.strip().splitlines() == [
+        "error: --config=configs/nope.py: [Errno 2] No such file or directory: 'configs/nope.py'"]
+
     missing = _cli(*flags[:2], f'--config.data.train_annotations={tmp_path}/nope.txt',
                    f'--config.data.test_annotations={tmp_path}/set/test.txt',
                    f'--config.data.class_names={tmp_path}/set/classes.txt')

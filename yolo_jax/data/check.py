@@ -802,6 +802,19 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(['config'])
 
 
+def _loaded_config(f: flags.FlagValues):
+    """FLAGS.config; ml_collections defers a config file's load error to the first field read: raise it here as a
+    user error naming the file (its last line)."""
+    try:
+        config = f.config
+        _ = config.data
+    except OSError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise errors.MissingFileError(f'--config={f["config"].serialize().split("=", 1)[-1]}: '
+                                      f'{lines[-1] if lines else e}') from None
+    return config
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -809,7 +822,7 @@ def main(argv: Sequence[str]) -> None:
     if not f.splits:
         raise errors.UserError('--splits: name at least one split')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF's first import
-    report = check_data(f.config, tuple(f.splits), output=f.output)
+    report = check_data(_loaded_config(f), tuple(f.splits), output=f.output)
     print(summary_text(report))
     print(f"checked in {report['seconds']:.1f} s" + (f'; wrote {f.output}/report.json and plots' if f.output else ''))
 
