@@ -301,3 +301,20 @@ def test_bad_split_name_is_a_user_error(tmp_path):
     _write_set(tmp_path)
     with pytest.raises(check.errors.ConfigError, match="--splits: 'validation' is not one of"):
         check.check_data(_config(tmp_path), ('validation',))
+
+
+def test_read_strict_collects_a_strict_readers_errors_and_warnings(tmp_path):
+    """The wrapper for formats without a lenient reader: errors and warnings of annotations.read_annotations."""
+    from yolo_jax.data import annotations as ann
+
+    _picture(1).save(tmp_path / 'x.png')  # 160 x 120
+    path = tmp_path / 'a.txt'
+    path.write_text('x.png 10,10,50,50,0 150,10,170,50,1\nx.png 10,10,10,50,0\nnope.png 1,1,2,2,0\n')
+    read = check.read_strict(lambda: ann.read_annotations(path, NAMES), 'train')
+    assert read.records == []
+    assert sorted((i['kind'], i['where']) for i in read.issues) == [
+        ('bad_entry', f'{path}:2'), ('bad_entry', f'{path}:3'), ('reader_warning', f'{path}:1')]
+    path.write_text('x.png 10,10,50,50,0 150,10,170,50,1\n')
+    read = check.read_strict(lambda: ann.read_annotations(path, NAMES), 'train')
+    assert [i['kind'] for i in read.issues] == ['reader_warning'] and 'clipped' in read.issues[0]['detail']
+    np.testing.assert_array_equal(read.records[0].boxes, [[10, 10, 50, 50], [150, 10, 160, 50]])

@@ -18,6 +18,7 @@ Problems are collected, never raised: a run would refuse some of them (the reade
     outside_box      no area inside the image (training drops it)
     partly_outside_box  reaches more than OUTSIDE_TOLERANCE_PX beyond the image border (training clips it)
     duplicate_box    a second box of the same class in the same image with IoU > DUPLICATE_BOX_IOU (or identical)
+    reader_warning   a strict reader's warning (`read_strict`, for formats without a lenient reader here)
 
 Duplicate images, within and across splits (a test image that is also a training image inflates every figure):
     exact  the same file bytes (file data sets) or the same decoded pixels (TFDS sets), by sha256;
@@ -37,10 +38,11 @@ height ratios r (box / anchor) satisfy max(r, 1 / r) < ANCHOR_RATIO_THRESHOLD (Y
 the mean best IoU the mean over boxes of the IoU (aligned centres) with their best anchor (`anchors.py`).
 
 Sources: the file formats ('annotations', 'coco_json', 'yolo_txt') are read here, leniently (`read_*_raw`),
-because the training readers stop at the first bad file; any other data set (TFDS sets, formats added later) is
-read through `sources.load_split` (every element decoded). `check_at_start` runs a cheaper form at the start of a
-training run (config.data.check_at_start) on the run's own decoded splits: it logs `summary_line` and warns about
-leaks.
+because the training readers stop at the first bad file; a format's strict reader (returning AnnotationRecords)
+can be wrapped by `read_strict` to collect its errors and warnings; any other data set (TFDS sets, formats added
+later and not wired into `read_split`) is read through `sources.load_split` (every element decoded).
+`check_at_start` runs a cheaper form at the start of a training run (config.data.check_at_start) on the run's own
+decoded splits: it logs `summary_line` and warns about leaks.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ THUMB_SIDE = 32  # grey thumbnail side for the pHash and the near-duplicate conf
 _HASH_SIDE = 8  # low-frequency DCT block: 8 x 8 = 64 bits
 SUMMARY_LISTED = 5  # problems shown per kind in the printed summary (report.json lists all)
 ISSUE_KINDS = ('bad_entry', 'missing_image', 'unreadable_image', 'unknown_class', 'degenerate_box', 'outside_box',
-               'partly_outside_box', 'duplicate_box')
+               'partly_outside_box', 'duplicate_box', 'reader_warning')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,6 +364,34 @@ def read_yolo_txt_raw(images: str | os.PathLike, split: str) -> SplitRecords:
             classes.append(int(cls))
             box_where.append(where)
         out.add(_record(image, boxes, classes, size, index), str(label if label.is_file() else image), box_where)
+    return out
+
+
+def read_strict(reader: Callable[[], Sequence[AnnotationRecord]], split: str) -> SplitRecords:
+    """Any strict reader returning AnnotationRecords (a format added later: `lambda: read_x(path, names)[0]`),
+    made to collect: its warnings (boxes clipped or dropped) become `reader_warning` issues and an AnnotationError
+    (one line per problem after its header) `bad_entry` issues, with no records (the reader returns none).
+    Boxes are then the reader's (clipped and filtered), so the box checks see what training would."""
+    import warnings  # noqa: PLC0415
+
+    out = SplitRecords(split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', annotations_lib.AnnotationWarning)
+        try:
+            records = list(reader())
+        except annotations_lib.AnnotationError as e:
+            lines = [ln.strip() for ln in str(e).splitlines()]
+            for line in (lines[1:] if len(lines) > 1 else lines):
+                if line and not line.startswith('... and'):
+                    where, _, detail = line.partition(': ')
+                    out.issues.append(_issue('bad_entry', split, where, detail or line))
+            records = []
+    for w in caught:
+        if issubclass(w.category, annotations_lib.AnnotationWarning):
+            where, _, detail = str(w.message).partition(': ')
+            out.issues.append(_issue('reader_warning', split, where, detail))
+    for r in records:
+        out.add(r, f'{r.path}', [f'{r.path} box {k + 1}' for k in range(len(r.classes))])
     return out
 
 
