@@ -24,6 +24,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     config.data.dataset = 'coco/2017'  # train -> 'train' (train2017), test -> 'validation' (val2017)
     config.data.cache = False  # ~60 GB decoded: stream instead
+    config.data.check_at_start = False  # a full extra pass over the data; run python -m yolo_jax.data.check
     config.data.shuffle_buffer = 4096
     config.data.max_boxes = 100  # val2017 has at most 63 boxes per image; train2017 a few more are cut
 

@@ -23,6 +23,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     config.data.dataset = 'voc/2007+voc/2012'  # train: both trainval sets; test: voc/2007 test
     config.data.cache = False  # ~9 GB decoded: stream instead
+    config.data.check_at_start = False  # a full extra pass over the data; run python -m yolo_jax.data.check
     config.data.shuffle_buffer = 2048
     config.data.max_boxes = 100  # VOC has at most 42 objects per image
 

@@ -7,6 +7,8 @@ field, so every default lives here, once.
 
 import ml_collections
 
+from yolo_jax.weights import published_url
+
 # YOLOv3's anchors in input pixels, one row per scale (strides 8, 16, 32).
 YOLOV3_ANCHORS = (
     ((10, 13), (16, 30), (33, 23)),
@@ -114,6 +116,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.shuffle_buffer = 1000
     d.cache = True
     d.num_threads = 0  # tf.data threads; 0 = every CPU this process may use
+    # At the start of a run, read both splits once (filling the cache the first epoch reads), log a one-line data
+    # report (data/check.py) and warn about images in both splits. Costs a pass over the data when cache=False.
+    d.check_at_start = True
 
     t = config.train = ml_collections.ConfigDict()
     t.batch_size = 4  # global batch, split over devices and processes
@@ -128,6 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.parallel = 'mesh'  # 'mesh' (jit over a device mesh; one device is a mesh of one) or 'pmap'
     t.init_from = ''  # a Darknet .weights file or an earlier workdir
     t.init_from_missing = 'error'  # init_from names no file: 'error', or 'scratch' (warn, train from a fresh init)
+    t.init_from_url = ''  # init_from names no file: download it from here first ('' = never; yolo_jax/weights.py)
     t.freeze = 'none'  # 'none', 'backbone' or 'all_but_heads'
     t.save_best_only = True
     t.log_every_steps = 10
@@ -195,11 +201,13 @@ def darknet_weights_path(model_name: str) -> str:
 
 def _make_transfer(config: ml_collections.ConfigDict) -> None:
     """Fine-tune from Darknet's COCO weights of the configured network (the reference's TRAIN_TRANSFER = True):
-    the published width and Darknet's BatchNorm epsilon. Without the file the run warns and trains from scratch."""
+    the published width and Darknet's BatchNorm epsilon. A missing file is downloaded from its published URL; offline
+    the run warns and trains from scratch."""
     config.model.width_multiplier = 1.0
     config.model.bn_epsilon = DARKNET_BN_EPSILON
     config.train.init_from = darknet_weights_path(config.model.name)
     config.train.init_from_missing = 'scratch'
+    config.train.init_from_url = published_url(config.model.name)  # fetched on first use (yolo_jax/weights.py)
 
 
 def _make_quick(config: ml_collections.ConfigDict) -> None:

@@ -215,6 +215,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     total_steps = int(t.epochs * steps_per_epoch)
     logging.info('Data: %d train / %d test examples, %d classes', data.num_examples('train'),
                  data.num_examples('test'), spec.num_classes)  # reads (and checks) both splits before any step
+    if config.data.check_at_start:
+        from yolo_jax.data import check  # noqa: PLC0415
+
+        check.check_at_start(config, data)
 
     model, lr_fn, state = steps.build_model_and_state(config, steps_per_epoch, mode)
     kw = loss_kwargs(spec, config.loss)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from yolo_jax import checkpointing, darknet
+from yolo_jax import checkpointing, darknet, weights
 from yolo_jax.errors import ConfigError, MissingFileError
 from yolo_jax.models import init_variables, iter_darknet_layers
 
@@ -150,13 +150,17 @@ def initial_variables(config: ml_collections.ConfigDict, model: Any) -> dict:
         raise ConfigError(f"config.train.init_from_missing: expected 'error' or 'scratch', got "
                           f'{config.train.init_from_missing!r}')
     path = Path(config.train.init_from).expanduser()
+    # A missing published file is downloaded when config.train.init_from_url says from where (weights.py).
+    why = weights.fetch_if_missing(path, str(config.train.init_from_url)) if config.train.init_from_url else None
+    why = f' ({why})' if why else ''
     if not path.exists() and config.train.init_from_missing == 'scratch':
-        logging.warning('config.train.init_from: %s does not exist; training from scratch instead '
-                        '(config.train.init_from_missing=scratch)', path)
+        logging.warning('config.train.init_from: %s does not exist%s; training from scratch instead '
+                        '(config.train.init_from_missing=scratch)', path, why)
         return fresh_variables(config, model)
     if not path.exists():
         raise MissingFileError(
-            f'config.train.init_from: {path} does not exist (a Darknet .weights file or an orbax checkpoint directory)'
+            f'config.train.init_from: {path} does not exist (a Darknet .weights file or an orbax checkpoint '
+            f'directory){why}'
         )
     if path.is_dir():
         source, step = load_checkpoint_source(path)
