@@ -7,8 +7,8 @@ config.data.dataset:
 
 Layouts, tried in this order on the folder (`detect_layout`):
     Ultralytics yaml   ROOT is a .yaml/.yml file, or ROOT/data.yaml (yolo_yaml.py); splits train / test (else val).
-    COCO JSON          ROOT is a .json file, or ROOT holds exactly one .json file; images beside it (or
-                       config.data.image_dir).
+    COCO JSON          ROOT is a .json file, or ROOT holds exactly one .json file; images beside it, in
+                       images/ or in a folder named as the JSON (or config.data.image_dir).
     VOC devkit         ROOT/Annotations, ROOT/JPEGImages, ImageSets/Main/<split>.txt (voc_xml.py): train =
                        `trainval` if listed, else `train`; test = `test`, else `val`.
     VOC flat           ROOT/annotations/*.xml + ROOT/images/, or ROOT/*.xml beside the images (or with their
@@ -106,8 +106,19 @@ def _yaml(path: Path) -> Layout:
                   f'Ultralytics data.yaml {path} (train' + (f', {test_key})' if test_key else ')'))
 
 
+def _coco_images(path: Path) -> Path:
+    """The image folder of a COCO JSON: the first of its own folder, images/ and <json stem>/ beside it that holds
+    its first image (default: its own folder, whose errors then name the missing files)."""
+    try:
+        first = json.loads(path.read_text(encoding='utf-8'))['images'][0]['file_name']
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return path.parent  # read_coco_json reports what is wrong with the file
+    candidates = (path.parent, path.parent / 'images', path.parent / path.stem)
+    return next((d for d in candidates if (d / str(first)).is_file()), path.parent)
+
+
 def _coco(path: Path, image_dir: str) -> Layout:
-    dirs = (Path(image_dir).expanduser(),) if image_dir else ()
+    dirs = (Path(image_dir).expanduser() if image_dir else _coco_images(path),)
     return Layout('COCO JSON file', path.parent, Source('coco', (path,), dirs), None, None, f'COCO JSON {path}')
 
 
