@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detection_fixtures import CLASS_NAMES, TEST, TRAIN, write_coco, write_images, write_yolo
-from test_voc_xml import SORTED, bccd_root, check, config_for, write_devkit, write_xml
+from test_voc_xml import bccd_root, check, config_for, write_devkit, write_xml
 
 from configs.photos import get_config
 from yolo_jax.data import own_data, sources, yolo_yaml

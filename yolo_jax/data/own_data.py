@@ -320,7 +320,8 @@ def test_keys(keys: Sequence[str], fraction: float, split_file: str, root: Path)
             saved = json.loads(Path(split_file).read_text(encoding='utf-8'))
             known_test, known_train = set(saved['test']), set(saved['train'])
         except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f'{split_file}: not a split file this project wrote ({e}); delete it to split again')
+            raise DataError(f'{split_file}: not a split file this project wrote ({e}); delete it to split '
+                            'again') from None
         new = [k for k in keys if k not in known_test and k not in known_train]
         if new:
             logging.warning('%d image(s) are not in %s (added since the split was made?): placed by file-name '
@@ -341,10 +342,10 @@ def test_keys(keys: Sequence[str], fraction: float, split_file: str, root: Path)
 
 
 def resolve_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """What main.py fills in before a run, once, logged: config.data.split_file = WORKDIR/split.json for these
-    data sets when '' , and config.model.num_classes = the data set's class count when 0 ("from the data").
-    Returns `config` (changed in place)."""
-    if str(config.data.dataset) in DATASETS and not config.data.split_file:
+    """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
+    WORKDIR/split.json for these data sets when '' (and `workdir` is given), and config.model.num_classes = the
+    data set's class count when 0 ("from the data"). Returns `config` (changed in place)."""
+    if workdir and str(config.data.dataset) in DATASETS and not config.data.split_file:
         config.data.split_file = str(Path(workdir) / 'split.json')
     if int(config.model.num_classes) == 0:
         from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow; sources imports this module)
