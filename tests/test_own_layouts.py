@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detection_fixtures import CLASS_NAMES, TEST, TRAIN, write_coco, write_images, write_yolo
-from test_voc_xml import bccd_root, check, config_for, write_devkit, write_xml
+from test_voc_xml import SORTED, bccd_root, check, config_for, write_devkit, write_xml
 
 from configs.photos import get_config
 from yolo_jax.data import own_data, sources, yolo_yaml
@@ -215,6 +215,15 @@ def test_cli_trains_on_a_generated_folder_without_a_split_or_a_class_count(tmp_p
     assert [p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
     records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
     assert any(r['kind'] == 'train' for r in records) and any(r['kind'] == 'map' for r in records)
+    # Eval reads the same split back (a different fraction on the command line changes nothing) and the classes
+    # again from the data.
+    before = (workdir / 'split.json').read_text()
+    proc = _run('--config=configs/photos.py:smoke', f'--config.data.root={root}', f'--workdir={workdir}',
+                '--mode=eval', f'--output={tmp_path / "eval"}', '--config.data.test_fraction=0.9')
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert metrics['class_names'] == list(SORTED) and metrics['metrics']['num_images'] == len(saved['test'])
+    assert (workdir / 'split.json').read_text() == before
     # A bad dataset name is one error line naming the formats.
     proc = _run('--config=configs/photos.py:smoke', '--config.data.dataset=pascal', f'--workdir={tmp_path / "x"}')
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
