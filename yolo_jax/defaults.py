@@ -75,6 +75,7 @@ def model_config(name: str = 'yolov3', num_classes: int = 10, input_size: int = 
 def default_config() -> ml_collections.ConfigDict:
     """Every field a run reads, with the TF2 reference's values (YOLOv3 at 416 on the MNIST detection set)."""
     config = ml_collections.ConfigDict()
+    # model.num_classes = 0 means "the data set's number of classes" (main.py fills it in from the data).
     config.model = model_config('yolov3', num_classes=10, input_size=416)
 
     config.loss = ml_collections.ConfigDict()
@@ -82,7 +83,17 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
 
     d = config.data = ml_collections.ConfigDict()
-    d.dataset = 'mnist_detection'  # or 'annotations', 'coco_json', 'yolo_txt', 'voc/2007', 'coco/2017'
+    # or 'auto', 'voc_xml', 'yolo_yaml' (a user's own folder in `root`), 'annotations', 'coco_json', 'yolo_txt',
+    # 'voc/2007', 'coco/2017'
+    d.dataset = 'mnist_detection'
+    # 'auto' / 'voc_xml' / 'yolo_yaml' (data/own_data.py): the data set's folder, data.yaml or COCO .json file; its
+    # layout (VOC devkit or flat XML, Ultralytics yaml, YOLO txt folder, COCO JSON) is detected and logged.
+    d.root = ''
+    d.image_dir = ''  # VOC flat XML / COCO JSON: the images' folder when they are not beside the annotations
+    # A set without a test split: this fraction of its images (by a hash of the file name) is the test split ...
+    d.test_fraction = 0.2
+    # ... written once to this JSON file and reused. '' = main.py uses WORKDIR/split.json (library: not written).
+    d.split_file = ''
     d.data_dir = ''  # '' = ~/tensorflow_datasets (or $TFDS_DATA_DIR)
     d.digit_source = 'auto'  # 'auto', 'tfds', 'sklearn', or a path to a folder/zip/IDX dir
     d.num_train = 1000

@@ -60,6 +60,7 @@ class AnnotationRecord:
             file, if it has changed since.
         difficult: optional (N,) bool: boxes to be ignored by evaluation and training (VOC difficult, COCO
             iscrowd); None = none. COCO-JSON and YOLO-txt records hold float32 boxes (sub-pixel corners).
+        truncated: optional (N,) bool: VOC's `truncated` (the object continues beyond the image); informational.
     """
 
     path: str
@@ -71,6 +72,7 @@ class AnnotationRecord:
     image_format: str
     num_bytes: int = -1
     difficult: np.ndarray | None = None
+    truncated: np.ndarray | None = None
 
     def difficult_flags(self) -> np.ndarray:
         """(N,) bool: `difficult`, or all False."""

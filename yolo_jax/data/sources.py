@@ -11,6 +11,9 @@ config.data.dataset selects the source:
     'yolo_txt'         YOLO-format labels (yolo_txt.py): config.data.train_images / test_images (an image folder or a
                        list file of image paths), one `cls cx cy w h` (normalised) label file per image, and
                        config.data.class_names.
+    'auto', 'voc_xml', 'yolo_yaml'
+                       a user's own folder (own_data.py): config.data.root is the folder (or data.yaml / COCO
+                       .json); its layout is detected, a set without a test split is split by file-name hash.
     'voc/2007', 'coco/2017' (or another voc/... or coco/... config; 'voc/2007+voc/2012' trains on both)
                        prepared TFDS detection sets (never downloaded here). Split mapping: voc train ->
                        'train+validation', test -> 'test'; coco train -> 'train', test -> 'validation'; any other
@@ -39,7 +42,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from yolo_jax.data import annotations as annotations_lib
-from yolo_jax.data import coco_json, mnist_detection, yolo_txt
+from yolo_jax.data import coco_json, mnist_detection, own_data, yolo_txt
 from yolo_jax.errors import ConfigError, MissingFileError
 
 SPLITS = ('train', 'test')  # the names every source knows; TFDS sets take their own split names too
@@ -83,8 +86,8 @@ def _tfds_rules(dataset: str) -> _TfdsRules:
     if dataset.startswith('coco'):
         return _TfdsRules({'train': 'train', 'test': 'validation'}, 'image/id', 'is_crowd')
     raise ConfigError(
-        f"config.data.dataset={dataset!r}: expected 'mnist_detection', 'annotations', 'coco_json', 'yolo_txt', "
-        "'voc/<year>' (or 'voc/2007+voc/2012') or 'coco/<year>'"
+        f"config.data.dataset={dataset!r}: expected 'auto', 'voc_xml', 'yolo_yaml', 'mnist_detection', "
+        "'annotations', 'coco_json', 'yolo_txt', 'voc/<year>' (or 'voc/2007+voc/2012') or 'coco/<year>'"
     )
 
 
@@ -100,6 +103,10 @@ def get_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Class names of config.data.dataset, without building or reading any examples (coco_json: reads the JSON's
     categories)."""
     dataset = str(config.data.dataset)
+    # --- own photos (own_data.py): begin ---
+    if dataset in own_data.DATASETS:
+        return own_data.class_names(own_data.layout_of(config), str(config.data.class_names))
+    # --- own photos: end ---
     if dataset == 'mnist_detection':
         return mnist_detection.CLASS_NAMES
     if dataset in ('annotations', 'yolo_txt'):
@@ -125,6 +132,10 @@ def class_source(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], st
     """(class names of config.data.dataset, a description of where they come from), without building or reading
     any examples: cheap enough to check a config against in the first seconds of a run."""
     dataset = str(config.data.dataset)
+    # --- own photos (own_data.py): begin ---
+    if dataset in own_data.DATASETS:
+        return own_data.describe(config)  # logs the detected layout
+    # --- own photos: end ---
     if dataset == 'mnist_detection':
         return mnist_detection.CLASS_NAMES, 'the MNIST detection set'
     if dataset in ('annotations', 'yolo_txt'):
@@ -222,12 +233,20 @@ def load_split(
     """
     dataset = str(config.data.dataset)
     if not isinstance(split, str) or not split or (
-            split not in SPLITS and (dataset in FILE_DATASETS or dataset == 'mnist_detection')):
+            split not in SPLITS and (dataset in FILE_DATASETS + own_data.DATASETS or dataset == 'mnist_detection')):
         raise ValueError(f'split must be one of {SPLITS} for config.data.dataset={dataset!r}, got {split!r}')
     if not 0 <= process_index < process_count:
         raise ValueError(f'process_index {process_index} not in [0, process_count={process_count})')
     if dataset in FILE_DATASETS:
         return _load_files(config, split, process_index, process_count)
+    # --- own photos (own_data.py): begin ---
+    if dataset in own_data.DATASETS:
+        records, class_names = own_data.read_split(config, split)
+        start, end = shard_bounds(len(records), process_index, process_count)
+        logging.info('Loaded %s %s: %d examples, shard %d/%d', config.data.root, split, len(records),
+                     process_index, process_count)
+        return annotation_records_dataset(records[start:end]), SplitInfo(len(records), class_names)
+    # --- own photos: end ---
     for part in dataset.split('+'):
         _tfds_rules(part)  # validates every name before any data is read
     parts = dataset.split('+') if split == 'train' else dataset.split('+')[:1]
