@@ -65,6 +65,7 @@ from absl import app, flags, logging
 
 from yolo_jax import errors
 from yolo_jax.data import annotations as annotations_lib
+from yolo_jax.data import decode
 from yolo_jax.data.annotations import AnnotationRecord
 
 NEAR_HASH_BITS = 10  # pHash Hamming distance of near-duplicate candidates (copies measured <= 4)
@@ -210,7 +211,7 @@ def _issue(kind: str, split: str, where: str, detail: str, image: str = '', box:
 def _header(path: Path) -> tuple[int, int, str] | str:
     """(width, height, PIL format) from the header, or the error text."""
     try:
-        return annotations_lib._image_size(path)
+        return decode.header(path)
     except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
         return f'{type(e).__name__}: {e}'
 

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, _image_size
+from yolo_jax.data import decode
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
 from yolo_jax.data.yolo_txt import IMAGE_EXTENSIONS
 from yolo_jax.errors import summarize
 
@@ -271,7 +272,7 @@ def _record(voc: VocFile, index: int, image_dirs: Sequence[Path],
         where = ', '.join(str(d) for d in image_dirs)
         raise VocXmlError(f'{voc.path}: image not found: {voc.filename or voc.path.stem + ".*"} (looked in {where})')
     try:
-        width, height, image_format = _image_size(image)
+        width, height, image_format = decode.header(image)
     except Exception as e:  # noqa: BLE001 - any PIL failure means unreadable
         raise VocXmlError(f'{voc.path}: unreadable image {image}: {e}') from None
     if voc.width and voc.height and (voc.width, voc.height) != (width, height):
