@@ -2,8 +2,9 @@
 
 TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the jitted model never touches it.
 `Data` is created once per run: it prepares the data set (building the MNIST set is an explicit, logged step),
-knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams train batches for
-(epoch, skip) and eval batches padded to the same count on every process.
+knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams the run's training
+batches from one tf.data dataset over all epochs (from any resume step) and eval batches padded to the same count
+on every process.
 
 Batch elements (`.as_numpy_iterator()`), B = batch size, S = config.model.input_size (a multi-scale training
 batch: its own size, below), C = num_classes:
@@ -421,7 +422,8 @@ def release_in_background(iterable: Iterable[T]) -> Iterator[T]:
     that checks first goes back to sleep (a lost wakeup: seen with py-spy/gdb at ~1 in 2 epoch starts under load,
     each stalling the training loop 20-60 s in ~RootDataset::Iterator). The destructor releases the GIL, so on
     another thread it costs the loop nothing; by then the pipeline itself is already torn down (only the model
-    thread is waited for), so nothing of it keeps running or holds memory.
+    thread is waited for), so nothing of it keeps running or holds memory. (Training batches come from one
+    iterator per run; evaluation and BatchNorm recalibration still end an iterator every epoch.)
     """
     holder = [iterable]
     del iterable  # the holder keeps the only reference of this frame
