@@ -16,7 +16,7 @@ from helpers import spec_of
 from yolo_jax import input_pipeline
 from yolo_jax.data import letterbox, targets
 from yolo_jax.defaults import model_config
-from yolo_jax.errors import ConfigError
+from yolo_jax.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST = 11, 7
@@ -352,6 +352,49 @@ def test_multi_scale_train_batches_replay_the_sizes_after_a_resume(source):
         for u, v in zip(tf.nest.flatten(batch), tf.nest.flatten(full[step][1]), strict=True):
             np.testing.assert_array_equal(u, v)
     assert [input_pipeline.train_input_size(spec_of(config), config.train, s) for s in range(3, 7)] == [64, 96, 96, 64]
+
+
+@pytest.mark.parametrize('variant', ['plain', 'mosaic', 'multi_scale', 'mosaic_multi_scale'])
+def test_one_dataset_over_all_epochs_equals_the_per_epoch_pipelines(source, variant):
+    """train_batches (one tf.data pipeline over every epoch) from mid-epoch 1 yields, batch by batch for 3 epochs,
+    what one pipeline per epoch (train_epoch, skipping the seen batches of the first) yields: the same epochs,
+    order, augmentation, mosaics and multi-scale sizes; 'plain' cuts epochs short with config.train.steps_per_epoch
+    (4 of the 5 full batches)."""
+    config = multi_scale_config((64, 96), every=2) if 'multi_scale' in variant else get_config('yolov3', 96)
+    config.train.seed = 5
+    if 'mosaic' in variant:
+        config.data.mosaic, config.data.hsv_gains = 0.75, (0.015, 0.7, 0.4)
+    if variant == 'plain':
+        config.train.steps_per_epoch = 4
+    data = input_pipeline.Data(config)
+    spe = data.steps_per_epoch(2)
+    assert spe == (4 if variant == 'plain' else 5)
+    start_epoch, skip = 1, 2
+    stream = data.train_batches(start_epoch * spe + skip, spe, 2)
+    got = [next(stream) for _ in range(3 * spe - skip)]
+    want = []
+    for epoch in range(start_epoch, start_epoch + 3):
+        first = skip if epoch == start_epoch else 0
+        epoch_batches = batches(data.train_epoch(epoch, 2, first, first_step=epoch * spe))[: spe - first]
+        want += [(epoch, b) for b in epoch_batches]
+    assert [e for e, _ in got] == [e for e, _ in want] == [1] * (spe - skip) + [2] * spe + [3] * spe
+    sizes = [b['image'].shape[1] for _, b in got]
+    steps = range(start_epoch * spe + skip, (start_epoch + 3) * spe)
+    assert sizes == [input_pipeline.train_input_size(config, s) for s in steps]
+    if 'multi_scale' in variant:
+        assert set(sizes) == {64, 96}
+    for (_, x), (_, y) in zip(got, want, strict=True):
+        for u, v in zip(tf.nest.flatten(x), tf.nest.flatten(y), strict=True):
+            np.testing.assert_array_equal(u, v)
+    assert source['calls'].count('train') == 1  # decoded once, then every epoch of both from the cache
+
+
+def test_train_batches_short_shard_fails_at_once(source):
+    config = get_config('yolov3', 96)
+    config.train.steps_per_epoch = 6  # the 11 examples give 5 batches of 2
+    data = input_pipeline.Data(config)
+    with pytest.raises(DataError, match='holds 5 batches of 2 on process 0, fewer than the 6 steps per epoch'):
+        data.train_batches(0, data.steps_per_epoch(2), 2)
 
 
 class SlowToFree:

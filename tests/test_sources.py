@@ -1,6 +1,11 @@
 """load_split for every source kind: the mnist_detection TFDS builder (built once into a tmp data dir, read back
 exactly), annotation files, and voc/coco through tfds.testing.mock_data — all offline."""
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +15,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs.mnist import get_config
+from yolo_jax import errors
 from yolo_jax.data import annotations as ann
-from yolo_jax.data import digits, mnist_detection, mnist_generator, sources
+from yolo_jax.data import coco_json, digits, mnist_detection, mnist_generator, sources, tfds_sets, yolo_txt
+from yolo_jax.data.source_base import DataSource, FileSource
 
+REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST, SIZE = 8, 4, 416
 
 
@@ -91,7 +99,7 @@ def test_load_split_gives_the_generator_boxes_and_shards(built):
     assert ids == [[0, 1, 2], [3, 4, 5], [6, 7]] and all(inf.num_examples == NUM_TRAIN for _, inf in shards)
     test_ds, test_info = sources.load_split(config, 'test')
     assert test_info.num_examples == NUM_TEST == len(list(test_ds))
-    assert sources.get_class_names(config) == info.class_names and sources.num_classes(config) == 10
+    assert sources.get_class_names(config) == info.class_names == tuple('0123456789')
     with pytest.raises(ValueError, match='process_index'):
         sources.load_split(config, 'train', process_index=3, process_count=3)
 
@@ -133,9 +141,12 @@ def test_interrupted_build_leaves_no_usable_dataset(tmp_path, monkeypatch):
     assert info.num_examples == 3 and len(list(ds)) == 3
 
 
-def test_export_split_round_trip(built, tmp_path):
+def test_exported_split_reads_back_exactly(built, tmp_path):
+    """The generated set written as the reference's text format (annotations.export_dataset) reads back as the
+    generator made it."""
     config, _ = built
-    txt = sources.export_split(config, 'test', tmp_path / 'mnist_test')
+    ds, info = sources.load_split(config, 'test')
+    txt = ann.export_dataset(tfds.as_numpy(ds), tmp_path / 'mnist_test', info.class_names)
     records = ann.read_annotations(txt, ann.read_class_names(tmp_path / 'mnist_test' / 'classes.txt'))
     for rec, want in zip(records, _expected('test', NUM_TEST), strict=True):
         np.testing.assert_array_equal(rec.boxes, want.boxes)
@@ -161,7 +172,7 @@ def test_annotation_files_source(tmp_path):
     config.data.test_annotations = str(tmp_path / 'test.txt')
     config.data.class_names = str(tmp_path / 'names.txt')
     ds, info = sources.load_split(config, 'train')
-    assert info == sources.SplitInfo(3, ('x', 'y')) and sources.num_classes(config) == 2
+    assert info == sources.SplitInfo(3, ('x', 'y')) and sources.get_class_names(config) == ('x', 'y')
     got = list(tfds.as_numpy(ds))
     want_boxes = [[[1, 2, 10, 12], [3, 3, 8, 9]], [[0, 0, 25, 20]], [[4, 4, 6, 6]]]
     want_classes = [[0, 1], [1], [0]]
@@ -249,3 +260,94 @@ def test_unprepared_tfds_set_and_bad_names_are_clear(tmp_path):
     config.data.dataset = 'mnist_detection'  # file and generated sets know 'train' and 'test' only
     with pytest.raises(ValueError, match='split must be one of'):
         sources.load_split(config, 'validation')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registry.
+
+EXPECTED_FORMATS = {  # name -> (the module that defines it, versioned)
+    'mnist_detection': (mnist_detection, False), 'annotations': (ann, False), 'coco_json': (coco_json, False),
+    'yolo_txt': (yolo_txt, False), 'voc': (tfds_sets, True), 'coco': (tfds_sets, True),
+}
+
+
+def test_every_registered_name_resolves_to_its_modules_source():
+    assert set(sources.REGISTRY) == set(EXPECTED_FORMATS)
+    for name, (module, versioned) in EXPECTED_FORMATS.items():
+        source = sources.get_source(name)
+        assert source is sources.REGISTRY[name] and source.name == name and source.versioned == versioned
+        assert type(source).__module__ == module.__name__  # defined in its format's own file
+        base = FileSource if isinstance(source, FileSource) else DataSource
+        for method in ('class_names', 'records') if base is FileSource else ('class_names', 'load_split'):
+            assert getattr(type(source), method) is not getattr(base, method), (name, method)  # implemented
+        if versioned:
+            variant = sources.get_source(f'{name}/2017')
+            assert variant.name == f'{name}/2017' and variant.rules == source.rules
+    # Class names of the TFDS variants come from the builders' code (no data): VOC's 20, Darknet's COCO order.
+    config = get_config()
+    assert len(sources.get_source('voc/2007').class_names(config)[0]) == 20
+    assert sources.get_source('coco/2017').class_names(config) == (sources.COCO_CLASS_NAMES,
+                                                                   'the TFDS data set coco/2017')
+    both = sources.get_source('voc/2007+voc/2012')
+    assert [p.name for p in both.parts] == ['voc/2007', 'voc/2012'] and both.name == 'voc/2007+voc/2012'
+    assert both.class_names(config)[0] == sources.get_source('voc/2012').class_names(config)[0]
+
+
+@pytest.mark.parametrize('name', ['foo', 'imagenet', 'voc/', 'annotations/2007', 'vocx/2007', 'voc/2007+foo', ''])
+def test_unknown_name_is_one_config_error_listing_the_formats(name):
+    with pytest.raises(errors.ConfigError) as e:
+        sources.get_source(name)
+    message = str(e.value)
+    assert message.startswith(f'config.data.dataset={name!r}: unknown data set') and '\n' not in message
+    for listed in ('mnist_detection', 'annotations', 'coco_json', 'yolo_txt', 'voc/<config>', 'coco/<config>'):
+        assert listed in message
+    with pytest.raises(errors.ConfigError, match="only TFDS sets combine with '\\+', not yolo_txt"):
+        sources.get_source('voc/2007+yolo_txt')
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV}
+    env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, '-m', 'yolo_jax.main', '--nojemalloc',
+                           '--config=configs/mnist.py:tiny,smoke', *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)  # hang guard
+
+
+def assert_one_error_before_any_step(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == errors.EXIT_CODE, proc.stderr[-3000:]
+    error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]
+    assert len(error_lines) == 1 and re.search(pattern, error_lines[0]), proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr and 'DatasetNotFoundError' not in proc.stderr, proc.stderr[-3000:]
+    assert not re.search(r'epoch: *\d+ step:', proc.stderr), proc.stderr[-3000:]  # no training step ran
+
+
+def test_cli_unknown_dataset_is_one_error_line_before_anything_is_read(tmp_path):
+    data_dir = tmp_path / 'tfds'
+    proc = run_cli(f'--workdir={tmp_path / "run"}', '--config.data.dataset=foo', f'--config.data.data_dir={data_dir}')
+    names = ', '.join(sources.registered_names())
+    assert_one_error_before_any_step(proc, f"^error: config\\.data\\.dataset='foo': unknown data set; expected one "
+                                           f'of {re.escape(names)}')
+    assert not data_dir.exists()  # nothing was built or read
+
+
+def test_cli_empty_test_split_is_one_error_naming_split_and_file_at_start(tmp_path):
+    """A COCO JSON test file without images: before, the run trained an epoch and died in validation."""
+    from detection_fixtures import CLASS_NAMES, TRAIN, write_coco
+
+    train_json, train_images = write_coco(tmp_path, TRAIN, 'train')
+    test_json = tmp_path / 'empty_test.json'
+    test_json.write_text(json.dumps({'images': [], 'annotations': [],
+                                     'categories': json.loads(train_json.read_text())['categories']}))
+    proc = run_cli(f'--workdir={tmp_path / "run"}', '--config.data.dataset=coco_json',
+                   f'--config.model.num_classes={len(CLASS_NAMES)}', f'--config.data.train_annotations={train_json}',
+                   f'--config.data.train_images={train_images}', f'--config.data.test_annotations={test_json}')
+    assert_one_error_before_any_step(
+        proc, f'^error: config\\.data\\.test_annotations={re.escape(str(test_json))}: the test split has no images$')
+    # The same through the function, for a split of any source: a DataError naming the split.
+    config = get_config()
+    config.data.dataset = 'coco_json'
+    config.data.train_annotations, config.data.test_annotations = str(train_json), str(test_json)
+    config.data.train_images = str(train_images)
+    assert sources.load_split(config, 'train')[1].num_examples == len(TRAIN)
+    with pytest.raises(errors.DataError, match='the test split has no images'):
+        sources.load_split(config, 'test')

@@ -2,8 +2,9 @@
 
 TF is used only here and in `yolo_jax/data/{augment,letterbox,targets}.py`; the jitted model never touches it.
 `Data` is created once per run: it prepares the data set (building the MNIST set is an explicit, logged step),
-knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams train batches for
-(epoch, skip) and eval batches padded to the same count on every process.
+knows its classes (the `DetectionSpec`), decodes and caches each split once, and streams the run's training
+batches from one tf.data dataset over all epochs (from any resume step) and eval batches padded to the same count
+on every process.
 
 Batch elements (`.as_numpy_iterator()`), B = batch size, S = the spec's input_size (a multi-scale training
 batch: its own size, below), C = num_classes:
@@ -103,10 +104,12 @@ def _shuffle_seed(seed: int, epoch: int, *stream: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _example_key(augment_seed: tuple[int, int, int], index: tf.Tensor) -> tf.Tensor:
-    """(2,) int64 stateless seed of the example at `index` in the shard from (seed, epoch, process index)."""
+def _example_key(augment_seed: tuple[int, int | tf.Tensor, int], index: tf.Tensor) -> tf.Tensor:
+    """(2,) int64 stateless seed of the example at `index` in the shard from (seed, epoch, process index); the
+    epoch may be an int64 scalar tensor (an epoch of `train_stream_dataset`)."""
     seed, epoch, process_index = augment_seed
-    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), process_index)
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    key = tf.random.experimental.stateless_fold_in(key, process_index)
     return tf.random.experimental.stateless_fold_in(key, index)
 
 
@@ -281,19 +284,60 @@ def train_epoch_dataset(
     config.train.multi_scale_sizes set, batch k (counted before skipping) has side `train_input_size(spec,
     config.train, first_step + k)`; None (BN recalibration) or multi-scale off: every batch at spec.input_size.
     """
+    ds = _epoch_batches(config, spec, source, num_examples, epoch=epoch, batch_size=batch_size,
+                        process_index=process_index, skip_batches=skip_batches, first_step=first_step)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def train_stream_dataset(
+    config, spec: DetectionSpec, source: tf.data.Dataset, num_examples: int, *, start_step: int,
+    steps_per_epoch: int, batch_size: int, process_index: int = 0,
+) -> tf.data.Dataset:
+    """(epoch, batch) pairs from global step `start_step` on, every epoch after it (unbounded): one dataset whose
+    epoch e is `train_epoch_dataset(..., epoch=e, first_step=e * steps_per_epoch)` cut to `steps_per_epoch`
+    batches, the first epoch from batch start_step % steps_per_epoch. One iterator serves the whole run, so no
+    pipeline is built or torn down at epoch boundaries. `num_examples` (the shard) must give at least
+    `steps_per_epoch` full batches."""
+    first_epoch, first_skip = divmod(int(start_step), int(steps_per_epoch))
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        skip = tf.where(tf.equal(epoch, first_epoch), tf.constant(first_skip, tf.int64), tf.constant(0, tf.int64))
+        ds = _epoch_batches(config, spec, source, num_examples, epoch=epoch, batch_size=batch_size,
+                            process_index=process_index, skip_batches=skip, first_step=epoch * steps_per_epoch)
+        return ds.take(steps_per_epoch - skip).map(lambda batch: (epoch, batch))
+
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(one_epoch)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def _seed_of(seed: int, epoch: int | tf.Tensor, *stream: int) -> int | tf.Tensor:
+    """`_shuffle_seed(seed, epoch, *stream)`; for an int64 scalar tensor `epoch` (inside the all-epochs dataset)
+    the same number, computed in Python when the epoch's pipeline is built."""
+    if not isinstance(epoch, tf.Tensor):
+        return _shuffle_seed(seed, epoch, *stream)
+    value = tf.numpy_function(lambda e: np.int64(_shuffle_seed(seed, int(e), *stream)), [epoch], tf.int64,
+                              stateful=False)
+    return tf.ensure_shape(value, [])
+
+
+def _epoch_batches(
+    config, spec: DetectionSpec, source: tf.data.Dataset, num_examples: int, *, epoch: int | tf.Tensor, batch_size: int,
+    process_index: int, skip_batches: int | tf.Tensor, first_step: int | tf.Tensor | None,
+) -> tf.data.Dataset:
+    """`train_epoch_dataset` without its prefetch and options; `epoch`, `skip_batches` and `first_step` are ints
+    (one epoch's pipeline) or int64 scalar tensors (an epoch of `train_stream_dataset`)."""
     buffer = max(1, num_examples if config.data.shuffle_buffer <= 0 else min(num_examples,
                                                                              int(config.data.shuffle_buffer)))
     seed = int(config.train.seed)
     ds = source.enumerate()  # the index in the shard seeds this example's augmentation
-    ds = ds.shuffle(buffer, seed=_shuffle_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.shuffle(buffer, seed=_seed_of(seed, epoch), reshuffle_each_iteration=False)
     mosaic, _ = _extra_augmentations(config)
     if mosaic > 0:  # each example's 3 partner tiles: the same position in 3 more shuffles of the shard
-        partners = [source.shuffle(buffer, seed=_shuffle_seed(seed, epoch, k), reshuffle_each_iteration=False)
+        partners = [source.shuffle(buffer, seed=_seed_of(seed, epoch, k), reshuffle_each_iteration=False)
                     for k in (1, 2, 3)]
         ds = tf.data.Dataset.zip((ds, *partners))
-    if skip_batches:
-        ds = ds.skip(int(skip_batches) * batch_size)  # same as skipping batches: augmentation is per example
-    augment_seed = (seed, int(epoch), int(process_index))
+    ds = ds.skip(skip_batches * batch_size)  # same as skipping batches: augmentation is per example
+    augment_seed = (seed, epoch, int(process_index))
     if mosaic > 0:
         size = spec.input_size
 
@@ -304,31 +348,42 @@ def train_epoch_dataset(
 
         ds = ds.map(combine, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if first_step is not None and check_multi_scale(spec, config.train):
-        num_batches = max(num_examples // batch_size - int(skip_batches), 0)
-        steps = range(int(first_step) + int(skip_batches), int(first_step) + int(skip_batches) + num_batches)
-        ds = _multi_scale_batches(config, spec, ds, [train_input_size(spec, config.train, s) for s in steps],
-                                  batch_size=batch_size, augment_seed=augment_seed)
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+        table = _size_table(spec, config.train, first_step + skip_batches, num_examples // batch_size - skip_batches)
+        return _multi_scale_batches(config, spec, ds, table, batch_size=batch_size, augment_seed=augment_seed)
     ds = ds.map(_prepare_fn(config, spec.input_size, augment_seed=augment_seed), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=True)
-    ds = ds.map(
+    return ds.map(
         _finish_fn(config, spec, batch_size=batch_size, pad=False), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def _multi_scale_batches(config, spec: DetectionSpec, ds: tf.data.Dataset, batch_sizes_px: list[int], *,
-                         batch_size: int, augment_seed: tuple[int, int, int] | None) -> tf.data.Dataset:
+def _size_table(spec: DetectionSpec, train_config, start: int | tf.Tensor, count: int | tf.Tensor) -> tf.Tensor:
+    """(count + 1,) int32: for the batches of global steps start, start + 1, ... the index of their side
+    `train_input_size(spec, config.train, step)` in sorted(config.train.multi_scale_sizes), then one entry (0) for
+    the remainder examples that drop_remainder discards."""
+    branches = sorted(set(check_multi_scale(spec, train_config)))
+
+    def table(first, n) -> np.ndarray:
+        steps = range(int(first), int(first) + max(int(n), 0))
+        return np.array([branches.index(train_input_size(spec, train_config, s)) for s in steps] + [0], np.int32)
+
+    if not isinstance(start, tf.Tensor) and not isinstance(count, tf.Tensor):
+        return tf.constant(table(start, count))
+    values = tf.numpy_function(table, [tf.cast(start, tf.int64), tf.cast(count, tf.int64)], tf.int32, stateful=False)
+    return tf.ensure_shape(values, [None])
+
+
+def _multi_scale_batches(config, spec: DetectionSpec, ds: tf.data.Dataset, table: tf.Tensor, *, batch_size: int,
+                         augment_seed: tuple[int, int | tf.Tensor, int] | None) -> tf.data.Dataset:
     """(index, example) stream → batches where batch k is letterboxed and target-encoded at side
-    batch_sizes_px[k] (pixels). One pipeline: each example goes through the same augmentation as at one size,
-    then a `tf.switch_case` over the distinct sizes picks its batch's letterbox and, per batch, the encoder (each
-    branch is the single-size code with a static size, so grids and shapes are exact per branch)."""
-    branches = sorted(set(batch_sizes_px)) or [spec.input_size]
-    # Branch index per batch; one extra entry for the remainder examples that drop_remainder discards.
-    table = tf.constant([branches.index(s) for s in batch_sizes_px] + [0], tf.int32)
-    last = len(batch_sizes_px)
+    sorted(config.train.multi_scale_sizes)[table[k]] (pixels; `_size_table`). One pipeline: each example goes
+    through the same augmentation as at one size, then a `tf.switch_case` over the sizes picks its batch's
+    letterbox and, per batch, the encoder (each branch is the single-size code with a static size, so grids and
+    shapes are exact per branch)."""
+    branches = sorted(set(check_multi_scale(spec, config.train)))
+    last = tf.size(table, out_type=tf.int64) - 1
     prepares = [_prepare_fn(config, s, augment_seed=augment_seed) for s in branches]
     finishes = [_finish_fn(config, spec.resized(s), batch_size=batch_size, pad=False) for s in branches]
 
@@ -339,7 +394,7 @@ def _multi_scale_batches(config, spec: DetectionSpec, ds: tf.data.Dataset, batch
     def finish(k: tf.Tensor, batch: dict[str, tf.Tensor]) -> dict[str, Any]:
         return tf.switch_case(table[k], [functools.partial(f, batch) for f in finishes])
 
-    # Positions count from the first batch after skip_batches, like batch_sizes_px.
+    # Positions count from the first batch after skip_batches, like the table.
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = _padded_batch(ds, batch_size, drop_remainder=True)  # a batch never mixes sizes: it is one position block
     return ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -369,7 +424,8 @@ def release_in_background(iterable: Iterable[T]) -> Iterator[T]:
     that checks first goes back to sleep (a lost wakeup: seen with py-spy/gdb at ~1 in 2 epoch starts under load,
     each stalling the training loop 20-60 s in ~RootDataset::Iterator). The destructor releases the GIL, so on
     another thread it costs the loop nothing; by then the pipeline itself is already torn down (only the model
-    thread is waited for), so nothing of it keeps running or holds memory.
+    thread is waited for), so nothing of it keeps running or holds memory. (Training batches come from one
+    iterator per run; evaluation and BatchNorm recalibration still end an iterator every epoch.)
     """
     holder = [iterable]
     del iterable  # the holder keeps the only reference of this frame
@@ -445,20 +501,21 @@ class Data:
                                    first_step=first_step)
 
     def train_batches(self, start_step: int, steps_per_epoch: int, batch_size: int) -> Iterator[tuple[int, dict]]:
-        """(epoch, host batch) from global step `start_step` on, epoch after epoch, forever; each epoch is
-        `steps_per_epoch` batches. With config.train.multi_scale_sizes, step s's batch has side
-        `train_input_size(spec, config.train, s)`, whatever `start_step` the stream started from."""
-        epoch, skip = divmod(start_step, steps_per_epoch)
-        while True:
-            n = 0
-            ds = self.train_epoch(epoch, batch_size, skip, first_step=epoch * steps_per_epoch)
-            for batch in numpy_iterator(ds.take(steps_per_epoch - skip)):
-                n += 1
-                yield epoch, batch
-            if n < steps_per_epoch - skip:
-                raise DataError(f'epoch {epoch} of the training split yielded {skip + n} batches of {batch_size}, '
-                                f'fewer than the {steps_per_epoch} steps per epoch (config.train.steps_per_epoch?)')
-            epoch, skip = epoch + 1, 0
+        """(epoch, host batch) from global step `start_step` on, epoch after epoch, forever, from one dataset
+        (`train_stream_dataset`); each epoch is `steps_per_epoch` batches. With config.train.multi_scale_sizes,
+        step s's batch has side `train_input_size(spec, config.train, s)`, whatever `start_step` the stream
+        started from.
+        DataError at once if this process's shard holds fewer than `steps_per_epoch` batches."""
+        source, _ = self.split('train')
+        shard = self.shard_size('train')
+        if shard // batch_size < steps_per_epoch:
+            raise DataError(f'the training split holds {shard // batch_size} batches of {batch_size} on process '
+                            f'{self.process_index}, fewer than the {steps_per_epoch} steps per epoch '
+                            '(config.train.steps_per_epoch?)')
+        ds = train_stream_dataset(self.config, self.spec, source, shard, start_step=start_step,
+                                  steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                                  process_index=self.process_index)
+        return ((int(epoch), batch) for epoch, batch in numpy_iterator(ds))
 
     def recalibration_batches(self, epoch: int, batch_size: int, count: int) -> Iterator[dict]:
         """The first `count` training batches of `epoch` (augmented, at spec.input_size), for BatchNorm

@@ -26,11 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
-from yolo_jax.errors import DataError, summarize
+from yolo_jax.data.source_base import FileSource
+from yolo_jax.errors import ConfigError, DataError, summarize
 
 # Formats the input pipeline decodes with TF (sources.annotation_records_dataset); PIL decodes the others.
 TF_IMAGE_FORMATS = decode.TF_IMAGE_FORMATS  # decoded by TensorFlow everywhere (data/decode.py)
@@ -269,6 +271,35 @@ def _parse_line(text: str, where: str, base: Path, num_classes: int, number: int
         image_format=image_format,
         num_bytes=image.stat().st_size,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data source.
+
+
+def config_class_names(config: ml_collections.ConfigDict, dataset: str) -> tuple[tuple[str, ...], str]:
+    """(names in config.data.class_names, where they come from); ConfigError naming the field when it is empty."""
+    if not config.data.class_names:
+        raise ConfigError(f'config.data.class_names: dataset={dataset!r} needs a class-names file')
+    return read_class_names(config.data.class_names), f'config.data.class_names ({config.data.class_names})'
+
+
+class AnnotationsSource(FileSource):
+    """config.data.dataset='annotations': config.data.<split>_annotations text files (lines without boxes are
+    skipped, as upstream) and config.data.class_names."""
+
+    name = 'annotations'
+    field, field_help = 'annotations', 'an annotation file'
+
+    def class_names(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+        return config_class_names(config, self.name)
+
+    def records(self, config: ml_collections.ConfigDict, split: str) -> tuple[list[AnnotationRecord], tuple[str, ...]]:
+        names = self.class_names(config)[0]
+        return read_annotations(self.split_path(config, split), names), names
+
+
+SOURCE = AnnotationsSource()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -417,12 +417,15 @@ def read_elements(elements: Iterable[dict], split: str, *, fingerprints: bool = 
 def read_split(config, split: str, class_names: Sequence[str]) -> SplitRecords:
     """`split` of config.data.dataset for checking: the file formats leniently (`read_*_raw`), anything else through
     `sources.load_split` (whose own errors then end the check, as they would end a run)."""
-    from yolo_jax.data import sources  # noqa: PLC0415
+    from yolo_jax.data import own_data, sources  # noqa: PLC0415
+    from yolo_jax.data.source_base import FileSource  # noqa: PLC0415
 
     dataset = str(config.data.dataset)
     d = config.data
-    if dataset in sources.FILE_DATASETS and split not in sources.SPLITS:
+    if isinstance(sources.get_source(dataset), FileSource) and split not in sources.SPLITS:
         raise errors.ConfigError(f'--splits: {split!r} is not one of {sources.SPLITS} of dataset={dataset!r}')
+    if dataset in own_data.DATASETS:  # a user's folder: its strict reader, errors and warnings collected
+        return read_strict(lambda: own_data.read_split(config, split)[0], split)
     if dataset in ('annotations', 'coco_json'):
         annotations_path = str(d[f'{split}_annotations'])
         if not annotations_path:

@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
 from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
+from yolo_jax.data.source_base import FileSource
+from yolo_jax.errors import ConfigError
 
 _MAX_LISTED_ERRORS = 20
 
@@ -208,6 +211,30 @@ def read_coco_json(
     logging.info('Read %d images, %d boxes, %d classes from %s', len(records), sum(len(r.classes) for r in records),
                  len(names), path)
     return records, names
+
+
+class CocoJsonSource(FileSource):
+    """config.data.dataset='coco_json': config.data.<split>_annotations are COCO-format JSON files,
+    config.data.<split>_images their image folders ('' = the JSON's folder). The class names are the train JSON's
+    categories (the test JSON's when there is no train JSON); a test JSON with other categories is an error."""
+
+    name = 'coco_json'
+    field, field_help = 'annotations', 'a COCO-format JSON file'
+
+    def class_names(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+        split = 'train' if config.data.train_annotations else 'test'
+        return read_categories(self.split_path(config, split)), 'the COCO JSON categories'
+
+    def records(self, config: ml_collections.ConfigDict, split: str) -> tuple[list[AnnotationRecord], tuple[str, ...]]:
+        path = self.split_path(config, split)
+        records, names = read_coco_json(path, str(config.data[f'{split}_images']) or None)
+        if split != 'train' and config.data.train_annotations and names != self.class_names(config)[0]:
+            raise ConfigError(f'config.data.{split}_annotations: {path} has other categories than '
+                              f'config.data.train_annotations {config.data.train_annotations}')
+        return records, names
+
+
+SOURCE = CocoJsonSource()
 
 
 def to_coco_dict(

@@ -9,7 +9,7 @@ leaves no readable dataset and the next call builds again.
 
 Features, as TFDS's voc/coco: `image` (S, S, 3) uint8 PNG (grey stored as RGB), `image/filename`, `image/id` (int64,
 the index in the split), `objects` = Sequence({'bbox': BBoxFeature (normalized ymin, xmin, ymax, xmax),
-'label': ClassLabel('0'..'9')}). Pixel boxes are recovered exactly by bbox * S rounded (sources.load_split does so).
+'label': ClassLabel('0'..'9')}). Pixel boxes are recovered exactly by bbox * S rounded (`SOURCE.load_split` does so).
 
 Examples are stored in generation order (example i = generator image i), so TFDS refuses `shuffle_files=True` on
 this dataset; shuffle downstream. Reading back without this code:
@@ -22,12 +22,15 @@ import dataclasses
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
 from yolo_jax.data import digits as digits_lib
 from yolo_jax.data import mnist_generator
+from yolo_jax.data.source_base import DataSource, SplitInfo, check_split
+from yolo_jax.data.tfds_sets import TfdsRules, load_tfds
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 
@@ -206,3 +209,30 @@ def prepare_mnist_detection(config: ml_collections.ConfigDict) -> MnistDetection
         data_dir=str(d.data_dir) or None,
         paste=str(d.generator_paste),
     )
+
+
+class MnistDetectionSource(DataSource):
+    """config.data.dataset='mnist_detection': the generated set, built by `prepare` (an explicit, logged step at
+    the start of a run; once per data dir and setting) into config.data.data_dir ('' = TFDS default). Boxes are the
+    generator's integer boxes; 'image_id' is the index in the split."""
+
+    name = 'mnist_detection'
+    _rules = TfdsRules({'train': 'train', 'test': 'test'}, 'image/id', None)
+
+    def class_names(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+        return CLASS_NAMES, 'the MNIST detection set'
+
+    def prepare(self, config: ml_collections.ConfigDict) -> None:
+        logging.info('Preparing the MNIST detection set (built once into %s, then reused)',
+                     config.data.data_dir or 'the TFDS data dir')
+        prepare_mnist_detection(config)
+
+    def load_split(self, config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int
+                   ) -> tuple[tf.data.Dataset, SplitInfo]:
+        check_split(self.name, split)
+        builder = prepare_mnist_detection(config)  # reuses the prepared set (builds it when called alone)
+        return load_tfds(builder, self.name, self._rules, split, process_index, process_count, build=self.name,
+                         round_boxes=True)
+
+
+SOURCE = MnistDetectionSource()

@@ -39,6 +39,7 @@ from absl import logging
 
 from yolo_jax.data import annotations as annotations_lib
 from yolo_jax.data import coco_json, voc_xml, yolo_txt, yolo_yaml
+from yolo_jax.data.source_base import FileSource
 from yolo_jax.errors import ConfigError, DataError, MissingFileError
 
 DATASETS = ('auto', 'voc_xml', 'yolo_yaml')
@@ -354,3 +355,39 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         config.model.num_classes = len(names)
         logging.info('config.model.num_classes=0: %d classes from %s', len(names), where)
     return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registered sources (sources.REGISTRY): one per config.data.dataset name, all reading config.data.root.
+
+
+class _FolderSource(FileSource):
+    """A user's folder (or data.yaml / COCO .json) in config.data.root, both splits from it."""
+
+    field, field_help = 'root', "the data set's folder (or data.yaml / COCO .json file)"
+
+    def split_field(self, split: str) -> str:
+        del split
+        return 'root'
+
+    def class_names(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+        return describe(config)
+
+    def records(self, config: ml_collections.ConfigDict, split: str) -> tuple[list[annotations_lib.AnnotationRecord],
+                                                                               tuple[str, ...]]:
+        return read_split(config, split)
+
+
+class AutoSource(_FolderSource):
+    name = 'auto'
+
+
+class VocXmlSource(_FolderSource):
+    name = 'voc_xml'
+
+
+class YoloYamlSource(_FolderSource):
+    name = 'yolo_yaml'
+
+
+SOURCES = (AutoSource(), VocXmlSource(), YoloYamlSource())

@@ -23,11 +23,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, config_class_names
+from yolo_jax.data.source_base import FileSource
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 _MAX_LISTED_ERRORS = 20
@@ -168,6 +170,24 @@ def _parse_line(
         if cx2 <= cx1 or cy2 <= cy1:
             return None
     return cx1, cy1, cx2, cy2, cls
+
+
+class YoloTxtSource(FileSource):
+    """config.data.dataset='yolo_txt': config.data.<split>_images (an image folder or list file), one label file
+    per image, and config.data.class_names."""
+
+    name = 'yolo_txt'
+    field, field_help = 'images', 'an image folder or list file'
+
+    def class_names(self, config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+        return config_class_names(config, self.name)
+
+    def records(self, config: ml_collections.ConfigDict, split: str) -> tuple[list[AnnotationRecord], tuple[str, ...]]:
+        names = self.class_names(config)[0]
+        return read_yolo_txt(self.split_path(config, split), names), names
+
+
+SOURCE = YoloTxtSource()
 
 
 def format_label(boxes: np.ndarray, classes: np.ndarray, width: int, height: int) -> str:
