@@ -107,3 +107,32 @@ def test_bad_eval_field_ends_the_command_before_any_step(mode, field, value, tmp
     assert not re.search(r'epoch: *\d+ step:', proc.stderr), proc.stderr[-3000:]
     assert not [p for p in Path(tmp_path / 'tfds').rglob('*') if p.is_file()]
     assert_untouched(before, workdir)
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_as_one(tmp_path):
+    """--mode=eval in two processes (x 2 devices, localhost): each evaluates its shard, the detections are gathered
+    and process 0 writes the files, which hold what one process computes on the whole split."""
+    import json
+    import subprocess
+
+    from test_detect import make_workdir
+    from test_parallel import REPO, _cmd, _env, _log, _start_pair, _wait
+
+    workdir = make_workdir(tmp_path / 'run', get_config('tiny,smoke'))
+    data_dir = tmp_path / 'tfds'
+    proc = subprocess.run(_cmd(workdir, data_dir, '--mode=eval', f'--output={tmp_path / "one"}'), cwd=REPO,
+                          env=_env(1), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = _wait(_start_pair(workdir, data_dir, '--mode=eval', f'--output={tmp_path / "two"}'), timeout=900)
+    assert codes == [0, 0], _log(workdir, 0)[-3000:] + _log(workdir, 1)[-3000:]
+    one, two = (json.loads((tmp_path / d / 'metrics.json').read_text())['metrics'] for d in ('one', 'two'))
+    assert one['num_images'] == two['num_images'] == 8 and one['num_detections'] > 0
+    assert two['num_detections'] == one['num_detections'] and two['num_gt'] == one['num_gt']
+    assert two['map50'] == pytest.approx(one['map50'], abs=1e-6)
+    assert two['coco_map'] == pytest.approx(one['coco_map'], abs=1e-6)
+    dets_one, dets_two = (json.loads((tmp_path / d / 'detections.json').read_text()) for d in ('one', 'two'))
+    assert [d['image_id'] for d in dets_two] == [f'{p}/{i}' for p in range(2) for i in range(4)]
+    for a, b in zip(dets_one, dets_two, strict=True):  # process 0 holds the first half of the split
+        np.testing.assert_allclose(b['boxes'], a['boxes'], atol=1e-3)
+        np.testing.assert_allclose(b['scores'], a['scores'], atol=1e-5)

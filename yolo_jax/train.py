@@ -160,7 +160,7 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """When the loop acts, in global steps (a step is one batch: the metrics' step s is the s-th update)."""
+    """When the loop acts, in global steps (one step = one batch through the train step)."""
 
     steps_per_epoch: int
     total_steps: int
