@@ -63,11 +63,12 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
     import jax  # noqa: PLC0415
 
-    from yolo_jax import evaluation, inference, input_pipeline, visualize  # noqa: PLC0415
+    from yolo_jax import inference, input_pipeline, visualize  # noqa: PLC0415
     from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
+    from yolo_jax.postprocess import postprocess_config  # noqa: PLC0415
 
     model, variables, spec = inference.load_detector(config, workdir, fold=config.eval.fold_batchnorm)
-    cfg = evaluation.postprocess_config(config, spec)
+    cfg = postprocess_config(config, spec)
     tiles = []
     for batch in input_pipeline.Data(config).eval_batches(config.train.eval_batch_size):
         det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], cfg))

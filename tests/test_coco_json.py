@@ -104,7 +104,9 @@ def test_source_keeps_crowd_boxes_flagged_and_checks_class_count(coco_set):
         np.testing.assert_array_equal(g['difficult'], spec.crowd_flags())
         assert g['image_id'].decode().endswith(spec.name)
 
-    from yolo_jax import evaluation, input_pipeline
+    from yolo_jax import input_pipeline
+    from yolo_jax.evaluation.runner import collect_detections
+    from yolo_jax.postprocess import postprocess_config
 
     data = input_pipeline.Data(config)
     batch = next(data.eval_batches(4, 'test'))
@@ -113,8 +115,8 @@ def test_source_keeps_crowd_boxes_flagged_and_checks_class_count(coco_set):
     # The crowd box is no training target: the test set's 5 boxes minus the crowd one are positive.
     assert sum(int(lab[..., 4].sum() > 0) for lab in batch['labels']) > 0
     # Ground truth as evaluation sees it: boxes back in original pixels, crowd flags as difficult and iscrowd.
-    cfg = evaluation.postprocess_config(config, data.spec)
-    _, gts = evaluation.collect_detections(cfg, create_model(config.model), _random_variables(config), [batch])
+    cfg = postprocess_config(config, data.spec)
+    _, gts = collect_detections(cfg, create_model(config.model), _random_variables(config), [batch])
     for g, spec in zip(gts, TEST, strict=True):
         np.testing.assert_allclose(g['boxes'], np.asarray(spec.boxes, float).reshape(-1, 4), atol=2e-3)
         np.testing.assert_array_equal(g['iscrowd'], spec.crowd_flags())
@@ -160,11 +162,11 @@ def test_train_and_eval_end_to_end_equals_the_oracles(coco_set, tmp_path):
     assert sorted({r['step'] for r in records if r['kind'] == 'train'}) == [1, 2, 3, 4]
     assert any(r['kind'] == 'map' for r in records)
 
-    from yolo_jax import evaluation
+    from yolo_jax.evaluation.command import evaluate_checkpoint
 
     config = coco_config(coco_set, 'tiny,smoke')
     config.eval.map_score_threshold = 0.001  # a barely trained model: keep its weak boxes too
-    metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
+    metrics = evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
     assert metrics['num_images'] == 4 and metrics['num_gt'] == 4 and metrics['num_ignored'] == 1
     saved = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
     assert saved['class_names'] == list(CLASS_NAMES) and saved['split'] == 'test'
@@ -257,7 +259,8 @@ def test_darknet_tiny_weights_on_a_coco_json_set(shared_data, tmp_path):
     from pycocotools.cocoeval import COCOeval
 
     from configs import coco as coco_config
-    from yolo_jax import evaluation
+    from yolo_jax.evaluation.command import evaluate_checkpoint
+    from yolo_jax.evaluation.metrics import COCO_STATS, format_table
 
     annotations = photo_coco_json(tmp_path / 'photos.json')
     config = coco_config.get_config('tiny')
@@ -266,7 +269,7 @@ def test_darknet_tiny_weights_on_a_coco_json_set(shared_data, tmp_path):
     config.data.test_images = str(shared_data / 'images')
     config.train.eval_batch_size = 2
     weights = shared_data / 'darknet' / 'yolov3-tiny.weights'
-    metrics = evaluation.evaluate_checkpoint(config, None, output=tmp_path / 'eval', weights=weights)
+    metrics = evaluate_checkpoint(config, None, output=tmp_path / 'eval', weights=weights)
     assert metrics['num_images'] == 2 and metrics['num_gt'] == 22 and metrics['num_ignored'] == 2
     dets = json.loads((tmp_path / 'eval' / 'detections.json').read_text())
     by_name = {Path(d['image_id']).name: d for d in dets}
@@ -280,13 +283,13 @@ def test_darknet_tiny_weights_on_a_coco_json_set(shared_data, tmp_path):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    ours = [metrics['coco'][k] for k in evaluation.COCO_STATS]
+    ours = [metrics['coco'][k] for k in COCO_STATS]
     assert ours == pytest.approx([v if v >= 0 else np.nan for v in ev.stats], abs=1e-12, nan_ok=True)
     print('YOLOv3-tiny on the two photos: COCO AP', metrics['coco_map'], 'AP50', metrics['coco_map50'],
           'VOC AP50', metrics['map50'])
     # Measured: COCO AP 0.0708, AP50 0.2170, VOC AP50 (all-point) 0.2234. YOLOv3-tiny is weak on these photos
     # (tiny kites and far people; its best car and person boxes are too small, as OpenCV's Darknet gives them too),
     # but it finds both buses and the taxi.
-    assert metrics['coco_map50'] > 0.15, evaluation.format_table(metrics, [str(i) for i in range(80)])
+    assert metrics['coco_map50'] > 0.15, format_table(metrics, [str(i) for i in range(80)])
     per_class = {e['class']: e for e in metrics['per_class']}
     assert per_class[COCO_IDS.index(BUS)]['num_tp'] >= 1 and per_class[COCO_IDS.index(CAR)]['num_tp'] == 1

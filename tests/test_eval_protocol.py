@@ -4,7 +4,7 @@
   MATLAB devkit's `>=` at the IoU threshold (the port writes `>`): difficult boxes are neither TP nor FP and not
   counted as positives, VOC07 11-point AP and all-point AP.
 * COCO: pycocotools' COCOeval run directly on COCO-format dictionaries written here (non-contiguous category ids,
-  crowd annotations), which must give exactly the numbers of `evaluation.coco_map`.
+  crowd annotations), which must give exactly the numbers of `coco_map`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import pytest
 from helpers import spec_of
 
 from configs.mnist import get_config
-from yolo_jax import evaluation
+from yolo_jax.evaluation.detection import voc_options
+from yolo_jax.evaluation.metrics import COCO_STATS, coco_map, compute_metrics, voc_ap, voc_map
+from yolo_jax.postprocess import map_postprocess_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # Oracle: the devkit's voc_eval, plainly.
@@ -115,7 +117,7 @@ A, B, FAR = [10, 10, 50, 50], [100, 100, 160, 150], [200, 200, 240, 240]
 
 
 def voc(dets, gts, n=1, **kw):
-    return evaluation.voc_map(dets, gts, n, truncate_detections=False, **kw)
+    return voc_map(dets, gts, n, truncate_detections=False, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_voc07_thresholds_are_voc_evals_arange():
     dets = [det([A], [0.9 - 0.1 * i], [0]) if i < 3 else det(np.zeros((0, 4)), [], []) for i in range(10)]
     assert voc(dets, gts, use_07_metric=True)['map'] == pytest.approx(3 / 11)
     assert devkit_voc_eval(dets, gts, 0, use_07_metric=True) == pytest.approx(3 / 11)
-    assert evaluation.voc_ap([0.1, 0.2, 0.3], [1.0, 1.0, 1.0], use_07_metric=True) == pytest.approx(3 / 11)
+    assert voc_ap([0.1, 0.2, 0.3], [1.0, 1.0, 1.0], use_07_metric=True) == pytest.approx(3 / 11)
 
 
 def test_iou_threshold_is_inclusive():
@@ -256,8 +258,8 @@ def coco_oracle(dets, gts):
 
 
 def _ours(dets, gts, n=3):
-    out = evaluation.coco_map(dets, gts, n)
-    return [out[k] if not math.isnan(out[k]) else -1.0 for k in evaluation.COCO_STATS]
+    out = coco_map(dets, gts, n)
+    return [out[k] if not math.isnan(out[k]) else -1.0 for k in COCO_STATS]
 
 
 def test_coco_crowd_region_is_ignored():
@@ -267,18 +269,18 @@ def test_coco_crowd_region_is_ignored():
     # A detection inside the crowd region first (IoU with a crowd box = overlap / detection area = 1), then the
     # person: with the crowd region ignored the inside detection is neither TP nor FP → AP 1.
     dets = [det([[20, 30, 60, 90], person], [0.9, 0.8], [0, 0])]
-    ours = evaluation.coco_map(dets, gts, 1)
+    ours = coco_map(dets, gts, 1)
     assert ours['AP'] == pytest.approx(1.0)
     assert _ours(dets, gts, 1) == coco_oracle(dets, gts)
     # Without the flag the crowd box is a normal ground truth: the inside detection is a FP, the crowd box missed.
-    plain = evaluation.coco_map(dets, [gt([person, big], [0, 0])], 1)
+    plain = coco_map(dets, [gt([person, big], [0, 0])], 1)
     assert plain['AP'] < 0.6
     # Several detections inside one crowd region are all ignored (a crowd box matches many).
     many = [det([[20, 30, 60, 90], [100, 100, 150, 140], person], [0.95, 0.9, 0.8], [0, 0, 0])]
-    assert evaluation.coco_map(many, gts, 1)['AP'] == pytest.approx(1.0)
+    assert coco_map(many, gts, 1)['AP'] == pytest.approx(1.0)
     assert _ours(many, gts, 1) == coco_oracle(many, gts)
     # Crowd boxes are not positives: an image with only a crowd box and no detections has nothing to find.
-    only = evaluation.coco_map([det(np.zeros((0, 4)), [], [])], [gt([big], [0], iscrowd=[True])], 1)
+    only = coco_map([det(np.zeros((0, 4)), [], [])], [gt([big], [0], iscrowd=[True])], 1)
     assert math.isnan(only['AP']) and only['per_class_ap'] == [None]
 
 
@@ -308,16 +310,16 @@ def test_protocol_settings_come_from_config():
     config = get_config()
     assert (config.eval.map_score_threshold, config.eval.map_max_detections) == (0.005, 100)
     assert config.eval.score_threshold == 0.3 and config.eval.split == 'test'
-    cfg = evaluation.map_postprocess_config(config, spec_of(config))
+    cfg = map_postprocess_config(config, spec_of(config))
     assert (cfg.score_threshold, cfg.max_detections) == (0.005, 100)
-    assert evaluation.voc_options(config) == {'use_07_metric': False, 'truncate_detections': True}
+    assert voc_options(config.eval) == {'use_07_metric': False, 'truncate_detections': True}
     config.eval.voc_metric = '11_point'
     config.eval.voc_truncate_boxes = False
-    assert evaluation.voc_options(config) == {'use_07_metric': True, 'truncate_detections': False}
+    assert voc_options(config.eval) == {'use_07_metric': True, 'truncate_detections': False}
     config.eval.voc_metric = '12_point'
     with pytest.raises(ValueError, match='voc_metric'):
-        evaluation.voc_options(config)
+        voc_options(config.eval)
     # compute_metrics: flagged boxes are counted apart.
     gts = [gt([A, B], [0, 0], difficult=[False, True], iscrowd=[False, True])]
-    m = evaluation.compute_metrics([det([A], [0.9], [0])], gts, 1, use_07_metric=True)
+    m = compute_metrics([det([A], [0.9], [0])], gts, 1, use_07_metric=True)
     assert (m['num_gt'], m['num_ignored'], m['map50'], m['coco_map']) == (1, 1, 1.0, pytest.approx(1.0))

@@ -11,8 +11,12 @@ import pytest
 import tensorflow as tf
 from test_detect import make_workdir, small_config
 
-from yolo_jax import evaluation, inference
+from yolo_jax import inference
 from yolo_jax.data import letterbox
+from yolo_jax.evaluation.command import evaluate_checkpoint
+from yolo_jax.evaluation.metrics import coco_map, compute_metrics, voc_ap, voc_map
+from yolo_jax.evaluation.runner import collect_detections
+from yolo_jax.postprocess import postprocess_config
 
 
 def det(boxes, scores, classes) -> dict:
@@ -79,7 +83,7 @@ A, B, C = [10, 10, 50, 50], [60, 60, 100, 100], [0, 0, 30, 30]
 def test_voc_perfect_is_one():
     gts = [gt([A, B], [0, 1]), gt([C], [0]), gt(np.zeros((0, 4)), [])]
     dets = [det(np.add([A, B], 0.7), [0.9, 0.8], [0, 1]), det([C], [0.5], [0]), det(np.zeros((0, 4)), [], [])]
-    result = evaluation.voc_map(dets, gts, 3)
+    result = voc_map(dets, gts, 3)
     assert result['map'] == 1.0 and result['num_classes_with_gt'] == 2
     assert result['per_class'][2] == {'class': 2, 'ap': None, 'num_gt': 0, 'num_det': 0, 'num_tp': 0,
                                       'num_difficult': 0}
@@ -95,7 +99,7 @@ def test_voc_hand_computed_mix_duplicates_no_fallback_and_excluded_class():
         ),
         det([[200, 200, 240, 240], C], [0.8, 0.5], [0, 0]),
     ]
-    result = evaluation.voc_map(dets, gts, 4)
+    result = voc_map(dets, gts, 4)
     ap = {e['class']: e['ap'] for e in result['per_class']}
     # Class 0, in score order: A TP (0.9), far box FP (0.8), shifted B TP (IoU 0.91, 0.7), duplicate of A FP
     # (0.6: A already used), C TP (0.5) → recall 1/3, 1/3, 2/3, 2/3, 1; precision 1, 1/2, 2/3, 1/2, 3/5.
@@ -130,30 +134,30 @@ def test_voc_equals_reference_transcription_on_random_data():
             cls_d = np.concatenate([classes[rng.integers(0, n, k)] if n else np.zeros(0, int),
                                     rng.integers(0, 4, len(extra))])
             dets.append(det(boxes_d, rng.uniform(0.3, 1, len(boxes_d)), cls_d))
-        assert evaluation.voc_map(dets, gts, 4)['map'] == pytest.approx(reference_get_map(dets, gts, 4)), trial
+        assert voc_map(dets, gts, 4)['map'] == pytest.approx(reference_get_map(dets, gts, 4)), trial
 
 
 def test_voc_ap_all_point_interpolation():
-    assert evaluation.voc_ap([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.75)
-    assert evaluation.voc_ap([], []) == 0.0
-    assert evaluation.voc_ap([0.25, 0.25, 0.5], [1.0, 0.5, 2 / 3]) == pytest.approx(0.25 + 0.25 * 2 / 3)
+    assert voc_ap([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.75)
+    assert voc_ap([], []) == 0.0
+    assert voc_ap([0.25, 0.25, 0.5], [1.0, 0.5, 2 / 3]) == pytest.approx(0.25 + 0.25 * 2 / 3)
 
 
 def test_coco_hand_computed():
     gts = [gt([[0, 0, 100, 100]], [0]), gt([[10, 10, 60, 60]], [1])]
-    perfect = evaluation.coco_map([det([[0, 0, 100, 100]], [0.9], [0]), det([[10, 10, 60, 60]], [0.8], [1])], gts, 3)
+    perfect = coco_map([det([[0, 0, 100, 100]], [0.9], [0]), det([[10, 10, 60, 60]], [0.8], [1])], gts, 3)
     assert perfect['AP'] == pytest.approx(1.0) and perfect['AP50'] == pytest.approx(1.0)
     assert perfect['per_class_ap'] == [pytest.approx(1.0), pytest.approx(1.0), None]
     assert math.isnan(perfect['AP_small'])  # no small ground truth
     # One image, one box shifted to IoU 0.72: a TP at IoU thresholds .50, .55, .60, .65, .70 → AP 5/10.
-    shifted = evaluation.coco_map([det([[0, 0, 100, 72]], [0.9], [0])], [gts[0]], 1)
+    shifted = coco_map([det([[0, 0, 100, 72]], [0.9], [0])], [gts[0]], 1)
     assert shifted['AP'] == pytest.approx(0.5) and shifted['AP50'] == pytest.approx(1.0) and shifted['AP75'] == 0.0
     # A higher-scored false positive first: precision 1/2 at full recall, at every threshold → AP 0.5.
-    fp_first = evaluation.coco_map([det([[200, 200, 250, 250], [0, 0, 100, 100]], [0.9, 0.8], [0, 0])], [gts[0]], 1)
+    fp_first = coco_map([det([[200, 200, 250, 250], [0, 0, 100, 100]], [0.9, 0.8], [0, 0])], [gts[0]], 1)
     assert fp_first['AP'] == pytest.approx(0.5)
-    none = evaluation.coco_map([det(np.zeros((0, 4)), [], [])], [gts[0]], 1)
+    none = coco_map([det(np.zeros((0, 4)), [], [])], [gts[0]], 1)
     assert none['AP'] == 0.0
-    assert math.isnan(evaluation.coco_map([det(np.zeros((0, 4)), [], [])], [gt(np.zeros((0, 4)), [])], 1)['AP'])
+    assert math.isnan(coco_map([det(np.zeros((0, 4)), [], [])], [gt(np.zeros((0, 4)), [])], 1)['AP'])
 
 
 def make_batches(config, specs, batch_size=2):
@@ -193,10 +197,10 @@ def workdir(tmp_path_factory):
 def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
     config = small_config()
     model, variables, spec = inference.load_detector(config, workdir, fold=False)
-    cfg = evaluation.postprocess_config(config, spec)
+    cfg = postprocess_config(config, spec)
     batches = make_batches(config, SPECS)
     dataset = tf.data.Dataset.from_tensor_slices({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
-    dets, gts = evaluation.collect_detections(cfg, model, variables, dataset.batch(2).as_numpy_iterator())
+    dets, gts = collect_detections(cfg, model, variables, dataset.batch(2).as_numpy_iterator())
     assert len(dets) == len(gts) == 3  # the padding example is skipped
     for (hw, boxes, classes), g, i in zip(SPECS, gts, range(3)):
         assert g['image_id'] == 100 + i and (g['height'], g['width']) == hw
@@ -206,7 +210,7 @@ def test_collect_detections_maps_ground_truth_back_and_matches_predict(workdir):
     keep = np.asarray(first.valid[1])
     assert keep.sum() > 0 and len(dets[1]['scores']) == keep.sum()
     np.testing.assert_allclose(dets[1]['boxes'], np.asarray(first.boxes[1])[keep], rtol=1e-6)
-    metrics = evaluation.compute_metrics(*evaluation.collect_detections(cfg, model, variables, batches), 10)
+    metrics = compute_metrics(*collect_detections(cfg, model, variables, batches), 10)
     assert metrics['num_images'] == 3 and metrics['num_gt'] == 6
     assert 0.0 <= metrics['map50'] <= 1.0 and 0.0 <= metrics['coco_map'] <= 1.0
     assert sum(e['ap'] is not None for e in metrics['per_class']) == 5  # classes 1, 2, 4, 7, 9
@@ -218,7 +222,7 @@ def test_evaluate_checkpoint_writes_table_and_json(workdir, tmp_path, monkeypatc
     config = small_config()
     batches = make_batches(config, SPECS)
     monkeypatch.setattr(input_pipeline.Data, 'eval_batches', lambda *a, **k: iter(batches))
-    metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
+    metrics = evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
     table = capsys.readouterr().out
     assert 'AP50' in table and 'mAP' in table and '#GT' in table
     saved = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
@@ -227,4 +231,4 @@ def test_evaluate_checkpoint_writes_table_and_json(workdir, tmp_path, monkeypatc
     dets = json.loads((tmp_path / 'eval' / 'detections.json').read_text())
     assert [d['image_id'] for d in dets] == [100, 101, 102]
     with pytest.raises(FileNotFoundError, match='no checkpoint'):
-        evaluation.evaluate_checkpoint(config, tmp_path)
+        evaluate_checkpoint(config, tmp_path)

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from configs.mnist import get_config
-from yolo_jax import evaluation, input_pipeline, steps, train
+from yolo_jax import input_pipeline, steps, train
+from yolo_jax.evaluation.metrics import compute_metrics
+from yolo_jax.evaluation.runner import collect_detections
 from yolo_jax.loss import loss_kwargs
+from yolo_jax.postprocess import postprocess_config
 
 
 @pytest.mark.slow
@@ -36,9 +39,9 @@ def test_overfit_four_images_finds_digits(tmp_path):
         losses.append(float(metrics['total']))
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10]), (losses[:3], losses[-3:])
 
-    cfg = evaluation.postprocess_config(config, data.spec)
+    cfg = postprocess_config(config, data.spec)
     variables = jax.device_get(state.variables)
-    dets, gts = evaluation.collect_detections(cfg, model, variables, data.eval_batches(4, 'train'))
-    result = evaluation.compute_metrics(dets, gts, data.spec.num_classes, coco=False)
+    dets, gts = collect_detections(cfg, model, variables, data.eval_batches(4, 'train'))
+    result = compute_metrics(dets, gts, data.spec.num_classes, coco=False)
     assert result['num_gt'] >= 4
     assert result['map50'] > 0.8, result['per_class']

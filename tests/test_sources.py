@@ -17,7 +17,7 @@ from PIL import Image
 from configs.mnist import get_config
 from yolo_jax import errors
 from yolo_jax.data import annotations as ann
-from yolo_jax.data import coco_json, digits, mnist_detection, mnist_generator, sources, tfds_sets, yolo_txt
+from yolo_jax.data import coco_json, digits, mnist_detection, mnist_generator, own_data, sources, tfds_sets, yolo_txt
 from yolo_jax.data.source_base import DataSource, FileSource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,6 +268,7 @@ def test_unprepared_tfds_set_and_bad_names_are_clear(tmp_path):
 EXPECTED_FORMATS = {  # name -> (the module that defines it, versioned)
     'mnist_detection': (mnist_detection, False), 'annotations': (ann, False), 'coco_json': (coco_json, False),
     'yolo_txt': (yolo_txt, False), 'voc': (tfds_sets, True), 'coco': (tfds_sets, True),
+    'auto': (own_data, False), 'voc_xml': (own_data, False), 'yolo_yaml': (own_data, False),  # config.data.root
 }
 
 

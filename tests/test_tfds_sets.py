@@ -99,7 +99,8 @@ def _raw_ground_truth(original, name: str, split: str, flag: str) -> list[dict]:
 def test_voc_07_12_trains_and_evaluates_with_the_voc07_protocol(mock_tfds, tmp_path):
     from test_eval_protocol import devkit_voc_eval
 
-    from yolo_jax import evaluation, train
+    from yolo_jax import train
+    from yolo_jax.evaluation.command import evaluate_checkpoint
 
     config = voc_config.get_config('tiny,smoke')
     config.data.data_dir = str(tmp_path / 'tfds')
@@ -111,7 +112,7 @@ def test_voc_07_12_trains_and_evaluates_with_the_voc07_protocol(mock_tfds, tmp_p
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert max(r['step'] for r in records if r['kind'] == 'train') == 4
-    metrics = evaluation.evaluate_checkpoint(config, tmp_path / 'run', output=tmp_path / 'eval')
+    metrics = evaluate_checkpoint(config, tmp_path / 'run', output=tmp_path / 'eval')
 
     gts = _raw_ground_truth(mock_tfds, 'voc/2007', 'test', 'is_difficult')
     assert metrics['num_images'] == 8
@@ -131,14 +132,15 @@ def test_coco_evaluation_with_crowd_regions(mock_tfds, tmp_path):
     from test_detect import make_workdir
     from test_eval_protocol import coco_oracle
 
-    from yolo_jax import evaluation
+    from yolo_jax.evaluation.command import evaluate_checkpoint
+    from yolo_jax.evaluation.metrics import COCO_STATS
 
     config = coco_config.get_config('tiny,smoke')
     config.data.data_dir = str(tmp_path / 'tfds')
     config.eval.map_score_threshold = 0.0001
     workdir = make_workdir(tmp_path / 'run', config)
     config.eval.split = 'validation'
-    metrics = evaluation.evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
+    metrics = evaluate_checkpoint(config, workdir, output=tmp_path / 'eval')
     gts = _raw_ground_truth(mock_tfds, 'coco/2017', 'validation', 'is_crowd')
     assert metrics['num_ignored'] == sum(int(g['iscrowd'].sum()) for g in gts) > 0
     dets = json.loads((tmp_path / 'eval' / 'detections.json').read_text())
@@ -153,5 +155,5 @@ def test_coco_evaluation_with_crowd_regions(mock_tfds, tmp_path):
         want = coco_oracle(dets, gts)
     finally:
         test_eval_protocol.COCO_CAT_IDS = ids
-    got = [metrics['coco'][k] if not np.isnan(metrics['coco'][k]) else -1.0 for k in evaluation.COCO_STATS]
+    got = [metrics['coco'][k] if not np.isnan(metrics['coco'][k]) else -1.0 for k in COCO_STATS]
     assert got == pytest.approx(want, abs=1e-12)

@@ -28,7 +28,7 @@ from yolo_jax import inference, video, visualize
 from yolo_jax.data import decode
 from yolo_jax.data.annotations import write_text_atomic
 from yolo_jax.errors import DataError, MissingFileError, summarize
-from yolo_jax.evaluation import postprocess_config
+from yolo_jax.postprocess import postprocess_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 

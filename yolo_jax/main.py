@@ -80,9 +80,9 @@ def main(argv):
 
         train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-        from yolo_jax import evaluation  # noqa: PLC0415
+        from yolo_jax.evaluation import command  # noqa: PLC0415
 
-        evaluation.evaluate_checkpoint(config, FLAGS.workdir, output=FLAGS.output, weights=FLAGS.weights)
+        command.evaluate_checkpoint(config, FLAGS.workdir, output=FLAGS.output, weights=FLAGS.weights)
     else:
         from yolo_jax import detect  # noqa: PLC0415
 

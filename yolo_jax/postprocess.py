@@ -282,6 +282,20 @@ def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg:
     return postprocess_decoded(flatten_decoded(decoded), resize, orig_sizes, cfg)
 
 
+def postprocess_config(config: Any, spec: Any, **overrides) -> PostprocessConfig:
+    """Post-processing settings of a run: the DetectionSpec `spec`'s geometry, config.eval's thresholds and NMS,
+    config.data.resize; keyword overrides win. Raises ConfigError naming a bad config.eval field."""
+    return PostprocessConfig.from_spec(spec, config.eval, config.data.resize, **overrides)
+
+
+def map_postprocess_config(config: Any, spec: Any) -> PostprocessConfig:
+    """Post-processing for mAP: as `postprocess_config`, with score_threshold = config.eval.map_score_threshold
+    (VOC/COCO practice: 0.001-0.005, not the drawing threshold) and at most config.eval.map_max_detections boxes
+    per image after NMS (COCO's maxDets = 100)."""
+    return postprocess_config(config, spec, score_threshold=float(config.eval.map_score_threshold),
+                              max_detections=int(config.eval.map_max_detections))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # NumPy oracle: the reference's algorithms, written straightforwardly (float64).
 

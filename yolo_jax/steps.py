@@ -24,6 +24,8 @@ from yolo_jax.models.layers import FROZEN_PARTS
 
 FREEZE_POLICIES = ('none', 'backbone', 'all_but_heads')
 PMAP_AXIS = 'batch'  # the pmap axis name (parallel.py): BatchNorm statistics are synchronised over it
+# The keys of a pipeline batch that the compiled steps consume (the rest stays on the host).
+STEP_KEYS = ('image', 'labels', 'bboxes', 'valid')
 
 
 @flax.struct.dataclass

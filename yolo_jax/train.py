@@ -1,18 +1,21 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-One loop over a repeating stream of batches with periodic actions (clu's), as the flax examples run: the data set
-is built once (`input_pipeline.Data`), the steps are compiled once for the device mesh (`parallel.py`), metrics
-reach the host one step late (so the device queue never drains), and at each epoch's end the checkpoint is
-written before any report that might fail. The pure pieces (state, optimizer, steps) live in `steps.py`.
+One loop over a repeating stream of batches with periodic actions, as the flax examples run: `setup` builds the
+run once (checks, data, model and state, compiled steps for the device mesh, evaluators, logs), `train_loop` feeds
+the steps (metrics reach the host one step late, so the device queue never drains) and `end_of_epoch` runs the
+epoch's actions in order: BatchNorm recalibration, validation, the checkpoint (before any report that might fail),
+the mAP report. The pure pieces (state, optimizer, steps) live in `steps.py`, the evaluators in `evaluation/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +24,14 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from yolo_jax import checkpointing, steps
+from yolo_jax import checkpointing, run_config, steps
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
 from yolo_jax.parallel import Parallel, check_batch_size, check_mode
-from yolo_jax.progress import Progress, format_train_line, format_val_line
+from yolo_jax.progress import Progress, format_train_line
 from yolo_jax.spec import DetectionSpec
+from yolo_jax.steps import STEP_KEYS
 
-# The keys of a pipeline batch that the compiled steps consume (the rest stays on the host).
-STEP_KEYS = ('image', 'labels', 'bboxes', 'valid')
 # config.model fields a checkpoint must agree on to be resumed.
 _MODEL_FIELDS = ('name', 'num_classes', 'input_size', 'strides', 'anchors', 'width_multiplier')
 
@@ -90,18 +92,6 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, directory: Pa
                           'another --workdir, the checkpoint\'s settings, or config.train.init_from=WORKDIR')
 
 
-def evaluate(parallel: Parallel, state: steps.TrainState, batches) -> dict[str, float]:
-    """Mean validation losses over eval batches (padding examples excluded; all processes' shards). The sums stay
-    on the device until the last batch: one host transfer per evaluation."""
-    totals = None
-    for batch in batches:
-        sums = parallel.eval(state, {k: batch[k] for k in STEP_KEYS})
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = {k: float(v) for k, v in jax.device_get(totals or {}).items()}
-    count = max(totals.pop('count', 0.0), 1.0)
-    return {k: v / count for k, v in totals.items()}
-
-
 def recalibrate_batch_norm(parallel: Parallel, state: steps.TrainState, batches, freeze: str) -> steps.TrainState:
     """Replaces the running BatchNorm statistics by their average over `batches` at the current weights ("precise
     BN", Wu & Johnson 2021). The exponential moving average lags weights that move fast (high learning rates, thin
@@ -145,32 +135,6 @@ class MetricsFile:
                 f.write(json.dumps({**record, 'time': round(time.time(), 3)}) + '\n')
 
 
-def detection_report(config, spec: DetectionSpec, model, state, data, eval_batch: int, writer, step: int,
-                     num_images: int = 8) -> dict:
-    """VOC/COCO mAP of the current weights over the whole eval split (every process's shard, gathered), and a
-    grid of test images with predicted boxes (TensorBoard)."""
-    from yolo_jax import evaluation, inference, visualize  # noqa: PLC0415
-    from yolo_jax.data.letterbox import letterbox_boxes  # noqa: PLC0415
-
-    variables = jax.device_get(state.variables)
-    map_cfg = evaluation.map_postprocess_config(config, spec)
-    detections, ground_truth = evaluation.collect_detections(map_cfg, model, variables, data.eval_batches(eval_batch))
-    detections, ground_truth = evaluation.gather_across_processes(detections, ground_truth, map_cfg.max_detections)
-    result = evaluation.compute_metrics(detections, ground_truth, spec.num_classes, **evaluation.voc_options(config))
-    cfg = evaluation.postprocess_config(config, spec)  # the drawing threshold
-    batch = next(iter(data.eval_batches(eval_batch)))
-    det = jax.device_get(inference.predict(model, variables, batch['image'], batch['orig_size'], cfg))
-    tiles = []
-    for i in range(min(num_images, int(np.sum(batch['valid'] > 0)))):
-        keep, (h, w) = det.valid[i], batch['orig_size'][i]
-        boxes = letterbox_boxes(det.boxes[i][keep], int(h), int(w), spec.input_size, config.data.resize)
-        tiles.append(visualize.draw_detections(batch['image'][i], boxes, det.classes[i][keep], det.scores[i][keep],
-                                               spec.class_names))
-    if tiles:
-        writer.write_images(step, {'detections': visualize.grid(tiles, ncols=4)[None]})
-    return result
-
-
 def _check_finite(metrics: dict, step: int, has_checkpoint: bool) -> None:
     if metrics['finite'] > 0:
         return
@@ -194,155 +158,265 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
     return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
-    workdir = Path(workdir)
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the loop acts, in global steps (one step = one batch through the train step)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    log_every_steps: int
+    checkpoint_every_steps: int  # 0: at epoch ends only
+
+    def logs(self, step: int) -> bool:
+        return step % self.log_every_steps == 0 or step == self.total_steps
+
+    def ends_epoch(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0 or step == self.total_steps
+
+    def due(self, every_epochs: int, epoch: int, step: int) -> bool:
+        """At the end of `epoch` (ending at `step`): every `every_epochs` epochs (0: never), and at the last step."""
+        return bool(every_epochs and (epoch + 1) % every_epochs == 0) or step == self.total_steps
+
+    def checkpoints_mid_epoch(self, step: int) -> bool:
+        return bool(self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0
+                    and step % self.steps_per_epoch and step != self.total_steps)
+
+
+class Reporter:
+    """Where a run's numbers go: the console (the reference's lines, a progress bar), TensorBoard and
+    metrics.jsonl. Process 0 writes the files; the others log to the console only."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, schedule: Schedule, start_step: int):
+        is_main = jax.process_index() == 0
+        self.schedule = schedule
+        self.writer = metric_writers.AsyncWriter(
+            metric_writers.SummaryWriter(str(workdir / 'tensorboard')) if is_main else metric_writers.MultiWriter([])
+        )
+        if start_step == 0:
+            self.writer.write_hparams({k: v for k, v in _flatten(config).items()
+                                       if isinstance(v, int | float | str | bool)})
+        self.metrics_file = MetricsFile(workdir, is_main, start_step)
+        self.progress = Progress(schedule.total_steps, start_step)
+        self.report_progress = periodic_actions.ReportProgress(num_train_steps=schedule.total_steps,
+                                                               writer=self.writer, every_steps=None, every_secs=60.0)
+
+    def train(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """A finished step's host metrics: the progress bar, and every log_every_steps the line and records."""
+        self.progress.update(step, f"loss {metrics['total']:.2f}")
+        s = self.schedule
+        if s.logs(step):
+            self.progress.log(format_train_line(epoch, step - epoch * s.steps_per_epoch, s.steps_per_epoch,
+                                                metrics['lr'], metrics))
+            self.writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items() if k != 'finite'})
+            self.metrics_file.write(kind='train', step=step, epoch=epoch, **metrics)
+
+    def evaluation(self, step: int, epoch: int, result: Any) -> None:
+        """An evaluator's `Result`: its console line (and, at the last step, its details), TensorBoard val/<name>
+        scalars and images, one metrics.jsonl record of its kind."""
+        self.progress.log(result.summary)
+        if step == self.schedule.total_steps and result.details:
+            self.progress.log('\n' + result.details)
+        if result.images:
+            self.writer.write_images(step, result.images)
+        self.writer.write_scalars(step, {f'val/{k}': v for k, v in result.scalars.items()})
+        self.metrics_file.write(kind=result.kind, step=step, epoch=epoch, **result.scalars)
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run's parts, built once by `setup`."""
+
+    config: ml_collections.ConfigDict
+    data: Any  # input_pipeline.Data
+    parallel: Parallel
+    manager: Any  # orbax CheckpointManager
+    reporter: Reporter
+    schedule: Schedule
+    validation: Any  # evaluation.validation.ValidationLoss
+    detection: Any  # evaluation.detection.DetectionMetrics
+    local_batch: int  # this process's share of config.train.batch_size
+    base_meta: dict  # what every checkpoint records besides its epoch and step
+
+
+def check_settings(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, int, int]:
+    """Every check that needs no data, before any is read or built → (parallel mode, this process's train batch,
+    its eval batch)."""
+    from yolo_jax.evaluation.detection import check_eval_config  # noqa: PLC0415  (TensorFlow)
+
     check_workdir(workdir)
     t = config.train
     mode = check_mode(t.parallel)
     steps.check_freeze(t.freeze)
     steps.check_ema(t)
     steps.check_grad_accum_steps(t.grad_accum_steps)
+    check_eval_config(config.eval)  # the evaluators check it again when built; here before a data set is built
     local_batch = check_batch_size('config.train.batch_size', t.batch_size, jax.device_count(), jax.process_count())
     eval_batch = check_batch_size('config.train.eval_batch_size', t.eval_batch_size, jax.device_count(),
                                   jax.process_count())
-    data = open_data(config)
-    spec = data.spec
+    return mode, local_batch, eval_batch
+
+
+def make_schedule(config: ml_collections.ConfigDict, data: Any) -> Schedule:
+    t = config.train
     steps_per_epoch = data.steps_per_epoch(t.batch_size)
     if steps_per_epoch < 1:
         raise ConfigError(f'config.train.batch_size={t.batch_size} is larger than the training split '
                           f'({data.num_examples("train")} examples)')
-    total_steps = int(t.epochs * steps_per_epoch)
+    return Schedule(steps_per_epoch, int(t.epochs * steps_per_epoch), t.log_every_steps, t.checkpoint_every_steps)
+
+
+def build_parallel(config: ml_collections.ConfigDict, spec: DetectionSpec, mode: str, lr_fn: Any) -> Parallel:
+    """The train, eval and BatchNorm-statistics steps with the run's settings bound, compiled for `mode`."""
+    kw = loss_kwargs(spec, config.loss)
+    return Parallel(
+        mode,
+        functools.partial(steps.train_step, loss_kw=kw, lr_fn=lr_fn),
+        functools.partial(steps.eval_step, loss_kw=kw),
+        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze=config.train.freeze),
+    )
+
+
+def build_evaluators(config: ml_collections.ConfigDict, spec: DetectionSpec, model: Any, parallel: Parallel,
+                     data: Any, eval_batch: int) -> tuple[Any, Any]:
+    """(validation loss, detection metrics) on the whole test split, each built (and checked) once."""
+    from yolo_jax.evaluation.detection import DetectionMetrics  # noqa: PLC0415  (TensorFlow)
+    from yolo_jax.evaluation.validation import ValidationLoss  # noqa: PLC0415
+
+    def batches():
+        return data.eval_batches(eval_batch)
+
+    return ValidationLoss(parallel, batches), DetectionMetrics(config, spec, model, batches, draw_images=8)
+
+
+def restore(manager: Any, config: ml_collections.ConfigDict, state: steps.TrainState) -> tuple[steps.TrainState, int]:
+    """(state, step): the latest checkpoint's, after checking that it fits the config; else (state, 0)."""
+    latest = manager.latest_step()
+    if latest is None:
+        return state, 0
+    check_resumable(checkpointing.restore_meta(manager, latest), config, manager.directory)
+    state, meta = checkpointing.restore(manager, latest, state)
+    logging.info('Resumed from %s at step %d (epoch %d)', manager.directory, int(state.step), meta['epoch'])
+    return state, int(state.step)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.TrainState, int]:
+    """Builds the run (see `check_settings` for the order of the checks) → (run, placed state, start step)."""
+    t = config.train
+    mode, local_batch, eval_batch = check_settings(config, workdir)
+    data = open_data(config)
+    spec = data.spec
+    schedule = make_schedule(config, data)
     logging.info('Data: %d train / %d test examples, %d classes', data.num_examples('train'),
                  data.num_examples('test'), spec.num_classes)  # reads (and checks) both splits before any step
     if config.data.check_at_start:
         from yolo_jax.data import check  # noqa: PLC0415
 
         check.check_at_start(config, data)
-
-    model, lr_fn, state = steps.build_model_and_state(config, steps_per_epoch, mode)
-    kw = loss_kwargs(spec, config.loss)
-    parallel = Parallel(
-        mode,
-        functools.partial(steps.train_step, loss_kw=kw, lr_fn=lr_fn),
-        functools.partial(steps.eval_step, loss_kw=kw),
-        functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze=t.freeze),
-    )
-
+    if jax.process_index() == 0:  # eval, detect and export of this workdir read it: no training flag repeated
+        run_config.write(config, workdir)
+    model, lr_fn, state = steps.build_model_and_state(config, schedule.steps_per_epoch, mode)
+    parallel = build_parallel(config, spec, mode, lr_fn)
+    validation, detection = build_evaluators(config, spec, model, parallel, data, eval_batch)
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
-    start_step = 0
-    if manager.latest_step() is not None:
-        meta = checkpointing.restore_meta(manager, manager.latest_step())
-        check_resumable(meta, config, manager.directory)
-        state, meta = checkpointing.restore(manager, manager.latest_step(), state)
-        start_step = int(state.step)
-        logging.info('Resumed from %s at step %d (epoch %d)', manager.directory, start_step, meta['epoch'])
+    state, start_step = restore(manager, config, state)
     state = parallel.place_state(state)
-
-    is_main = jax.process_index() == 0
-    writer = metric_writers.AsyncWriter(
-        metric_writers.SummaryWriter(str(workdir / 'tensorboard')) if is_main else metric_writers.MultiWriter([])
-    )
-    if start_step == 0:
-        writer.write_hparams({k: v for k, v in _flatten(config).items() if isinstance(v, int | float | str | bool)})
-    metrics_file = MetricsFile(workdir, is_main, start_step)
-    progress = Progress(total_steps, start_step)
-    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=None,
-                                                      every_secs=60.0)
+    reporter = Reporter(config, workdir, schedule, start_step)
     base_meta = {'model': json.loads(json.dumps(config.model.to_dict())), 'spec': spec.to_json(),
                  'ema': t.ema_decay > 0, 'grad_accum_steps': t.grad_accum_steps}
     logging.info(
         'Training %s (%d params, %d classes) for %d epochs x %d steps, global batch %d on %d device(s) in %d '
         'process(es), mode %s', config.model.name, sum(x.size for x in jax.tree.leaves(state.params)),
-        spec.num_classes, t.epochs, steps_per_epoch, t.batch_size, jax.device_count(), jax.process_count(), mode,
+        spec.num_classes, t.epochs, schedule.steps_per_epoch, t.batch_size, jax.device_count(), jax.process_count(),
+        mode,
     )
-    multi_scale = bool(t.multi_scale_sizes)
-    if multi_scale:
+    if t.multi_scale_sizes:
         logging.info('Multi-scale training: input sizes %s, a random one every %d steps (validation, BatchNorm '
                      'recalibration and mAP at %d); the train step compiles once per size',
                      tuple(t.multi_scale_sizes), t.multi_scale_every_steps, config.model.input_size)
+    run = Run(config, data, parallel, manager, reporter, schedule, validation, detection, local_batch, base_meta)
+    return run, state, start_step
 
-    def log_train(step: int, epoch: int, metrics: dict) -> None:
-        progress.update(step, f"loss {metrics['total']:.2f}")
-        if step % t.log_every_steps == 0 or step == total_steps:
-            progress.log(format_train_line(epoch, step - epoch * steps_per_epoch, steps_per_epoch, metrics['lr'],
-                                           metrics))
-            writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items() if k != 'finite'})
-            metrics_file.write(kind='train', step=step, epoch=epoch, **metrics)
 
-    def fetch(pending: tuple[int, int, dict] | None) -> None:
-        """Host side of a finished step (one step late): NaN guard, console, logs."""
-        if pending is None:
-            return
-        step, epoch, metrics = pending
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, step, manager.latest_step() is not None)
-        log_train(step, epoch, metrics)
+def fetch(run: Run, pending: tuple[int, int, dict] | None) -> None:
+    """Host side of a finished step (one step late): NaN guard, console, logs."""
+    if pending is None:
+        return
+    step, epoch, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(metrics, step, run.manager.latest_step() is not None)
+    run.reporter.train(step, epoch, metrics)
 
-    def end_of_epoch(state, step: int, epoch: int, epoch_time: float, steps_done: int):
-        # With EMA on (config.train.ema_decay > 0) the EMA weights are the ones recalibrated, validated, ranked
-        # for the best checkpoint and reported (mAP); eval/detect/export load them (checkpointing.load_model).
-        if t.bn_recalibration_batches > 0:
-            batches = data.recalibration_batches(epoch, local_batch, t.bn_recalibration_batches)
-            recalibrated = recalibrate_batch_norm(parallel, steps.eval_state(state), batches, t.freeze)
-            state = steps.with_eval_batch_stats(state, recalibrated.batch_stats)
-        val = None
-        if (epoch + 1) % t.eval_every_epochs == 0 or step == total_steps:
-            val = evaluate(parallel, steps.eval_state(state), data.eval_batches(eval_batch))
-            progress.log(format_val_line(val))
-            writer.write_scalars(step, {f'val/{k}': v for k, v in val.items()})
-            metrics_file.write(kind='val', step=step, epoch=epoch, **val)
-        ckpt_metrics = {checkpointing.BEST_METRIC: val['total']} if val else None
-        # The checkpoint goes first: nothing after it (reports, drawings) can cost a finished epoch.
-        checkpointing.save(manager, step, state, {**base_meta, 'epoch': epoch + 1, 'step': step,
+
+def evaluate_and_report(run: Run, evaluator: Any, state: steps.TrainState, step: int, epoch: int) -> Any:
+    """Runs an evaluator on the weights the run evaluates (the EMA's when on) and reports its `Result`."""
+    result = evaluator.run(steps.eval_state(state))
+    run.reporter.evaluation(step, epoch, result)
+    return result
+
+
+def end_of_epoch(run: Run, state: steps.TrainState, step: int, epoch: int, epoch_time: float,
+                 steps_done: int) -> steps.TrainState:
+    """The epoch's periodic actions, in order: BatchNorm recalibration, validation loss, the checkpoint, the
+    epoch's timing, the mAP report."""
+    t, s = run.config.train, run.schedule
+    # With EMA on (config.train.ema_decay > 0) the EMA weights are the ones recalibrated, validated, ranked
+    # for the best checkpoint and reported (mAP); eval/detect/export load them (checkpointing.load_model).
+    if t.bn_recalibration_batches > 0:
+        batches = run.data.recalibration_batches(epoch, run.local_batch, t.bn_recalibration_batches)
+        recalibrated = recalibrate_batch_norm(run.parallel, steps.eval_state(state), batches, t.freeze)
+        state = steps.with_eval_batch_stats(state, recalibrated.batch_stats)
+    val = None
+    if s.due(t.eval_every_epochs, epoch, step):
+        val = evaluate_and_report(run, run.validation, state, step, epoch)
+    ckpt_metrics = {checkpointing.BEST_METRIC: val.scalars['total']} if val else None
+    # The checkpoint goes first: nothing after it (reports, drawings) can cost a finished epoch.
+    checkpointing.save(run.manager, step, state, {**run.base_meta, 'epoch': epoch + 1, 'step': step,
                                                   'metrics': ckpt_metrics}, metrics=ckpt_metrics)
-        logging.info('epoch %d done in %.1f s (%.2f img/s)', epoch, epoch_time,
-                     steps_done * t.batch_size / max(epoch_time, 1e-9))
-        if (t.map_every_epochs and (epoch + 1) % t.map_every_epochs == 0) or step == total_steps:
-            report_map(state, step, epoch)
-        writer.flush()
-        return state
+    logging.info('epoch %d done in %.1f s (%.2f img/s)', epoch, epoch_time,
+                 steps_done * t.batch_size / max(epoch_time, 1e-9))
+    if s.due(t.map_every_epochs, epoch, step):
+        evaluate_and_report(run, run.detection, state, step, epoch)
+    run.reporter.writer.flush()
+    return state
 
-    def report_map(state, step: int, epoch: int) -> None:
-        from yolo_jax import evaluation  # noqa: PLC0415
 
-        det = detection_report(config, spec, model, steps.eval_state(state), data, eval_batch, writer, step)
-        scalars = {k: float(det[k]) for k in ('map50', 'coco_map', 'coco_map50', 'coco_map75', 'num_images',
-                                              'num_detections', 'num_gt') if k in det}
-        progress.log(f"mAP@0.5 (VOC): {scalars['map50']:.4f}, "
-                     f"mAP@[.5:.95] (COCO): {scalars.get('coco_map', float('nan')):.4f}")
-        if step == total_steps:
-            progress.log('\n' + evaluation.format_table(det, spec.class_names))
-        writer.write_scalars(step, {f'val/{k}': v for k, v in scalars.items()})
-        metrics_file.write(kind='map', step=step, epoch=epoch, **scalars)
-
+def train_loop(run: Run, state: steps.TrainState, start_step: int) -> tuple[steps.TrainState, int]:
+    """Trains from `start_step` to the schedule's last step → (state, last step)."""
+    s, multi_scale = run.schedule, bool(run.config.train.multi_scale_sizes)
     step, pending = start_step, None
     epoch_start, epoch_first_step = time.monotonic(), start_step
-    batches = data.train_batches(start_step, steps_per_epoch, local_batch)
+    batches = run.data.train_batches(start_step, s.steps_per_epoch, run.local_batch)
     try:
-        while step < total_steps:
+        while step < s.total_steps:
             epoch, batch = next(batches)
-            state, metrics = parallel.train(state, {k: batch[k] for k in STEP_KEYS})
+            state, metrics = run.parallel.train(state, {k: batch[k] for k in STEP_KEYS})
             if multi_scale:  # logged with the step's metrics (metrics.jsonl, TensorBoard)
                 metrics = dict(metrics, input_size=batch['image'].shape[1])
             step += 1
-            fetch(pending)  # the previous step's metrics: this step is already queued behind it
+            fetch(run, pending)  # the previous step's metrics: this step is already queued behind it
             pending = (step, epoch, metrics)
-            report_progress(step)
-            if (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and step % steps_per_epoch
-                    and step != total_steps):
-                fetch(pending)  # never checkpoint a state the NaN guard has not seen
+            run.reporter.report_progress(step)
+            if s.checkpoints_mid_epoch(step):
+                fetch(run, pending)  # never checkpoint a state the NaN guard has not seen
                 pending = None
-                checkpointing.save(manager, step, state, {**base_meta, 'epoch': epoch, 'step': step})
-            if step % steps_per_epoch == 0 or step == total_steps:
-                fetch(pending)
+                checkpointing.save(run.manager, step, state, {**run.base_meta, 'epoch': epoch, 'step': step})
+            if s.ends_epoch(step):
+                fetch(run, pending)
                 pending = None
-                state = end_of_epoch(state, step, epoch, time.monotonic() - epoch_start, step - epoch_first_step)
+                state = end_of_epoch(run, state, step, epoch, time.monotonic() - epoch_start, step - epoch_first_step)
                 epoch_start, epoch_first_step = time.monotonic(), step
-        fetch(pending)
+        fetch(run, pending)
     finally:
         batches.close()  # now, not when a traceback holding this frame is collected at interpreter exit
-        manager.wait_until_finished()  # never leave an async save half done
-        writer.flush()
-    logging.info('Training done: %d steps; compiled train-step programs: %s', step, parallel.compiled_train_steps())
+        run.manager.wait_until_finished()  # never leave an async save half done
+        run.reporter.writer.flush()
+    return state, step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+    run, state, start_step = setup(config, Path(workdir))
+    state, step = train_loop(run, state, start_step)
+    logging.info('Training done: %d steps; compiled train-step programs: %s', step,
+                 run.parallel.compiled_train_steps())
     return state

@@ -1,4 +1,5 @@
-"""Detection metrics: the reference's VOC mAP@0.5 and COCO mAP@[.5:.95] (pycocotools), and `--mode=eval`.
+"""Detection metrics as pure functions of host data: the reference's VOC mAP@0.5, COCO mAP@[.5:.95]
+(pycocotools), their flattened summary (`compute_metrics`) and the per-class table. No config, no model, no JAX.
 
 Data structures (host side, NumPy), one entry per image, in dataset order:
   detections:   {'image_id', 'boxes' (k, 4) float64 x1, y1, x2, y2 in ORIGINAL-image pixels, 'scores' (k,),
@@ -6,8 +7,8 @@ Data structures (host side, NumPy), one entry per image, in dataset order:
   ground_truth: {'image_id', 'boxes' (g, 4) float64 x1, y1, x2, y2 in original pixels, 'classes' (g,) int,
                  'height', 'width', optionally 'difficult' (g,) bool (VOC) and 'iscrowd' (g,) bool (COCO)}
 The i-th detections entry belongs to the i-th ground-truth entry (image identity is the list position).
-The data sources carry one per-box flag ('difficult': VOC difficult, COCO iscrowd); `collect_detections` passes
-it as both keys, so a flagged box is ignored the way each protocol ignores boxes.
+The data sources carry one per-box flag ('difficult': VOC difficult, COCO iscrowd); `runner.collect_detections`
+passes it as both keys, so a flagged box is ignored the way each protocol ignores boxes.
 
 VOC mAP (`voc_map`) is the reference's `get_mAP` (pythonlessons evaluate_mAP.py), step for step:
   per class, the detections of all images sorted by confidence (stable: ties keep image order); each is matched
@@ -30,32 +31,19 @@ original pixels, area = w * h, iscrowd from the ground truth's 'iscrowd' flags, 
 and reports its 12 summary numbers. Crowd boxes are ignore regions there: a detection matching one (IoU = overlap
 over the detection's own area) is neither TP nor FP, and crowd boxes do not count as positives.
 
-Evaluation settings (config.eval): detections for mAP are post-processed with `map_score_threshold` (0.005) and at
-most `map_max_detections` (100) per image after NMS, as the VOC/COCO protocols are run, not with the drawing
-threshold `score_threshold`; `voc_metric` ('all_point' | '11_point'), `voc_truncate_boxes`; `split`.
+The protocol settings of config.eval (`voc_metric`, `voc_truncate_boxes`, the mAP score threshold and detection
+cap) are read and checked by `detection.DetectionMetrics`, which hands them to these functions as arguments.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
-from absl import logging
-
-from yolo_jax import inference
-from yolo_jax import postprocess as pp
-from yolo_jax.data.annotations import write_text_atomic
-from yolo_jax.data.letterbox import unletterbox_boxes
-from yolo_jax.errors import ConfigError
-from yolo_jax.spec import DetectionSpec
 
 VOC_IOU_THRESHOLD = 0.5  # MINOVERLAP of the PASCAL VOC challenge
 COCO_STATS = (
@@ -129,7 +117,8 @@ def voc_map(
         for g in ground_truth:
             cls = np.asarray(g['classes']).reshape(-1)
             gts.append(np.asarray(g['boxes'], np.float64).reshape(-1, 4)[cls == c])
-            diffs.append(_flags(g, 'difficult', len(cls))[cls == c] if use_difficult else np.zeros(len(gts[-1]), bool))
+            diffs.append(box_flags(g, 'difficult', len(cls))[cls == c] if use_difficult
+                         else np.zeros(len(gts[-1]), bool))
         num_gt = sum(int((~d).sum()) for d in diffs)
         num_difficult = sum(int(d.sum()) for d in diffs)
         det_img, det_box, det_score = [], [], []
@@ -172,7 +161,7 @@ def voc_map(
     }
 
 
-def _flags(g: dict, key: str, n: int) -> np.ndarray:
+def box_flags(g: dict, key: str, n: int) -> np.ndarray:
     """The ground-truth entry's optional per-box bool flags `key` (n,), all False when absent."""
     if key not in g or g[key] is None:
         return np.zeros(n, bool)
@@ -213,7 +202,7 @@ def coco_map(
     for i, g in enumerate(ground_truth):
         images.append({'id': i + 1, 'height': int(g['height']), 'width': int(g['width'])})
         classes = np.asarray(g['classes']).reshape(-1)
-        crowd = _flags(g, 'iscrowd', len(classes))
+        crowd = box_flags(g, 'iscrowd', len(classes))
         for box, c, k in zip(_coco_xywh(g['boxes']), classes, crowd, strict=True):
             annotations.append({
                 'id': len(annotations) + 1, 'image_id': i + 1, 'category_id': int(c) + 1, 'bbox': box.tolist(),
@@ -257,153 +246,6 @@ def coco_map(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Running a model over an evaluation dataset.
-
-
-def _snap(boxes: np.ndarray) -> np.ndarray:
-    """Rounds coordinates within 1e-2 px of an integer to it: undoes the float32 round trip of the pipeline's
-    letterbox for integer annotations (the reference compares against the integer annotation boxes)."""
-    r = np.rint(boxes)
-    return np.where(np.abs(boxes - r) < 1e-2, r, boxes)
-
-
-def _image_id(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode('utf-8', 'replace')
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def postprocess_config(config: ml_collections.ConfigDict, spec: DetectionSpec, **overrides) -> pp.PostprocessConfig:
-    """Post-processing settings: the spec's geometry, config.eval's thresholds, config.data.resize."""
-    return pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize, **overrides)
-
-
-def collect_detections(
-    cfg: pp.PostprocessConfig, model: Any, variables: dict, batches: Iterable[dict]
-) -> tuple[list[dict], list[dict]]:
-    """Runs the model over evaluation batches → (detections, ground_truth), both in original pixels.
-
-    Args:
-      cfg: post-processing settings (`postprocess_config`).
-      model, variables: the Flax module and its variables ({'params', 'batch_stats'}, or folded {'params'}).
-      batches: NumPy batches as `input_pipeline.Data.eval_batches` yields: 'image' (B, S, S, 3), 'boxes'
-        (B, max_boxes, 4) xyxy in INPUT pixels (zero padded), 'classes' (B, max_boxes) (-1 padded), 'orig_size'
-        (B, 2) (h, w), 'valid' (B,), optionally 'image_id'.
-
-    Padding examples (valid = 0) are skipped; ground truth is mapped back with the inverse of the resize. An
-    optional per-box 'difficult' (B, max_boxes) flag becomes the ground truth's 'difficult' and 'iscrowd' flags.
-    """
-    detections, ground_truth = [], []
-    for batch in batches:
-        sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
-        det = jax.device_get(inference.predict(model, variables, batch['image'], sizes, cfg))
-        valid = np.asarray(batch['valid']) if 'valid' in batch else np.ones(len(sizes))
-        ids = batch['image_id'] if 'image_id' in batch else None
-        for b in range(len(sizes)):
-            if valid[b] <= 0:
-                continue
-            h, w = (int(v) for v in sizes[b])
-            image_id = _image_id(ids[b]) if ids is not None else len(ground_truth)
-            keep = det.valid[b]
-            detections.append({
-                'image_id': image_id,
-                'boxes': det.boxes[b][keep].astype(np.float64),
-                'scores': det.scores[b][keep].astype(np.float64),
-                'classes': det.classes[b][keep].astype(np.int64),
-            })
-            cls = np.asarray(batch['classes'][b]).reshape(-1)
-            real = cls >= 0
-            gt_boxes = unletterbox_boxes(np.asarray(batch['boxes'][b])[real], h, w, cfg.input_size, cfg.resize_mode)
-            flagged = np.asarray(batch['difficult'][b]).reshape(-1)[real].astype(bool) if 'difficult' in batch else (
-                np.zeros(int(real.sum()), bool))
-            ground_truth.append({
-                'image_id': image_id, 'boxes': _snap(gt_boxes), 'classes': cls[real].astype(np.int64),
-                'height': h, 'width': w, 'difficult': flagged, 'iscrowd': flagged,
-            })
-    return detections, ground_truth
-
-
-# -- Evaluation-protocol settings (config.eval). ------------------------------------------------------------------
-
-VOC_METRICS = ('all_point', '11_point')
-
-
-def map_postprocess_config(config: ml_collections.ConfigDict, spec: DetectionSpec) -> pp.PostprocessConfig:
-    """Post-processing for mAP: config.eval with score_threshold = config.eval.map_score_threshold (VOC/COCO
-    practice: 0.001-0.005, not the drawing threshold) and at most config.eval.map_max_detections boxes per image
-    after NMS (COCO's maxDets = 100)."""
-    return postprocess_config(config, spec, score_threshold=float(config.eval.map_score_threshold),
-                              max_detections=int(config.eval.map_max_detections))
-
-
-def voc_options(config: ml_collections.ConfigDict) -> dict[str, bool]:
-    """voc_map keyword arguments from config.eval: voc_metric ('all_point' | '11_point') and voc_truncate_boxes."""
-    metric = str(config.eval.voc_metric)
-    if metric not in VOC_METRICS:
-        raise ConfigError(f'config.eval.voc_metric: unknown metric {metric!r}; expected one of {VOC_METRICS}')
-    return {'use_07_metric': metric == '11_point', 'truncate_detections': bool(config.eval.voc_truncate_boxes)}
-
-
-def _pad_rows(x: np.ndarray, n: int, value: float) -> np.ndarray:
-    out = np.full((n, *x.shape[1:]), value, x.dtype)
-    out[: len(x)] = x
-    return out
-
-
-def gather_across_processes(
-    detections: list[dict], ground_truth: list[dict], max_detections: int
-) -> tuple[list[dict], list[dict]]:
-    """Every process's (detections, ground_truth) in process order, on every process; unchanged for one process.
-
-    Variable-length lists travel as fixed-shape padded arrays (`multihost_utils.process_allgather`); image ids
-    become (process, index) strings, unique across processes.
-    """
-    if jax.process_count() == 1:
-        return detections, ground_truth
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
-    n = np.array([len(ground_truth)])
-    n_max = int(np.max(multihost_utils.process_allgather(n)))
-    g_max = int(np.max(multihost_utils.process_allgather(np.array([max([len(g['classes']) for g in ground_truth],
-                                                                         default=0)]))))
-    k, g = max_detections, max(g_max, 1)
-
-    def stack(items: list[dict], key: str, rows: int, cols: tuple[int, ...], value: float, dtype) -> np.ndarray:
-        out = np.full((n_max, rows, *cols), value, dtype)
-        for i, item in enumerate(items):
-            out[i, : len(item[key])] = item[key]
-        return out
-
-    local = {
-        'det_boxes': stack(detections, 'boxes', k, (4,), 0.0, np.float64),
-        'det_scores': stack(detections, 'scores', k, (), 0.0, np.float64),
-        'det_classes': stack(detections, 'classes', k, (), -1, np.int64),
-        'gt_boxes': stack(ground_truth, 'boxes', g, (4,), 0.0, np.float64),
-        'gt_classes': stack(ground_truth, 'classes', g, (), -1, np.int64),
-        'gt_flags': stack([{'f': _flags(x, 'difficult', len(x['classes']))} for x in ground_truth], 'f', g, (), 0,
-                          np.int64),
-        'size': _pad_rows(np.array([[x['height'], x['width']] for x in ground_truth], np.int64).reshape(-1, 2),
-                          n_max, 0),
-        'count': n,
-    }
-    every = multihost_utils.process_allgather(local)  # each leaf: (processes, ...)
-    detections, ground_truth = [], []
-    for p in range(len(every['count'])):
-        for i in range(int(every['count'][p][0])):
-            keep = every['det_classes'][p, i] >= 0
-            real = every['gt_classes'][p, i] >= 0
-            image_id = f'{p}/{i}'
-            detections.append({'image_id': image_id, 'boxes': every['det_boxes'][p, i][keep],
-                               'scores': every['det_scores'][p, i][keep], 'classes': every['det_classes'][p, i][keep]})
-            h, w = (int(v) for v in every['size'][p, i])
-            flags = every['gt_flags'][p, i][real].astype(bool)
-            ground_truth.append({'image_id': image_id, 'boxes': every['gt_boxes'][p, i][real],
-                                 'classes': every['gt_classes'][p, i][real], 'height': h, 'width': w,
-                                 'difficult': flags, 'iscrowd': flags})
-    return detections, ground_truth
-
-
 def compute_metrics(
     detections: Sequence[dict],
     ground_truth: Sequence[dict],
@@ -415,14 +257,14 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """VOC mAP@0.5 and (when `coco`) COCO metrics of collected detections, flattened for logging.
 
-    use_07_metric, truncate_detections: passed to voc_map (`voc_options(config)` reads them from config.eval).
+    use_07_metric, truncate_detections: passed to voc_map (`detection.voc_options(config.eval)` reads them).
     Returns {'map50' (VOC), 'coco_map', 'coco_map50', 'coco_map75' (when coco), 'num_images', 'num_detections',
     'num_gt' (boxes not flagged difficult/crowd), 'num_ignored' (flagged boxes), 'per_class': [... VOC entries,
     + 'coco_ap' when coco]}.
     """
     voc = voc_map(detections, ground_truth, num_classes, use_07_metric=use_07_metric,
                   truncate_detections=truncate_detections)
-    ignored = int(sum(_flags(g, 'difficult', len(g['classes'])).sum() for g in ground_truth))
+    ignored = int(sum(box_flags(g, 'difficult', len(g['classes'])).sum() for g in ground_truth))
     out: dict[str, Any] = {
         'map50': voc['map'],
         'num_images': len(ground_truth),
@@ -440,7 +282,7 @@ def compute_metrics(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# --mode=eval
+# The per-class table.
 
 
 def _fmt(v: float | None, width: int = 7) -> str:
@@ -466,62 +308,3 @@ def format_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     lines.append('(AP in %; AP50 = VOC mAP@0.5 over classes with ground truth' +
                  ('; AP = COCO mAP@[.5:.95])' if has_coco else ')'))
     return '\n'.join(lines)
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN → None and NumPy → Python, so the file is strict JSON."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path | None,
-    output: str | Path | None = None,
-    weights: str | Path | None = None,
-) -> dict[str, Any]:
-    """`--mode=eval`: the best checkpoint in workdir (or Darknet `weights`) on the config.eval.split set.
-
-    Prints the per-class table and writes output/metrics.json (metrics, settings, source) and
-    output/detections.json (per image: image_id, boxes xyxy original pixels, scores, classes); output defaults
-    to workdir/eval. Returns the metrics.
-    """
-    from yolo_jax.input_pipeline import Data  # noqa: PLC0415  (TensorFlow: only when data is needed)
-
-    model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
-    split = config.eval.split
-    data = Data(config)
-    cfg = map_postprocess_config(config, spec)
-    detections, ground_truth = collect_detections(cfg, model, variables,
-                                                  data.eval_batches(int(config.train.eval_batch_size), split))
-    metrics = compute_metrics(detections, ground_truth, spec.num_classes, **voc_options(config))
-    table = format_table(metrics, spec.class_names)
-    print(table)
-    logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
-                 metrics['num_images'], metrics['map50'], metrics['coco_map'])
-
-    output = inference.output_dir(output, workdir, 'eval')
-    e = config.eval
-    record = {
-        'source': str(weights) if weights else str(Path(workdir) / 'checkpoints'),
-        'split': split,
-        'settings': {k: e[k] for k in ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma',
-                                       'max_detections', 'map_score_threshold', 'map_max_detections',
-                                       'voc_metric', 'voc_truncate_boxes')},
-        'class_names': list(spec.class_names),
-        'metrics': metrics,
-    }
-    write_text_atomic(output / 'metrics.json', json.dumps(_jsonable(record), indent=1) + '\n')
-    write_text_atomic(output / 'detections.json', json.dumps(_jsonable(detections)) + '\n')
-    print(f'wrote {output / "metrics.json"} and {output / "detections.json"}')
-    return metrics
-
