@@ -18,6 +18,7 @@ from detection_fixtures import CLASS_NAMES, TEST, TRAIN, write_coco, write_image
 from test_voc_xml import SORTED, bccd_root, check, config_for, write_devkit, write_xml
 
 from configs.photos import get_config
+from yolo_jax import run_config
 from yolo_jax.data import own_data, sources, yolo_yaml
 from yolo_jax.errors import ConfigError, DataError
 
@@ -189,7 +190,7 @@ def test_photos_config_variants_and_num_classes_from_the_data(tmp_path):
                                                                                                 0), variant
     root = write_devkit(tmp_path / 'VOC')
     config = config_for(root)
-    own_data.resolve_config(config, tmp_path / 'run')
+    run_config.resolve(config, tmp_path / 'run')
     assert config.model.num_classes == 3 and config.data.split_file == str(tmp_path / 'run' / 'split.json')
 
 

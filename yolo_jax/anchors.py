@@ -283,9 +283,9 @@ def main(argv: Sequence[str]) -> None:
     if f.restarts < 1:
         raise errors.UserError(f'--restarts={f.restarts}: needs at least 1')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF's first import
-    from yolo_jax.data import own_data  # noqa: PLC0415
+    from yolo_jax import run_config  # noqa: PLC0415
 
-    config = own_data.resolve_config(f.config, '')  # model.num_classes=0: from the data
+    config = run_config.resolve(f.config, '')  # model.num_classes=0: from the data
     wh, num_images = read_box_sizes(config, f.split)
     fit = fit_anchors(wh, config.model.anchors, seed=f.seed, restarts=f.restarts, update=f.update, digits=DIGITS)
     override = override_flag(fit.anchors)

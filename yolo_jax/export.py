@@ -232,9 +232,9 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     flags_ = flags.FLAGS
-    from yolo_jax.data import own_data  # noqa: PLC0415
+    from yolo_jax import run_config  # noqa: PLC0415
 
-    config = own_data.resolve_config(flags_.config, flags_.workdir or '')  # model.num_classes=0: from the data
+    config = run_config.resolve(flags_.config, flags_.workdir or '')  # model.num_classes=0: from the data
     if not flags_.workdir and not flags_.weights:
         raise app.UsageError('pass --workdir=DIR (a trained checkpoint) or --weights=FILE.weights')
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)

@@ -71,9 +71,9 @@ def main(argv):
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                     auto=FLAGS.distributed, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
-    from yolo_jax.data import own_data  # noqa: PLC0415
+    from yolo_jax import run_config  # noqa: PLC0415
 
-    config = own_data.resolve_config(config, FLAGS.workdir)  # num_classes=0: from the data; split.json in workdir
+    config = run_config.resolve(config, FLAGS.workdir)  # num_classes=0: from the data; split.json in workdir
     logging.info('Config:\n%s', config)
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 
 FILE_NAME = 'config.py'
 
@@ -72,3 +73,19 @@ def default_config_flag(argv: list[str], training_modes: tuple[str, ...] = ('tra
     if workdir is None or mode in training_modes or not path(workdir).is_file():
         return argv
     return [argv[0], f'--config={path(workdir)}', *argv[1:]]
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
+    WORKDIR/split.json for a user's own folder (data/own_data.py) when '' (and `workdir` is given), and
+    config.model.num_classes = the data set's class count when 0 ("from the data"). Returns `config` (changed in
+    place: the one place a config is completed after loading)."""
+    from yolo_jax.data import own_data, sources  # noqa: PLC0415  (TensorFlow: only when a command runs)
+
+    if workdir and str(config.data.dataset) in own_data.DATASETS and not config.data.split_file:
+        config.data.split_file = str(Path(workdir) / 'split.json')
+    if int(config.model.num_classes) == 0:
+        names, where = sources.class_source(config)
+        config.model.num_classes = len(names)
+        logging.info('config.model.num_classes=0: %d classes from %s', len(names), where)
+    return config

@@ -339,25 +339,6 @@ def test_keys(keys: Sequence[str], fraction: float, split_file: str, root: Path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The command line's resolution of a config against its data.
-
-
-def resolve_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
-    WORKDIR/split.json for these data sets when '' (and `workdir` is given), and config.model.num_classes = the
-    data set's class count when 0 ("from the data"). Returns `config` (changed in place)."""
-    if workdir and str(config.data.dataset) in DATASETS and not config.data.split_file:
-        config.data.split_file = str(Path(workdir) / 'split.json')
-    if int(config.model.num_classes) == 0:
-        from yolo_jax.data import sources  # noqa: PLC0415  (TensorFlow; sources imports this module)
-
-        names, where = sources.class_source(config)
-        config.model.num_classes = len(names)
-        logging.info('config.model.num_classes=0: %d classes from %s', len(names), where)
-    return config
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The registered sources (sources.REGISTRY): one per config.data.dataset name, all reading config.data.root.
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar
 import ml_collections
 import numpy as np
 
+from yolo_jax.data import decode
 from yolo_jax.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -137,14 +138,13 @@ def annotation_records_dataset(records: Sequence[AnnotationRecord]) -> tf.data.D
     """
     import tensorflow as tf  # noqa: PLC0415  (only when building the dataset)
 
-    from yolo_jax.data.annotations import TF_IMAGE_FORMATS  # noqa: PLC0415  (it imports this module's users)
 
     counts = np.array([len(r.classes) for r in records], np.int64)
     ends = np.cumsum(counts)
     flat_boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.int32)]).astype(np.float32)
     flat_classes = np.concatenate([r.classes for r in records] + [np.zeros((0,), np.int32)]).astype(np.int32)
     flat_difficult = np.concatenate([r.difficult_flags() for r in records] + [np.zeros((0,), bool)]).astype(bool)
-    use_pil = [r.image_format not in TF_IMAGE_FORMATS for r in records]
+    use_pil = [r.image_format not in decode.TF_IMAGE_FORMATS for r in records]
     table = {
         'path': tf.constant([r.path for r in records], tf.string, shape=[len(records)]),
         'start': tf.constant(ends - counts, tf.int64, shape=[len(records)]),
@@ -186,12 +186,5 @@ def annotation_records_dataset(records: Sequence[AnnotationRecord]) -> tf.data.D
 
 
 def _pil_decode(path: bytes) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; a failure names the file (the error reaches the user through tf.data)."""
-    from PIL import Image
-
-    name = os.fsdecode(path)
-    try:
-        with Image.open(name) as im:
-            return np.asarray(im.convert('RGB'), np.uint8)
-    except Exception as e:
-        raise ValueError(f'cannot decode image {name}: {e}') from None
+    """decode.pil_decode inside tf.data: (H, W, 3) uint8 RGB; a failure names the file."""
+    return decode.pil_decode(os.fsdecode(path))
