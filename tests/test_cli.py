@@ -149,7 +149,7 @@ CASES = {
         'main', lambda tmp: [*_main('--mode=detect')(tmp), f'--images={_image(tmp)}'], 'no checkpoint in'),
     'export: workdir without a checkpoint': Case('export', _export(), 'no checkpoint in'),
     'anchors: annotation file missing': Case(
-        'anchors', lambda tmp: _anchors('--config.data.dataset=annotations',
+        'anchors', lambda tmp: _anchors('--config.data.dataset=annotations', '--config.model.num_classes=2',
                                         f'--config.data.class_names={_annotations(tmp)[1]}',
                                         f'--config.data.train_annotations={tmp / "nope.txt"}',
                                         f'--config.data.test_annotations={tmp / "nope.txt"}')(tmp),
