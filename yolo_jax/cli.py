@@ -88,8 +88,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise FlagError(f'--config={spec}: no config file given (expected configs/FILE.py[:variant,...])')
     if not path.is_file():
         raise MissingFileError(f'--config={spec}: no such file {path}')
+    module_spec = importlib.util.spec_from_file_location(f'{CONFIG_FLAG}_config', path)
+    if module_spec is None:
+        raise ConfigError(f'--config={spec}: {path} is not a Python file (expected configs/FILE.py)')
     try:
-        module_spec = importlib.util.spec_from_file_location(f'{CONFIG_FLAG}_config', path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any failure of the user's file is reported as such

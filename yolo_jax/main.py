@@ -78,8 +78,8 @@ def main() -> None:
     else:
         from yolo_jax import detect  # noqa: PLC0415
 
-        detect.detect_images(config, FLAGS.workdir, FLAGS.video or FLAGS.images, output=FLAGS.output,
-                             weights=FLAGS.weights)
+        images = FLAGS.video or FLAGS.images  # checked at the top of main
+        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights)
 
 
 if __name__ == '__main__':
