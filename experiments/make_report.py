@@ -11,17 +11,17 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from yolo_jax import cli  # noqa: E402  (after the repository is on the path)
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run\'s config file.')
 flags.DEFINE_string('workdir', None, 'The run\'s workdir.')
 flags.DEFINE_string('out', None, 'Output directory for the figures.')
 flags.DEFINE_integer('num_images', 12, 'Test images in the detection grid.')
-flags.mark_flags_as_required(['config', 'workdir', 'out'])
+flags.mark_flags_as_required(['workdir', 'out'])  # --config: cli.run
 
 
 def plot_curves(metrics_path: Path, out: Path) -> None:
@@ -86,8 +86,7 @@ def detection_grid(config, workdir: str, out: Path, num_images: int) -> None:
     Image.fromarray(visualize.grid(tiles, ncols=4, pad=4, pad_value=160)).save(out)
 
 
-def main(argv):
-    del argv
+def main() -> None:
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(Path(FLAGS.workdir) / 'metrics.jsonl', out / 'curves.png')
@@ -96,4 +95,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

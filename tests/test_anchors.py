@@ -223,7 +223,7 @@ def test_a_split_without_boxes_is_a_data_error(tmp_path):
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
-    # Fails before any data is read (no TF start-up): the CLI's own error path, as main.py's.
+    # Fails before any data is read (no TF start-up): the shared command-line front's error path (cli.py).
     proc = _run_cli('--config=configs/mnist.py:smoke', '--restarts=0', f'--output={tmp_path / "a.json"}')
     assert proc.returncode == errors.EXIT_CODE, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == 'error: --restarts=0: needs at least 1'
@@ -231,4 +231,4 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     proc = _run_cli('--config=configs/mnist.py:smoke', '--config.model.anchorz=((1,2),)')
     assert proc.returncode == errors.EXIT_CODE, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == \
-        'error: bad config override: unknown field \'anchorz\' (Did you mean "anchors" instead of "anchorz"?)'
+        'error: unknown config field config.model.anchorz; did you mean config.model.anchors?'  # as every program's

@@ -225,3 +225,45 @@ def test_stretch_resize_exports(mnist_workdir):
                                    providers=['CPUExecutionProvider'])
     _check_equal(dict(zip(export.OUTPUT_NAMES, session.run(None, {'images': images}))), ref, 'onnx stretch')
     _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax stretch')
+
+
+def test_yolov4_onnx_matches_jax():
+    """YOLOv4's mish (x * tanh(softplus(x)), softplus traced as logaddexp: ne, abs, neg, exp, log1p, select)
+    converts to ONNX: on random He-initialised weights (output convs scaled to maps of order 1) the network's raw
+    maps equal JAX's, and the whole exported detector's detections equal the detect path's. The images are
+    input-sized, so the letterbox is exact in both."""
+    import onnxruntime as ort
+
+    from yolo_jax import onnx_export
+    from yolo_jax.models import create_model, fold_variables
+
+    config = mnist_config(score_threshold=0.3)
+    config.model.update(get_config('yolov4,smoke').model)
+    config.model.kernel_init = 'he'
+    size = config.model.input_size
+    model = create_model(config.model)
+    variables = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), train=False)
+    model, variables = fold_variables(config.model, variables)
+    # Output convs at a fifth of He's scale: raw maps of order 1, as a trained net's (exp(t_wh) amplifies the
+    # float rounding of larger ones to tenths of pixels).
+    head = {name: jax.tree.map(lambda a: a * 0.2, conv) if name in model.output_convs else conv
+            for name, conv in variables['params']['head'].items()}
+    variables = {'params': {**variables['params'], 'head': head}}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+    network = ort.InferenceSession(onnx_export.build_network_onnx(model, variables, size).SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    got = network.run(None, {'x': x})
+    want = [np.asarray(r) for r in jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)]
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert min(np.abs(w).max() for w in want) > 0.5  # the comparison is not of near-zero maps
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f'raw map {i}')
+
+    cfg = pp.PostprocessConfig.from_config(config)
+    images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    ref = _reference(model, variables, cfg, images)
+    assert ref['count'].sum() > 0
+    session = ort.InferenceSession(onnx_export.build_onnx(model, variables, cfg).SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    _check_equal(dict(zip(export.OUTPUT_NAMES, session.run(None, {'images': images}))), ref, 'yolov4 onnx')

@@ -21,15 +21,14 @@ import copy
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from yolo_jax import errors
-from yolo_jax.errors import DataError
+from yolo_jax.errors import DataError, FlagError
 
 Anchors = tuple[tuple[tuple[float, float], ...], ...]  # per scale (strides ascending): (w, h) in input pixels
 UPDATES = ('median', 'mean')
@@ -264,24 +263,19 @@ def read_box_sizes(config, split: str, *, log_every_s: float = 10.0) -> tuple[np
 
 
 def _define_flags() -> None:
-    from ml_collections import config_flags  # noqa: PLC0415
-
-    config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.py[:variant].', lock_config=True)
+    """anchors' own flags (cli.run adds --config and --verbose)."""
     flags.DEFINE_string('split', 'train', "The split whose boxes to fit: 'train', 'test' or a TFDS split name.")
     flags.DEFINE_string('output', None, 'Also write the anchors and IoUs to this JSON file (atomically).')
     flags.DEFINE_integer('seed', 0, 'Seed of the k-means++ initialisations.')
     flags.DEFINE_integer('restarts', 5, 'k-means runs from different seeds; the best by mean IoU is kept.')
     flags.DEFINE_enum('update', 'median', list(UPDATES), 'Move each anchor to the median or mean of its boxes.')
-    flags.DEFINE_bool('verbose', False, f'Show the traceback of user errors too; or set {errors.TRACEBACK_ENV}=1.')
-    flags.mark_flags_as_required(['config'])
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def main() -> None:
+    """`python -m yolo_jax.anchors --config=... [--split=...] [--output=FILE]` (cli.run)."""
     f = flags.FLAGS
     if f.restarts < 1:
-        raise errors.UserError(f'--restarts={f.restarts}: needs at least 1')
+        raise FlagError(f'--restarts={f.restarts}: needs at least 1')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF's first import
     from yolo_jax import run_config  # noqa: PLC0415
 
@@ -317,31 +311,7 @@ def main(argv: Sequence[str]) -> None:
         print(f'wrote {f.output}')
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing; a bad flag or config override ends the run with one `error:` line and exit code 2."""
-    verbose = errors.show_traceback(argv)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # unknown flag, bad value, a config file that fails to load (last line: its error)
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        errors.report_and_exit(e, verbose=verbose, message=lines[-1] if lines else repr(e))
-    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config does not have
-        inner = e.args[0] if e.args else e  # a nested field's KeyError comes wrapped in an AttributeError
-        text = str(inner.args[0] if isinstance(inner, BaseException) and inner.args else inner)
-        key, _, hint = text.partition('\n')  # "'name'\nDid you mean ...?"
-        errors.report_and_exit(e, verbose=verbose, message=f'bad config override: unknown field {key}'
-                               + (f' ({hint})' if hint else ''))
-    raise AssertionError('unreachable')
-
-
-def _run(argv: list[str]) -> None:
-    """`main`, with a UserError shown as one line and exit code 2 (the traceback only with --verbose)."""
-    try:
-        main(argv)
-    except errors.UserError as e:
-        errors.report_and_exit(e, verbose=flags.FLAGS.verbose or errors.show_traceback(sys.argv))
-
-
 if __name__ == '__main__':
-    _define_flags()
-    app.run(_run, flags_parser=_parse_flags)
+    from yolo_jax import cli
+
+    cli.run(main, _define_flags)

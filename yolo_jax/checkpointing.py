@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from yolo_jax.errors import MissingFileError
+
 BEST_METRIC = 'val_total'
 
 
@@ -97,17 +99,17 @@ def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, d
     """
     directory, step = checkpoint_location(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f'{what}: no checkpoint directory at {directory} (train first, or pass --weights)')
+        raise MissingFileError(f'{what}: no checkpoint directory at {directory} (train first, or pass --weights)')
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     handlers = {'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
         steps = manager.all_steps()
         if not steps:
-            raise FileNotFoundError(f'{what}: no checkpoint in {directory} (train first, or pass --weights)')
+            raise MissingFileError(f'{what}: no checkpoint in {directory} (train first, or pass --weights)')
         if step is None:
             step = inference_step(manager)
         elif step not in steps:
-            raise FileNotFoundError(f'{what}: no checkpoint at step {step} in {directory}')
+            raise MissingFileError(f'{what}: no checkpoint at step {step} in {directory}')
         metadata = manager.item_metadata(step)['state']
         tree = getattr(metadata, 'tree', metadata)
         ema = tree.get('ema') is not None  # None (EMA off) or absent (older checkpoints)

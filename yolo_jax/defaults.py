@@ -7,6 +7,7 @@ field, so every default lives here, once.
 
 import ml_collections
 
+from yolo_jax.errors import ConfigError
 from yolo_jax.weights import published_url
 
 # YOLOv3's anchors in input pixels, one row per scale (strides 8, 16, 32).
@@ -290,7 +291,7 @@ def apply_variants(
     """Applies the comma-separated `variant` (the text after the colon in `--config=FILE:quick,tiny`) in order."""
     for name in (variant or '').split(','):
         if name not in VARIANTS:
-            raise ValueError(f'{config_file}: unknown variant {name!r}; expected a comma-separated subset of '
+            raise ConfigError(f'{config_file}: unknown variant {name!r}; expected a comma-separated subset of '
                              f'{sorted(v for v in VARIANTS if v)}')
         VARIANTS[name](config)
     return config

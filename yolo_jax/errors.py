@@ -1,4 +1,5 @@
-"""User-facing errors: raised for bad configs, data files and inputs; `main.py` prints them as one `error:` line.
+"""User-facing errors: raised for bad flags, configs, data files and inputs; the command-line front (cli.py) prints
+them as one `error:` line.
 
 A `UserError` carries only a message (its first line a summary naming the file, line or config field; further
 lines, if any, list the individual problems). The subclasses also derive from the built-in exception that callers
@@ -25,12 +26,20 @@ class ConfigError(UserError, ValueError):
     """A config field with an invalid value or an unknown name; the message names the field (config.x.y)."""
 
 
+class FlagError(UserError, ValueError):
+    """A command-line flag that is missing, has a bad value or does not fit the others; the message names it."""
+
+
 class DataError(UserError, ValueError):
     """A data file that cannot be used (annotations, class names, images, weights); the message names it."""
 
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the run needs does not exist; the message names it."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output that would replace an existing file or folder without being asked to; the message names it."""
 
 
 def summarize(problems: list[str], header: str, limit: int = _MAX_LINES) -> str:

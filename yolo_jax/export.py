@@ -224,42 +224,42 @@ def export_model(
     return path
 
 
-def main(argv: Sequence[str]) -> None:
-    """absl entry point: `python -m yolo_jax.export --config=... --workdir=DIR|--weights=F --format=... --output=P`."""
-    from absl import app, flags  # noqa: PLC0415
+def main() -> None:
+    """`python -m yolo_jax.export --config=... --workdir=DIR|--weights=F --format=... --output=P` (cli.run)."""
+    from absl import flags  # noqa: PLC0415
 
     from yolo_jax import inference  # noqa: PLC0415
+    from yolo_jax.errors import FlagError  # noqa: PLC0415
 
-    del argv
     flags_ = flags.FLAGS
     from yolo_jax import run_config  # noqa: PLC0415
 
     config = run_config.resolve(flags_.config, flags_.workdir or '')  # model.num_classes=0: from the data
     if not flags_.workdir and not flags_.weights:
-        raise app.UsageError('pass --workdir=DIR (a trained checkpoint) or --weights=FILE.weights')
+        raise FlagError('pass --workdir=DIR (a trained checkpoint) or --weights=FILE.weights')
+    platforms = [p.strip() for p in flags_.platforms.split(',') if p.strip()]
+    if not platforms:
+        raise FlagError(f'--platforms={flags_.platforms!r}: name at least one XLA platform, e.g. cpu,cuda')
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
-    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names,
-                        platforms=[p.strip() for p in flags_.platforms.split(',') if p.strip()])
+    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms)
     print(f'exported {flags_.format} → {path}')
 
 
 def _define_flags() -> None:
+    """export's own flags (cli.run adds --config and --verbose)."""
     from absl import flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
 
-    config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.py[:variant].', lock_config=True)
     flags.DEFINE_string('workdir', None, 'Training directory whose best checkpoint is exported.')
     flags.DEFINE_string('weights', None, 'A Darknet .weights file to export instead of a checkpoint.')
     flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
     flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
-    flags.mark_flags_as_required(['config', 'output'])
+    flags.mark_flags_as_required(['output'])
 
 
 if __name__ == '__main__':
-    from absl import app
+    from yolo_jax import cli
 
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    _define_flags()
-    app.run(main)
+    cli.run(main, _define_flags, training_modes=())  # --workdir without --config: WORKDIR/config.py

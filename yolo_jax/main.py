@@ -1,23 +1,20 @@
 """Command line: `python -m yolo_jax.main --config=configs/mnist.py --workdir=DIR [--mode=train]`.
 
-Parses flags and hands off; every behaviour lives in the module for its mode. Any config field can be
-overridden, e.g. `--config.train.epochs=5 --config.model.input_size=320`.
+Declares its flags and hands off; every behaviour lives in the module for its mode, and the command-line front
+(cli.py: --config, --verbose, user errors as one `error:` line) is shared with the other programs. Any config field
+can be overridden, e.g. `--config.train.epochs=5 --config.model.input_size=320`.
 """
 
-import difflib
 import logging as pylogging
 import os
-import re
 import sys
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from yolo_jax import cpu_env, errors
+from yolo_jax import cli, cpu_env
+from yolo_jax.errors import FlagError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.py[:variant].', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'detect'], 'What to run.')
 flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glob.')
@@ -39,9 +36,7 @@ flags.DEFINE_bool('jemalloc', True, 'Restart under jemalloc (if installed: apt-g
                   'keeping freed memory: measured faster and steadier CPU steps (README, benchmarks).')
 flags.DEFINE_bool('malloc_tuning', True, 'Without jemalloc: tune glibc malloc (mallopt) to keep freed memory '
                   'instead of returning and re-faulting it every step (measured faster CPU epochs, README).')
-flags.DEFINE_bool('verbose', False, f'Show the traceback of user errors (bad config, data or inputs) too; or set '
-                  f'{errors.TRACEBACK_ENV}=1.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])  # --config and --verbose: cli.define_common_flags
 
 
 class _QuietLibraries:
@@ -51,9 +46,9 @@ class _QuietLibraries:
         return record.levelno >= pylogging.WARNING or 'orbax' not in record.pathname
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def main() -> None:
+    if FLAGS.mode == 'detect' and not (FLAGS.video or FLAGS.images):  # before the restart and the imports
+        raise FlagError('--mode=detect needs --images=PATH|DIR|GLOB|VIDEO or --video=PATH|CAMERA_INDEX')
     if FLAGS.jemalloc:
         cpu_env.exec_with_jemalloc(['-m', 'yolo_jax.main', *sys.argv[1:]])
     if FLAGS.malloc_tuning and cpu_env.tune_glibc_malloc():
@@ -86,68 +81,11 @@ def main(argv):
     else:
         from yolo_jax import detect  # noqa: PLC0415
 
-        images = FLAGS.video or FLAGS.images
-        if not images:
-            raise app.UsageError('--mode=detect needs --images=PATH|DIR|GLOB|VIDEO or --video=PATH|CAMERA_INDEX')
+        images = FLAGS.video or FLAGS.images  # checked at the top of main
         detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# User errors: one `error: ...` line on stderr and exit code 2 (errors.py); --verbose adds the traceback.
-
-_OVERRIDE = re.compile(r'--?config\.([^=]+)')
-
-
-def _unknown_config_field(argv: list[str], error: Exception) -> str:
-    """'unknown config field config.a.b; did you mean config.a.c?' for the first --config.a.b override whose
-    path the config lacks (found by loading the config without the overrides), else the error's own text."""
-    paths = [m.group(1) for a in argv[1:] if (m := _OVERRIDE.match(a))]
-    saved, sys.argv = sys.argv, [a for a in argv if not _OVERRIDE.match(a)]  # config_flags reads sys.argv
-    try:
-        FLAGS(sys.argv)
-        config = FLAGS.config
-    except Exception:  # noqa: BLE001 - fall back to ml_collections' own text below
-        config = None
-    finally:
-        sys.argv = saved
-    for path in paths if config is not None else []:
-        node, parts = config, path.split('.')
-        for i, key in enumerate(parts):
-            if not isinstance(node, ml_collections.ConfigDict):
-                break
-            if key not in node:
-                prefix = '.'.join(['config', *parts[:i]])
-                close = difflib.get_close_matches(key, list(node.keys()), n=1)
-                keys = list(node.keys())
-                listed = ', '.join(keys[:12]) + (', ...' if len(keys) > 12 else '')
-                hint = f'; did you mean {prefix}.{close[0]}?' if close else f' ({prefix} has {listed})'
-                return f'unknown config field {prefix}.{key}{hint}'
-            node = node[key]
-    text = str(error.args[0] if error.args else error).replace('\n', ' ').strip('\'"')
-    return f'bad config override: {text}'
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, but an unknown flag, a bad flag value or an unknown config field ends the run with
-    one `error:` line and exit code 2 instead of a traceback."""
-    verbose = errors.show_traceback(argv)
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:  # unknown flag, bad value, a config file that fails to load (last line: its error)
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        errors.report_and_exit(e, verbose=verbose, message=lines[-1] if lines else repr(e))
-    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config does not have
-        errors.report_and_exit(e, verbose=verbose, message=_unknown_config_field(argv, e))
-    raise AssertionError('unreachable')
-
-
-def _run(argv: list[str]) -> None:
-    """`main`, with a UserError shown as one line and exit code 2 (the traceback only with --verbose)."""
-    try:
-        main(argv)
-    except errors.UserError as e:
-        errors.report_and_exit(e, verbose=FLAGS.verbose or errors.show_traceback())
-
-
 if __name__ == '__main__':
-    app.run(_run, flags_parser=_parse_flags)
+    # The common flags, every user mistake as one `error:` line and exit code 2; eval and detect of a workdir
+    # default to its own config (WORKDIR/config.py).
+    cli.run(main, training_modes=('train',))

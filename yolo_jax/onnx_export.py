@@ -7,15 +7,16 @@ package alone:
 
 * the network is converted from its jaxpr (`jax.make_jaxpr` of the BatchNorm-folded model): conv (+ bias),
   leaky ReLU, max-pools, nearest x2 upsampling and concatenation map to ONNX Conv / LeakyRelu / MaxPool /
-  Resize / Concat, computed in NCHW (transposes only at the edges): whatever the model code does, the ONNX
+  Resize / Concat, elementwise math (YOLOv4's mish) to its ONNX op (log1p, which ONNX lacks, to an exact
+  Log formula), computed in NCHW (transposes only at the edges): whatever the model code does, the ONNX
   graph is its trace, not a second hand-written copy of the architecture;
 * pre-processing with standard ops: the letterbox geometry in float64 exactly as data/letterbox.py, the
   bilinear half-pixel `Resize` (TF's resize without antialias), `Pad` with grey 128, / 255;
-* post-processing as postprocess.py: decode (sigmoid, exp clamped at MAX_LOG_WH), undo the letterbox, clip,
-  drop inverted / empty boxes, argmax class, score = objectness * probability > threshold, then ONNX
-  `NonMaxSuppression` per class (each candidate scores only in its argmax class) and `TopK` over all classes:
-  the same set as postprocess.nms's greedy loop, since classes never interact. Hard NMS only (soft-NMS has
-  no ONNX op).
+* post-processing as postprocess.py: decode (sigmoid stretched by scale_xy, exp clamped at MAX_LOG_WH), undo
+  the letterbox, clip, drop inverted / empty boxes, argmax class, score = objectness * probability > threshold,
+  then ONNX `NonMaxSuppression` per class (each candidate scores only in its argmax class) and `TopK` over all
+  classes: the same set as postprocess.nms's greedy loop, since classes never interact. Hard NMS only (soft-NMS
+  has no ONNX op).
 
 Input `images` uint8 (batch, height, width, 3); outputs as yolo_jax.export (boxes, scores, classes, count).
 """
@@ -160,6 +161,12 @@ class _NetworkConverter:
             return [_Value(nchw=ins[0].nchw)]
         if name in _ELEMENTWISE:
             return [self._elementwise(_ELEMENTWISE[name], ins)]
+        if name in _UNARY:
+            return [self._unary(_UNARY[name], ins[0])]
+        if name == 'ne':
+            return [self._unary('Not', self._elementwise('Equal', ins))]
+        if name == 'log1p':
+            return [self._log1p(ins[0])]
         if name == 'select_n':
             if len(ins) != 3:
                 raise NotImplementedError('ONNX export: select_n with more than two cases')
@@ -234,6 +241,16 @@ class _NetworkConverter:
             return _Value(nchw=self.g.op(op, names))
         return _Value(nhwc=self.g.op(op, [self._nhwc_or_const(i) for i in ins]))
 
+    def _log1p(self, x: _Value) -> _Value:
+        """log(1 + x) accurate for small x (Goldberg's trick): u = 1 + x; x where u == 1, else
+        log(u) * x / (u - 1), which cancels u's rounding error (ONNX has no Log1p; YOLOv4's mish reaches it through
+        softplus = logaddexp(x, 0))."""
+        one = _Value(const=np.float32(1.0))
+        u = self._elementwise('Add', [x, one])
+        scaled = self._elementwise('Div', [self._elementwise('Mul', [self._unary('Log', u), x]),
+                                           self._elementwise('Sub', [u, one])])
+        return self._elementwise('Where', [self._elementwise('Equal', [u, one]), x, scaled])
+
     def _fuse_bias(self, eqn: Any, ins: list[_Value]) -> bool:
         """conv(x) + bias (1, 1, 1, C) with the conv used only here → the Conv node's bias input."""
         a, b = eqn.invars
@@ -281,6 +298,9 @@ class _NetworkConverter:
 _ELEMENTWISE = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max', 'min': 'Min',
                 'ge': 'GreaterOrEqual', 'gt': 'Greater', 'le': 'LessOrEqual', 'lt': 'Less', 'eq': 'Equal'}
 
+_UNARY = {'abs': 'Abs', 'neg': 'Neg', 'exp': 'Exp', 'log': 'Log', 'tanh': 'Tanh', 'logistic': 'Sigmoid',
+          'sqrt': 'Sqrt'}
+
 
 def _is_literal(v: Any) -> bool:
     return isinstance(v, jax.extend.core.Literal)
@@ -326,17 +346,20 @@ def _letterbox(g: _Graph, images: str, cfg: pp.PostprocessConfig) -> tuple[str, 
     return x, [scale4, offset4], vec(*limits), dims['b']
 
 
-def _decode_constants(cfg: pp.PostprocessConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, 2) cell (column, row), (N, 1) stride, (N, 2) anchor, candidates in postprocess.flatten_decoded order."""
-    cells, strides, anchors = [], [], []
-    for stride, scale_anchors in zip(cfg.strides, cfg.anchors, strict=True):
+def _decode_constants(cfg: pp.PostprocessConfig) -> tuple[np.ndarray, ...]:
+    """(N, 2) cell (column, row), (N, 1) stride, (N, 2) anchor, (N, 1) scale_xy, candidates in
+    postprocess.flatten_decoded order."""
+    cells, strides, anchors, scales = [], [], [], []
+    scale_xy = cfg.scale_xy or (1.0,) * len(cfg.strides)
+    for stride, scale_anchors, s in zip(cfg.strides, cfg.anchors, scale_xy, strict=True):
         n, a = cfg.input_size // stride, len(scale_anchors)
         row, col, _ = np.meshgrid(np.arange(n), np.arange(n), np.arange(a), indexing='ij')
         cells.append(np.stack([col.ravel(), row.ravel()], axis=-1))
         strides.append(np.full((n * n * a, 1), stride))
         anchors.append(np.tile(np.asarray(scale_anchors), (n * n, 1)))
+        scales.append(np.full((n * n * a, 1), s))
     cat = lambda xs: np.concatenate(xs).astype(np.float32)
-    return cat(cells), cat(strides), cat(anchors)
+    return cat(cells), cat(strides), cat(anchors), cat(scales)
 
 
 def _postprocess(g: _Graph, raw: list[str], cfg: pp.PostprocessConfig, num_classes: int, geometry: list[str],
@@ -346,11 +369,14 @@ def _postprocess(g: _Graph, raw: list[str], cfg: pp.PostprocessConfig, num_class
     width = 5 + num_classes
     flat = [g.op('Reshape', [r, g.const([0, -1, width], np.int64)]) for r in raw]
     pred = g.op('Concat', flat, axis=1)
-    cell, stride, anchor = _decode_constants(cfg)
+    cell, stride, anchor, scale_xy = _decode_constants(cfg)
     n = len(cell)
     part = lambda lo, hi: g.op('Slice', [pred, g.const([lo], np.int64), g.const([hi], np.int64),
                                          g.const([2], np.int64)])
-    xy = g.op('Mul', [g.op('Add', [g.op('Sigmoid', [part(0, 2)]), g.const(cell)]), g.const(stride)])
+    offset = g.op('Sigmoid', [part(0, 2)])
+    if np.any(scale_xy != 1.0):  # Darknet's scale_x_y (YOLOv4), as decode.decode: sigmoid(t) * s - (s - 1) / 2
+        offset = g.op('Sub', [g.op('Mul', [offset, g.const(scale_xy)]), g.const(0.5 * (scale_xy - 1.0))])
+    xy = g.op('Mul', [g.op('Add', [offset, g.const(cell)]), g.const(stride)])
     wh = g.op('Mul', [g.op('Exp', [g.op('Min', [part(2, 4), g.const(MAX_LOG_WH, np.float32)])]), g.const(anchor)])
     conf = g.op('Sigmoid', [part(4, 5)])
     probs = g.op('Sigmoid', [part(5, width)])
@@ -422,6 +448,42 @@ def _prune(graph: _Graph, outputs: list[str]) -> None:
     graph.initializers = [t for t in graph.initializers if t.name in needed]
 
 
+def _network_jaxpr(model: Any, variables: dict, input_size: int) -> Any:
+    """The closed jaxpr of the forward pass (inference mode, weights as constants) on (1, S, S, 3) float32."""
+    variables = jax.device_get(variables)
+    x = np.zeros((1, input_size, input_size, 3), np.float32)
+    return jax.make_jaxpr(lambda x: model.apply(variables, x, train=False))(x)
+
+
+def build_network_onnx(model: Any, variables: dict, input_size: int) -> Any:
+    """The network alone as an onnx.ModelProto, for checking the conversion: input `x` float32 (batch, S, S, 3)
+    in [0, 1] (NHWC, letterboxed), outputs `raw_0`, `raw_1`, ... the raw maps (batch, S/stride, S/stride,
+    A*(5+C)), strides ascending, as `model.apply(variables, x, train=False)` returns them."""
+    g = _Graph()
+    onnx = g.onnx
+    closed = _network_jaxpr(model, variables, input_size)
+    converter = _NetworkConverter(g)
+    x = g.op('Transpose', ['x'], perm=list(NCHW))
+    raw = converter.run(closed.jaxpr, closed.consts, [_Value(nchw=x)])
+    names = [f'raw_{i}' for i in range(len(raw))]
+    for r, name in zip(raw, names, strict=True):
+        g.nodes.append(onnx.helper.make_node('Identity', [converter.nhwc(r)], [name]))
+    _prune(g, names)
+    f32 = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        g.nodes, 'yolo_jax_network',
+        [onnx.helper.make_tensor_value_info('x', f32, ['batch', input_size, input_size, 3])],
+        [onnx.helper.make_tensor_value_info(n, f32, ['batch', *a.shape[1:]])
+         for n, a in zip(names, closed.out_avals, strict=True)],
+        initializer=g.initializers,
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', OPSET)],
+                                   producer_name='yolo_jax')
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=False)
+    return proto
+
+
 def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
     """The onnx.ModelProto of serving_fn (see the module docstring) for a BatchNorm-folded `model`."""
     if cfg.method != 'nms':
@@ -429,8 +491,7 @@ def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
     g = _Graph()
     onnx = g.onnx
     s = cfg.input_size
-    variables = jax.device_get(variables)
-    closed = jax.make_jaxpr(lambda x: model.apply(variables, x, train=False))(np.zeros((1, s, s, 3), np.float32))
+    closed = _network_jaxpr(model, variables, s)
     x, geometry, limits, _ = _letterbox(g, 'images', cfg)
     converter = _NetworkConverter(g)
     raw = converter.run(closed.jaxpr, closed.consts, [_Value(nchw=x)])

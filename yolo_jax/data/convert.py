@@ -28,10 +28,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from yolo_jax.data import annotations as annotations_lib
 from yolo_jax.data import coco_json, yolo_txt
+from yolo_jax.errors import FlagError, OutputExistsError
 
 FORMATS = ('annotations', 'coco_json', 'yolo_txt')
 
@@ -43,7 +44,7 @@ def read(fmt: str, input_path: str, *, images: str = '', class_names: str = '') 
     if fmt not in FORMATS:
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
     if not class_names:
-        raise ValueError(f'--class_names: reading {fmt} needs a class-names file')
+        raise FlagError(f'--class_names: reading {fmt} needs a class-names file')
     names = annotations_lib.read_class_names(class_names)
     if fmt == 'annotations':
         return annotations_lib.read_annotations(input_path, names, keep_empty=True), names
@@ -82,7 +83,7 @@ def write(
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
     output = Path(output)
     if output.exists() and not overwrite:
-        raise FileExistsError(f'{output} exists; pass --overwrite to replace it')
+        raise OutputExistsError(f'--output={output} exists; pass --overwrite to replace it')
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', suffix='.tmp', dir=output.parent))
     try:
@@ -146,6 +147,7 @@ def dataset_flags(fmt: str, output: str | Path, split: str = 'train') -> list[st
 
 
 def _define_flags() -> None:
+    """convert's own flags (cli.run adds --verbose; there is no config)."""
     flags.DEFINE_enum('from', None, list(FORMATS), 'Input format.')
     flags.DEFINE_enum('to', None, list(FORMATS), 'Output format.')
     flags.DEFINE_string('input', None, 'annotations / coco_json: the annotation file; yolo_txt: the image folder or '
@@ -157,9 +159,8 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(['from', 'to', 'input', 'output'])
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def main() -> None:
+    """`python -m yolo_jax.data.convert --from=... --input=... --to=... --output=...` (cli.run)."""
     f = flags.FLAGS
     path = convert(f['from'].value, f.to, f.input, f.output, images=f.images, class_names=f.class_names,
                    overwrite=f.overwrite)
@@ -167,5 +168,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-    _define_flags()
-    app.run(main)
+    from yolo_jax import cli
+
+    cli.run(main, _define_flags, config=False)
