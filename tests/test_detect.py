@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import spec_of
 from PIL import Image
 
 from configs.mnist import get_config
@@ -29,7 +30,8 @@ def make_workdir(path: Path, config) -> Path:
     _, _, state = steps.build_model_and_state(config, 1)
     manager = checkpointing.create_manager(path)
     metrics = {checkpointing.BEST_METRIC: 1.0}
-    checkpointing.save(manager, 1, state, {'epoch': 1, 'step': 1, 'metrics': metrics}, metrics=metrics)
+    meta = {**checkpointing.run_meta(config, spec_of(config)), 'epoch': 1, 'step': 1, 'metrics': metrics}
+    checkpointing.save(manager, 1, state, meta, metrics=metrics)
     manager.wait_until_finished()
     return path
 

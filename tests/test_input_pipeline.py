@@ -380,7 +380,7 @@ def test_one_dataset_over_all_epochs_equals_the_per_epoch_pipelines(source, vari
     assert [e for e, _ in got] == [e for e, _ in want] == [1] * (spe - skip) + [2] * spe + [3] * spe
     sizes = [b['image'].shape[1] for _, b in got]
     steps = range(start_epoch * spe + skip, (start_epoch + 3) * spe)
-    assert sizes == [input_pipeline.train_input_size(config, s) for s in steps]
+    assert sizes == [input_pipeline.train_input_size(spec_of(config), config.train, s) for s in steps]
     if 'multi_scale' in variant:
         assert set(sizes) == {64, 96}
     for (_, x), (_, y) in zip(got, want, strict=True):

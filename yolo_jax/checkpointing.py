@@ -9,6 +9,7 @@ each checkpoint to a temporary directory and renames it when complete, so a run 
 broken checkpoint behind (the half-written temporary is ignored and cleaned up by the next run).
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,14 @@ def create_manager(workdir: str | Path, *, save_best_only: bool = True) -> ocp.C
     )
     directory = Path(workdir).absolute() / 'checkpoints'
     return ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+
+
+def run_meta(config: Any, spec: Any) -> dict:
+    """What every checkpoint of a run records beside its state: config.model and the DetectionSpec (so eval,
+    detect, export and init_from need no training flags), and the training settings that shape the saved state
+    (an EMA, gradient accumulation's optimizer state), which resume checks."""
+    return {'model': json.loads(json.dumps(config.model.to_dict())), 'spec': spec.to_json(),
+            'ema': config.train.ema_decay > 0, 'grad_accum_steps': config.train.grad_accum_steps}
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:

@@ -321,8 +321,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.
     state, start_step = restore(manager, config, state)
     state = parallel.place_state(state)
     reporter = Reporter(config, workdir, schedule, start_step)
-    base_meta = {'model': json.loads(json.dumps(config.model.to_dict())), 'spec': spec.to_json(),
-                 'ema': t.ema_decay > 0, 'grad_accum_steps': t.grad_accum_steps}
+    base_meta = checkpointing.run_meta(config, spec)
     logging.info(
         'Training %s (%d params, %d classes) for %d epochs x %d steps, global batch %d on %d device(s) in %d '
         'process(es), mode %s', config.model.name, sum(x.size for x in jax.tree.leaves(state.params)),
