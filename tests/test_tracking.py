@@ -4,6 +4,7 @@ and `--track` end to end through `python -m yolo_jax.main` and `python -m yolo_j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -207,3 +208,169 @@ def test_mot_reader_errors(tmp_path):
     bad.write_text('0,1,1,1,5,5,1\n')
     with pytest.raises(DataError, match=r'bad.txt:1: frame must be'):
         tracking.read_mot(bad)
+
+
+# ------------------------------------------------------------------------------------------------ motmetrics CLI
+
+
+def _cli(*args: str, module: str = 'yolo_jax.track_eval', timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_track_eval_on_a_hand_made_case(tmp_path):
+    """Two objects over 4 frames. Predictions: ids 10 / 20 on them in frames 1-2; frame 3 object 1 gets id 30
+    (a switch) and object 2 is missed; frame 4: 30, 20 again (object 2 is fragmented) and a false positive.
+    By hand: MOTA = 1 - (FN 1 + FP 1 + IDSW 1) / 8 = 0.625; IDF1 = 2 IDTP / (8 gt + 8 predicted) with IDTP =
+    2 (1 ↔ 10, or 30) + 3 (2 ↔ 20) = 0.625; object 1 mostly tracked (4/4), object 2 partly (3/4)."""
+    pytest.importorskip('motmetrics')
+    g1, g2 = box(30, 30), box(100, 30)
+    gt = []
+    for f in range(1, 5):
+        gt += tracking.mot_lines(f, np.array([1, 2]), np.array([g1, g2]), np.ones(2))
+    near = lambda b: [v + 1 for v in b]  # IoU ~0.8 with the ground truth
+    pred = (tracking.mot_lines(1, np.array([10, 20]), np.array([near(g1), g2]), np.ones(2))
+            + tracking.mot_lines(2, np.array([10, 20]), np.array([g1, near(g2)]), np.ones(2))
+            + tracking.mot_lines(3, np.array([30]), np.array([g1]), np.ones(1))
+            + tracking.mot_lines(4, np.array([30, 20, 40]), np.array([g1, g2, box(200, 200)]), np.ones(3)))
+    gt_path = tracking.write_mot(tmp_path / 'gt.txt', gt)
+    pred_path = tracking.write_mot(tmp_path / 'pred.txt', pred)
+    r = _cli(f'--gt={gt_path}', f'--pred={pred_path}', f'--output={tmp_path / "m.json"}')
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / 'm.json').read_text())
+    assert m['mota'] == pytest.approx(0.625) and m['idf1'] == pytest.approx(0.625)
+    assert (m['num_switches'], m['num_fragmentations'], m['num_false_positives'], m['num_misses']) == (1, 1, 1, 1)
+    assert (m['mostly_tracked'], m['partially_tracked'], m['mostly_lost']) == (1, 1, 0)
+    assert 'MOTA 0.6250  IDF1 0.6250' in r.stdout and 'ID switches 1' in r.stdout
+
+
+def test_track_eval_errors(tmp_path):
+    (tmp_path / 'gt.txt').write_text('1,1,1,1,5,5,1,-1,-1,-1\n')
+    for args, message in [(('--gt=' + str(tmp_path / 'gt.txt'), f'--pred={tmp_path / "none.txt"}'), 'no such MOT'),
+                          (('--gt=' + str(tmp_path / 'gt.txt'), '--pred=x', '--bogus=1'), 'bogus'),
+                          ((f'--pred={tmp_path / "gt.txt"}',), 'gt'),
+                          (('--gt=' + str(tmp_path / 'gt.txt'), f'--pred={tmp_path / "gt.txt"}', '--iou=0'), 'iou')]:
+        r = _cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and lines[-1].startswith('error: ') and message in lines[-1], (args, r.stderr)
+        assert 'Traceback' not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ generated sequences
+
+
+def test_sequence_generator_is_deterministic_and_consistent():
+    from yolo_jax.data import mot_sequences as ms
+
+    spec = ms.SequenceSpec(num_frames=40, size=160, num_objects=4, crossings=1, occluders=1, sides=(28,),
+                           occluder_width=(30, 30), speed=(4.0, 5.0), seed=3)
+    a, b = ms.generate(spec), ms.generate(spec)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.gt, b.gt)
+    assert not np.array_equal(a.frames, ms.generate(dataclasses.replace(spec, seed=4)).frames)
+    assert a.frames.shape == (40, 160, 160, 3) and a.frames.dtype == np.uint8
+    gt = a.gt
+    assert np.all(gt[:, 2:4] >= 0) and np.all(gt[:, 4:6] <= 160) and np.all(gt[:, 7] >= spec.min_visibility)
+    # one row per identity and frame; every identity's class is its object's digit
+    assert len({(f, i) for f, i in gt[:, :2].tolist()}) == len(gt)
+    labels = {o.id: o.label for o in a.objects}
+    assert all(labels[int(i)] == c for i, c in gt[:, [1, 6]].tolist())
+    # the crossing pair: same class, boxes overlapping (IoU > 0.3) in some frame, on opposite sides before/after
+    p, q = a.objects[0], a.objects[1]
+    assert p.label == q.label
+    dx = p.corners[:, 0] - q.corners[:, 0]
+    assert dx.min() < -20 and dx.max() > 20 and np.abs(dx).min() < 0.4 * p.side
+    # pixels: a row's box holds dark digit pixels unless the bar covers it; the bar is drawn on top, grey
+    (x1, x2), = a.occluders
+    assert np.all(a.frames[:, :, x1:x2] == ms.OCCLUDER_GREY)
+    f, _, bx1, by1, bx2, by2, _, vis = gt[np.argmax(gt[:, 7])]
+    assert vis == 1.0 and a.frames[int(f) - 1, int(by1):int(by2), int(bx1):int(bx2)].min() < 100
+    # occlusions by the bar leave gaps inside an identity's rows
+    assert ms.occlusion_gaps(gt) and max(ms.occlusion_gaps(gt)) <= 15
+    dets = ms.perfect_detections(a)
+    assert sum(len(d[0]) for d in dets) == len(gt)
+
+
+def test_trackers_on_perfect_detections_of_generated_sequences():
+    """With the ground truth as detections both trackers keep every identity: through crossings without
+    occlusion, and through the bar occlusions (a few frames each) too."""
+    pytest.importorskip('motmetrics')
+    from yolo_jax import track_eval
+    from yolo_jax.data import mot_sequences as ms
+
+    for occluders in (0, 2):
+        seq = ms.generate(ms.SequenceSpec(num_frames=60, occluders=occluders, seed=occluders))
+        dets = ms.perfect_detections(seq)
+        gt = tracking.MotRows(seq.gt[:, 0].astype(int), seq.gt[:, 1].astype(int), seq.gt[:, 2:6], np.ones(len(seq.gt)))
+        for method in tracking.TRACKERS:
+            ids = tracking.track_sequence(dets, TrackParams(method=method))
+            frames = np.concatenate([np.full(len(i), t + 1) for t, i in enumerate(ids)])
+            boxes = np.concatenate([d[0] for d in dets])
+            pred = tracking.MotRows(frames, np.concatenate(ids), boxes, np.ones(len(frames)))
+            m = track_eval.mot_metrics(gt, pred)
+            assert (m['idf1'], m['num_switches'], m['mota']) == (1.0, 0, 1.0), (occluders, method, m)
+
+
+# ------------------------------------------------------------------------------------------ --track end to end
+
+
+def test_detect_track_end_to_end(tmp_path):
+    """`main --mode=detect --video=... --track` on a generated clip with a random model (its boxes are
+    meaningless; thresholds lowered so that it finds some): the JSON lines carry a track id per box, tracks.txt
+    holds exactly the boxes with an id >= 0 in MOT format, the counts are the distinct ids per class, the video
+    has every frame, and the ids are those of the tracker run on the logged detections. An image folder with
+    --track and --tracker=sort is a sequence in name order; a bad --tracker is one error line."""
+    pytest.importorskip('cv2')
+    from test_detect import make_workdir, small_config
+    from test_video import read_video, write_video
+
+    from yolo_jax.data import mot_sequences as ms
+
+    workdir = make_workdir(tmp_path / 'workdir', small_config())
+    seq = ms.generate(ms.SequenceSpec(num_frames=6, size=96, num_objects=2, crossings=1, sides=(28,), seed=1))
+    clip = write_video(tmp_path / 'clip.avi', list(seq.frames))
+    overrides = ['--config.eval.score_threshold=0.05', '--config.eval.max_detections=20',
+                 '--config.track.low_score=0.05', '--config.track.high_score=0.1', '--config.track.new_track_score=0.1']
+    base = ['--config=configs/mnist.py:tiny,smoke', f'--workdir={workdir}', '--mode=detect', *overrides]
+    out = tmp_path / 'out'
+    r = _cli(*base, f'--video={clip}', '--track', f'--output={out}', module='yolo_jax.main', timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(ln) for ln in (out / 'detections.jsonl').read_text().splitlines()]
+    assert [rec['frame'] for rec in records] == list(range(6))
+    assert all(len(rec['track_id']) == len(rec['scores']) for rec in records)
+    assert sum(i >= 0 for rec in records for i in rec['track_id']) > 0
+
+    # tracks.txt = the JSON lines' boxes with an id, in MOT format
+    rows = tracking.read_mot(out / 'tracks.txt')
+    expected = [(rec['frame'] + 1, i, b) for rec in records for i, b in zip(rec['track_id'], rec['boxes'],
+                                                                            strict=True) if i >= 0]
+    assert rows.frames.tolist() == [e[0] for e in expected] and rows.ids.tolist() == [e[1] for e in expected]
+    np.testing.assert_allclose(rows.boxes, [e[2] for e in expected], atol=0.01)
+    # the same tracker over the logged detections gives the same ids (the wiring adds nothing)
+    params = TrackParams(low_score=0.05, high_score=0.1, new_track_score=0.1)
+    again = tracking.track_sequence([(np.reshape(rec['boxes'], (-1, 4)), rec['scores'], rec['classes'])
+                                     for rec in records], params)
+    assert [a.tolist() for a in again] == [rec['track_id'] for rec in records]
+    counts = json.loads((out / 'track_counts.json').read_text())
+    distinct = {}
+    for rec in records:
+        for i, name in zip(rec['track_id'], rec['class_names'], strict=True):
+            if i >= 0:
+                distinct.setdefault(name, set()).add(i)
+    assert counts['per_class'] == {k: len(v) for k, v in sorted(distinct.items())} and counts['tracker'] == 'bytetrack'
+    assert f"{counts['tracks']} track(s) (bytetrack" in r.stdout
+    assert len(read_video(out / 'detections.mp4')) == 6
+
+    # an image folder, in name order, with SORT
+    from yolo_jax.data.mot_sequences import write_sequence
+
+    folder = write_sequence(seq, tmp_path / 'seq', video=False) / 'img1'
+    r = _cli(*base, f'--images={folder}', '--track', '--tracker=sort', f'--output={tmp_path / "out2"}',
+             module='yolo_jax.main', timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(ln) for ln in (tmp_path / 'out2' / 'detections.jsonl').read_text().splitlines()]
+    assert len(records) == 6 and all('track_id' in rec for rec in records)
+    assert json.loads((tmp_path / 'out2' / 'track_counts.json').read_text())['tracker'] == 'sort'
+
+    r = _cli(*base, f'--video={clip}', '--track', '--tracker=deepsort', module='yolo_jax.main')
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: ') and 'deepsort' in r.stderr

@@ -27,13 +27,17 @@ x, y the 1-based top-left pixel (MOTChallenge's Matlab convention; the readers o
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from yolo_jax import visualize
 from yolo_jax.errors import ConfigError, DataError, MissingFileError
 
 TRACKERS = ('bytetrack', 'sort')
@@ -321,6 +325,51 @@ def count_tracks(ids_per_frame: Iterable[np.ndarray], classes_per_frame: Iterabl
                 name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
                 seen.setdefault(name, set()).add(int(tid))
     return {name: len(v) for name, v in sorted(seen.items())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A video run.
+
+
+class TrackRecorder:
+    """The tracker of one video run (video.detect_video): its state, trails for drawing, MOT lines and per-frame ids."""
+
+    def __init__(self, params: TrackParams):
+        self.params, self.state, self.trails = params, TrackerState(), {}
+        self.lines: list[str] = []
+        self.ids: list[np.ndarray] = []
+        self.classes: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def step(self, frame: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Track ids (D,) of frame `frame` (0-based) for its detections; -1 = in no confirmed track."""
+        t = time.perf_counter()
+        self.state, ids = track_step(self.state, boxes, scores, classes, self.params)
+        self.seconds += time.perf_counter() - t
+        alive = {tr.id for tr in self.state.tracks if tr.id}
+        trails = update_trails(self.trails, ids, boxes, self.params.trail)
+        self.trails = {k: v for k, v in trails.items() if k in alive}  # ended tracks' trails go
+        self.lines += mot_lines(frame + 1, ids, boxes, scores)
+        self.ids.append(ids)
+        self.classes.append(np.asarray(classes))
+        return ids
+
+    def draw(self, frame: np.ndarray, boxes: np.ndarray, ids: np.ndarray, classes: np.ndarray,
+             class_names: Sequence[str]) -> np.ndarray:
+        keep = ids >= 0
+        return visualize.draw_tracks(frame, boxes[keep], ids[keep], classes[keep], class_names,
+                                     {int(i): self.trails.get(int(i), ()) for i in ids[keep]})
+
+    def finish(self, output_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
+        """Writes tracks.txt and track_counts.json, prints the counts; returns the summary's tracking entries."""
+        tracks_path = write_mot(output_dir / 'tracks.txt', self.lines)
+        counts = count_tracks(self.ids, self.classes, class_names)
+        record = {'tracker': self.params.method, 'tracks': sum(counts.values()), 'per_class': counts,
+                  'params': dataclasses.asdict(self.params)}
+        (output_dir / 'track_counts.json').write_text(json.dumps(record, indent=1) + '\n')
+        listed = ', '.join(f'{k}: {v}' for k, v in counts.items()) or 'none'
+        print(f'{record["tracks"]} track(s) ({self.params.method}; {listed}) → {tracks_path}')
+        return {'track_s': self.seconds, 'tracks': str(tracks_path), 'track_counts': counts}
 
 
 # ----------------------------------------------------------------------------------------------------------------
