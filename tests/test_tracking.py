@@ -374,3 +374,16 @@ def test_detect_track_end_to_end(tmp_path):
 
     r = _cli(*base, f'--video={clip}', '--track', '--tracker=deepsort', module='yolo_jax.main')
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: ') and 'deepsort' in r.stderr
+
+
+def test_draw_tracks_colours_by_id():
+    """The box outline is drawn in the colour of its track id (not its class), and the trail in the same colour."""
+    from yolo_jax import visualize
+
+    image = np.full((100, 120, 3), 255, np.uint8)
+    out = visualize.draw_tracks(image, np.array([[40, 40, 80, 90]]), np.array([3]), np.array([0]), ['digit'],
+                                {3: ((10.0, 95.0), (60.0, 95.0))})
+    colour = visualize.class_color(3)
+    assert tuple(out[65, 40]) == colour and tuple(out[89, 60]) == colour  # left and bottom edges
+    assert tuple(out[95, 30]) == colour  # the trail
+    assert colour != visualize.class_color(0) and np.all(image == 255)

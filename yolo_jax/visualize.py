@@ -138,7 +138,7 @@ def draw_tracks(
         draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=color, width=line)
         cls = int(cls)
         name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
-        label = f'{name} {int(tid)}'
+        label = f'{name} #{int(tid)}'
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         ty = y1 - (bottom - top) - 2 * line if y1 - (bottom - top) - 2 * line >= 0 else y1
         draw.rectangle([x1, ty, x1 + right - left + 2 * line, ty + bottom - top + 2 * line], fill=color)
