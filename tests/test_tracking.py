@@ -384,6 +384,6 @@ def test_draw_tracks_colours_by_id():
     out = visualize.draw_tracks(image, np.array([[40, 40, 80, 90]]), np.array([3]), np.array([0]), ['digit'],
                                 {3: ((10.0, 95.0), (60.0, 95.0))})
     colour = visualize.class_color(3)
-    assert tuple(out[65, 40]) == colour and tuple(out[89, 60]) == colour  # left and bottom edges
+    assert tuple(out[65, 40]) == colour and tuple(out[90, 60]) == colour  # left and bottom edges (PIL: inclusive)
     assert tuple(out[95, 30]) == colour  # the trail
     assert colour != visualize.class_color(0) and np.all(image == 255)
