@@ -6,8 +6,9 @@ The MNIST `quick` detector (YOLOv3-tiny at 256; from --workdir, or randomly init
 generated 416x416 occluded digit sequence (yolo_jax.data.mot_sequences, 80 frames, 8 objects, written as an MJPG
 .avi), through video.detect_video as `--mode=detect --video` runs it (decode, batched jitted detector, drawing,
 video and JSON writing), batch 8. Runs alternate without and with ByteTrack after one warm-up run of each
-(compiles); the median per-frame wall time of each gives the overhead. The tracker's own time (track_step, timed
-inside the run) is reported too: it is the part that does not depend on drawing or I/O.
+(compiles); each round's ratio (with / without) and the median over rounds give the overhead (paired rounds,
+because the shared 2-core machine's load drifts between minutes). The tracker's own time (track_step, timed
+inside the run) is reported too: it is the part of the overhead that does not depend on drawing or I/O.
 """
 
 from __future__ import annotations
@@ -67,15 +68,18 @@ def main() -> None:
                 if track is not None:
                     track_ms.append(1e3 * s['track_s'] / s['frames'])
     base, tracked = statistics.median(times['detect']), statistics.median(times['detect_track'])
+    ratios = [b / a for a, b in zip(times['detect'], times['detect_track'], strict=True)]
     result = {
         'ms_per_frame': {'detect': base, 'detect_track': tracked, 'tracker_only': statistics.median(track_ms)},
-        'overhead': tracked / base - 1, 'tracker_share': statistics.median(track_ms) / base,
+        'overhead': statistics.median(ratios) - 1, 'round_ratios': ratios,
+        'tracker_share': statistics.median(track_ms) / base,
         'runs_ms_per_frame': times, 'tracker_ms_per_frame_runs': track_ms,
         'detector': f'configs/mnist.py:quick ({"trained: " + str(workdir) if args.workdir else "random init"})',
         'frames': args.frames, 'repeats': args.repeats, 'batch_size': 8,
         'machine': {'platform': platform.platform(), 'cpus': os.cpu_count(), 'devices': str(jax.devices())},
     }
-    print(f"per frame: detect {base:.1f} ms, detect --track {tracked:.1f} ms (+{100 * result['overhead']:.1f}%); "
+    print(f"per frame: detect {base:.1f} ms, detect --track {tracked:.1f} ms "
+          f"(median paired overhead {100 * result['overhead']:+.1f}%); "
           f"the tracker itself {result['ms_per_frame']['tracker_only']:.2f} ms "
           f"({100 * result['tracker_share']:.1f}% of a detect frame)")
     Path(args.out).write_text(json.dumps(result, indent=1) + '\n')
