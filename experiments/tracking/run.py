@@ -7,7 +7,8 @@
    hide objects for a few frames).
 2. With --workdir (a trained MNIST detector, e.g. the `quick` config): the detector on the same sequences'
    frames (video.detect_video with our ByteTrack, as `--mode=detect --track` runs it), then the logged
-   detections (scores down to track.low_score) fed to our SORT and to supervision's ByteTrack.
+   detections (scores down to track.low_score) fed to our SORT, to our ByteTrack with the classes ignored
+   (class-agnostic, as supervision's is) and to supervision's ByteTrack.
 Every tracker gets the same detections; metrics by yolo_jax.track_eval (motmetrics, IoU >= 0.5). Writes
 results.json and crossing.png (a strip of a crossing with our ids) into --out.
 """
@@ -71,7 +72,13 @@ def supervision_bytetrack(frames: Frames) -> list[np.ndarray]:
     return out
 
 
+def any_class(frames: Frames) -> Frames:
+    """The same detections with every class set to 0 (a class-agnostic tracker, as supervision's)."""
+    return [(b, s, np.zeros_like(np.asarray(c))) for b, s, c in frames]
+
+
 TRACKERS = {'ours_bytetrack': lambda f: ours(f, 'bytetrack'), 'ours_sort': lambda f: ours(f, 'sort'),
+            'ours_bytetrack_any_class': lambda f: ours(any_class(f), 'bytetrack'),
             'supervision_bytetrack': supervision_bytetrack}
 KEYS = ('idf1', 'mota', 'num_switches', 'num_fragmentations', 'mostly_tracked', 'mostly_lost', 'precision',
         'recall')
