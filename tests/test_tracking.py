@@ -387,3 +387,23 @@ def test_draw_tracks_colours_by_id():
     assert tuple(out[65, 40]) == colour and tuple(out[90, 60]) == colour  # left and bottom edges (PIL: inclusive)
     assert tuple(out[95, 30]) == colour  # the trail
     assert colour != visualize.class_color(0) and np.all(image == 255)
+
+
+def test_sequence_command(tmp_path):
+    """`python -m yolo_jax.data.mot_sequences` writes the frames, gt.txt (the generator's ground truth through
+    the MOT writer) and sequence.json; a bad flag is one error line, exit 2."""
+    from yolo_jax.data import mot_sequences as ms
+
+    args = ['--frames=5', '--size=96', '--objects=2', '--crossings=1', '--seed=2']
+    r = _cli(f'--output={tmp_path / "seq"}', *args, module='yolo_jax.data.mot_sequences')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / 'seq' / 'img1').iterdir()) == [f'{t:06d}.png' for t in range(1, 6)]
+    seq = ms.generate(ms.SequenceSpec(num_frames=5, size=96, num_objects=2, crossings=1, seed=2))
+    rows = tracking.read_mot(tmp_path / 'seq' / 'gt' / 'gt.txt')
+    assert rows.frames.tolist() == seq.gt[:, 0].astype(int).tolist() and rows.ids.tolist() == seq.gt[:, 1].tolist()
+    np.testing.assert_allclose(rows.boxes, seq.gt[:, 2:6], atol=0.01)
+    meta = json.loads((tmp_path / 'seq' / 'sequence.json').read_text())
+    assert meta['gt_classes'] == seq.gt[:, 6].astype(int).tolist()
+    r = _cli(f'--output={tmp_path / "x"}', '--frames=0', module='yolo_jax.data.mot_sequences')
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ['error: flag --frames=0: 0 is not a positive integer']
