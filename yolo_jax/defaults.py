@@ -184,6 +184,20 @@ def default_config() -> ml_collections.ConfigDict:
     e.map_max_detections = 100  # per image after NMS (COCO's maxDets)
     e.voc_metric = 'all_point'  # or '11_point' (VOC2007 test)
     e.voc_truncate_boxes = True  # the reference's int() of detection corners; False = the devkit
+
+    # `--mode=detect --track` (yolo_jax/tracking.py; the tracker itself is --tracker=bytetrack|sort).
+    k = config.track = ml_collections.ConfigDict()
+    k.high_score = 0.5  # detections at or above this are matched first (ByteTrack) / the only ones used (SORT)
+    k.low_score = 0.1  # ByteTrack's second stage: detections in [low_score, high_score); below: dropped
+    k.new_track_score = 0.6  # ByteTrack: an unmatched detection at or above this starts a track (SORT: high_score)
+    k.match_iou = 0.2  # first stage: least IoU of a detection with a track's predicted box (ByteTrack: 1 - 0.8)
+    k.low_match_iou = 0.5  # second stage's least IoU (ByteTrack's)
+    k.min_hits = 1  # matched frames before a track is confirmed (gets an id, is output); 1 = at once
+    k.max_age = 30  # frames a confirmed track survives without a match (predicted), then it ends
+    # Kalman noise stds as fractions of the box height (ByteTrack's and DeepSORT's 1/20 and 1/160).
+    k.position_std = 1 / 20
+    k.velocity_std = 1 / 160
+    k.trail = 16  # centres drawn behind each tracked box in the video
     return config
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from yolo_jax import inference, video, visualize
+from yolo_jax import inference, tracking, video, visualize
 from yolo_jax.data import decode
 from yolo_jax.data.annotations import write_text_atomic
 from yolo_jax.errors import DataError, MissingFileError, summarize
@@ -85,14 +85,15 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 def _detect_video(
-    config: ml_collections.ConfigDict, workdir: str | Path | None, source: str | Path | int,
+    config: ml_collections.ConfigDict, workdir: str | Path | None, source: str | Path | int | list[Path],
     output: str | Path | None, weights: str | Path | None, batch_size: int | None,
+    track: tracking.TrackParams | None = None,
 ) -> dict[str, Any]:
-    """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
+    """A video file, camera index or image sequence → video.detect_video (annotated video + JSON lines)."""
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=True)
     out = inference.output_dir(output, workdir, 'detect')
     return video.detect_video(postprocess_config(config, spec), model, variables, source, out, spec.class_names,
-                              batch_size or 8)
+                              batch_size or 8, track=track)
 
 
 def detect_images(
@@ -103,6 +104,7 @@ def detect_images(
     weights: str | Path | None = None,
     *,
     batch_size: int | None = None,
+    track: tracking.TrackParams | None = None,
 ) -> list[dict[str, Any]]:
     """Detects objects in `images` (a file, a directory or a glob) and writes the drawn images + detections.json.
 
@@ -115,11 +117,16 @@ def detect_images(
     'scores', 'classes', 'class_names'}, best score first. The file is replaced atomically, so it is never
     half-written.
 
+    With `track` (yolo_jax/tracking.py) the images are frames of one sequence, in name order: they go through
+    video.detect_video (an annotated video, JSON lines with track ids, tracks.txt) as a video would.
+
     Returns the image entries. Raises DataError (listing them) when no input could be read.
     """
     if isinstance(images, (str, Path, int)) and video.is_video(images):  # a video file or camera index
-        return [_detect_video(config, workdir, images, output, weights, batch_size)]
+        return [_detect_video(config, workdir, images, output, weights, batch_size, track)]
     paths = find_images(images)
+    if track is not None:  # an image sequence
+        return [_detect_video(config, workdir, paths, output, weights, batch_size, track)]
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
     names = spec.class_names
     cfg = postprocess_config(config, spec)

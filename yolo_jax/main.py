@@ -20,6 +20,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'detect'], 'What to run.')
 flags.DEFINE_string('images', None, 'detect: an image file, a directory or a glob.')
 flags.DEFINE_string('video', None, 'detect: a video file or camera index (a video path also works as --images).')
 flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
+flags.DEFINE_bool('track', False, 'detect: track objects across the frames of a video, camera or image folder (in '
+                  'name order): ids in the video and JSON lines, tracks.txt (MOTChallenge); config.track thresholds.')
+flags.DEFINE_enum('tracker', 'bytetrack', ['bytetrack', 'sort'], 'detect --track: the tracker.')
 flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
 flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, run dots and reductions with YNNPACK (XLA flag '
                   f'{cpu_env.YNN_DOT_FLAG}; measured ~35% faster train steps here); skipped for bfloat16, whose '
@@ -82,7 +85,12 @@ def main() -> None:
         from yolo_jax import detect  # noqa: PLC0415
 
         images = FLAGS.video or FLAGS.images  # checked at the top of main
-        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights)
+        track = None
+        if FLAGS.track:
+            from yolo_jax import tracking  # noqa: PLC0415
+
+            track = tracking.TrackParams.from_config(config.track, FLAGS.tracker)
+        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights, track=track)
 
 
 if __name__ == '__main__':

@@ -104,3 +104,44 @@ def grid(images: Sequence[np.ndarray], ncols: int, pad: int = 2, pad_value: int 
         y, x = r * ch + pad, c * cw + pad
         out[y : y + t.shape[0], x : x + t.shape[1]] = t
     return out
+
+
+def draw_tracks(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    track_ids: np.ndarray,
+    classes: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    trails: dict[int, Sequence[tuple[float, float]]] | None = None,
+) -> np.ndarray:
+    """Draws tracked boxes with 'name id' labels, one colour per track id, and each track's trail of centres.
+
+    Args:
+      image: (H, W, 3) uint8 RGB. boxes: (N, 4) xyxy in this image's pixels. track_ids, classes: (N,) int.
+      class_names: names indexed by class id (default: the id).
+      trails: {track id: [(x, y) centres in pixels, oldest first]} (default: none).
+
+    Returns:
+      A new (H, W, 3) uint8 RGB array.
+    """
+    pil = Image.fromarray(to_uint8(image))
+    draw = ImageDraw.Draw(pil)
+    line = max(1, round(min(pil.height, pil.width) / 200))
+    font = _font(max(10, round(min(pil.height, pil.width) / 30)))
+    for tid, points in (trails or {}).items():
+        if len(points) > 1:
+            draw.line([tuple(p) for p in points], fill=class_color(int(tid)), width=line)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    for box, tid, cls in zip(boxes, np.asarray(track_ids).reshape(-1), np.asarray(classes).reshape(-1), strict=True):
+        color = class_color(int(tid))
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=color, width=line)
+        cls = int(cls)
+        name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
+        label = f'{name} #{int(tid)}'
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        ty = y1 - (bottom - top) - 2 * line if y1 - (bottom - top) - 2 * line >= 0 else y1
+        draw.rectangle([x1, ty, x1 + right - left + 2 * line, ty + bottom - top + 2 * line], fill=color)
+        text_color = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+        draw.text((x1 + line - left, ty + line - top), label, fill=text_color, font=font)
+    return np.asarray(pil)
