@@ -13,13 +13,11 @@ ground-truth tracks, precision, recall, false positives, misses. Needs `pip inst
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from yolo_jax import errors, tracking
 
@@ -74,12 +72,11 @@ def format_metrics(m: dict[str, float]) -> str:
     ])
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise errors.ConfigError(f'unexpected arguments: {" ".join(argv[1:])}')
+def main() -> None:
+    """`python -m yolo_jax.track_eval --gt=gt.txt --pred=tracks.txt [--iou=0.5] [--output=FILE]` (cli.run)."""
     f = flags.FLAGS
     if not 0 < f.iou <= 1:
-        raise errors.ConfigError(f'--iou must be in (0, 1], got {f.iou}')
+        raise errors.FlagError(f'--iou must be in (0, 1], got {f.iou}')
     m = evaluate_files(f.gt, f.pred, f.iou)
     print(format_metrics(m))
     if f.output:
@@ -87,37 +84,16 @@ def main(argv: list[str]) -> None:
         print(f'wrote {f.output}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing; a bad or missing flag ends the run with one `error:` line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        errors.report_and_exit(e, verbose=errors.show_traceback(argv), message=lines[-1] if lines else repr(e))
-    raise AssertionError('unreachable')
-
-
-def reporting(fn: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """`fn`, with a UserError shown as one `error:` line and exit code 2 (the traceback only with --verbose)."""
-
-    def run(argv: list[str]) -> None:
-        try:
-            fn(argv)
-        except errors.UserError as e:
-            errors.report_and_exit(e, verbose=errors.show_traceback(sys.argv))
-
-    return run
-
-
 def _define_flags() -> None:
+    """track_eval's own flags (cli.run adds --verbose; there is no config)."""
     flags.DEFINE_string('gt', None, 'Ground truth, MOTChallenge text (frame,id,x,y,w,h,...).', required=True)
     flags.DEFINE_string('pred', None, 'Tracker output, MOTChallenge text (e.g. detect --track\'s tracks.txt).',
                         required=True)
     flags.DEFINE_float('iou', 0.5, 'Least IoU of a match.')
     flags.DEFINE_string('output', '', 'Also write the metrics as JSON here.')
-    flags.DEFINE_bool('verbose', False, 'Show the traceback of user errors too.')
 
 
 if __name__ == '__main__':
-    _define_flags()
-    app.run(reporting(main), flags_parser=parse_flags)
+    from yolo_jax import cli  # noqa: PLC0415
+
+    cli.run(main, _define_flags, config=False)

@@ -53,7 +53,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from yolo_jax import errors
 from yolo_jax.data import annotations as annotations_lib
@@ -827,65 +826,25 @@ def check_at_start(config, data: Any, log: Callable[[str], None] = logging.info)
 
 
 def _define_flags() -> None:
-    from ml_collections import config_flags  # noqa: PLC0415
-
-    config_flags.DEFINE_config_file('config', None, 'Configuration file: configs/*.py[:variant].', lock_config=True)
+    """check's own flags (cli.run adds --config and --verbose)."""
     flags.DEFINE_string('output', None, 'Write report.json and the plots (PNG) into this folder.')
     flags.DEFINE_list('splits', ['train', 'test'], "Splits to check: 'train', 'test' (or TFDS split names).")
-    flags.DEFINE_bool('verbose', False, f'Show the traceback of user errors too; or set {errors.TRACEBACK_ENV}=1.')
-    flags.mark_flags_as_required(['config'])
 
 
-def _loaded_config(f: flags.FlagValues):
-    """FLAGS.config; ml_collections defers a config file's load error to the first field read: raise it here as a
-    user error naming the file (its last line)."""
-    try:
-        config = f.config
-        _ = config.data
-    except OSError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise errors.MissingFileError(f'--config={f["config"].serialize().split("=", 1)[-1]}: '
-                                      f'{lines[-1] if lines else e}') from None
-    return config
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+def main() -> None:
+    """`python -m yolo_jax.data.check --config=... [--output=DIR] [--splits=train,test]` (cli.run)."""
     f = flags.FLAGS
     if not f.splits:
-        raise errors.UserError('--splits: name at least one split')
+        raise errors.FlagError('--splits: name at least one split')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF's first import
-    report = check_data(_loaded_config(f), tuple(f.splits), output=f.output)
+    from yolo_jax import run_config  # noqa: PLC0415
+
+    report = check_data(run_config.resolve(f.config, ''), tuple(f.splits), output=f.output)
     print(summary_text(report))
     print(f"checked in {report['seconds']:.1f} s" + (f'; wrote {f.output}/report.json and plots' if f.output else ''))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing; a bad flag or config override ends with one `error:` line and exit code 2."""
-    verbose = errors.show_traceback(argv)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # unknown flag, bad value, a config file that fails to load (last line: its error)
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        errors.report_and_exit(e, verbose=verbose, message=lines[-1] if lines else repr(e))
-    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config does not have
-        inner = e.args[0] if e.args else e
-        text = str(inner.args[0] if isinstance(inner, BaseException) and inner.args else inner)
-        key, _, hint = text.partition('\n')
-        errors.report_and_exit(e, verbose=verbose, message=f'bad config override: unknown field {key}'
-                               + (f' ({hint})' if hint else ''))
-    raise AssertionError('unreachable')
-
-
-def _run(argv: list[str]) -> None:
-    """`main`, with a UserError (and a file that does not exist) shown as one line and exit code 2."""
-    try:
-        main(argv)
-    except (errors.UserError, FileNotFoundError) as e:
-        errors.report_and_exit(e, verbose=flags.FLAGS.verbose or errors.show_traceback(sys.argv))
-
-
 if __name__ == '__main__':
-    _define_flags()
-    app.run(_run, flags_parser=_parse_flags)
+    from yolo_jax import cli  # noqa: PLC0415
+
+    cli.run(main, _define_flags)

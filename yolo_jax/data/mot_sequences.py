@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_jax import errors
 from yolo_jax.data.digits import Digits, load_digits, resize_uint8
 
 OCCLUDER_GREY = 128
@@ -253,13 +252,11 @@ def write_sequence(seq: Sequence, out_dir: str | Path, *, video: bool = True) ->
     return out
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     """The command: flags → generate → write_sequence."""
     from absl import flags  # noqa: PLC0415
 
     f = flags.FLAGS
-    if len(argv) > 1:
-        raise errors.ConfigError(f'unexpected arguments: {" ".join(argv[1:])}')
     spec = SequenceSpec(num_frames=f.frames, size=f.size, num_objects=f.objects, crossings=f.crossings,
                         occluders=f.occluders, min_visibility=f.min_visibility, digit_source=f.digit_source,
                         seed=f.seed)
@@ -268,9 +265,9 @@ def main(argv: list[str]) -> None:
     print(f'{spec.num_frames} frames, {len(seq.objects)} objects, {len(seq.gt)} ground-truth boxes → {out}')
 
 
-def _cli() -> None:
-    """absl flags with the project's error contract: a bad flag or user error is one `error:` line, exit 2."""
-    from absl import app, flags  # noqa: PLC0415
+def _define_flags() -> None:
+    """The generator's own flags (cli.run adds --verbose; there is no config)."""
+    from absl import flags  # noqa: PLC0415
 
     d = SequenceSpec()
     flags.DEFINE_string('output', None, 'Directory to write the sequence into.', required=True)
@@ -282,11 +279,9 @@ def _cli() -> None:
     flags.DEFINE_integer('occluders', d.occluders, 'Vertical bars that hide objects passing behind.', lower_bound=0)
     flags.DEFINE_float('min_visibility', d.min_visibility, 'Least visible box fraction of a ground-truth row.')
     flags.DEFINE_string('digit_source', d.digit_source, 'Digits: sklearn, tfds, auto or a path (data/digits.py).')
-    flags.DEFINE_bool('verbose', False, 'Show the traceback of user errors too.')
-    from yolo_jax import track_eval  # noqa: PLC0415  (the same error contract as its command)
-
-    app.run(track_eval.reporting(main), flags_parser=track_eval.parse_flags)
 
 
 if __name__ == '__main__':
-    _cli()
+    from yolo_jax import cli  # noqa: PLC0415
+
+    cli.run(main, _define_flags, config=False)
