@@ -91,6 +91,7 @@ def _detect_video(
     output: str | Path | None, weights: str | Path | None, batch_size: int | None,
 ) -> dict[str, Any]:
     """A video file or camera index → video.detect_video (annotated video + per-frame JSON lines)."""
+    video.open_capture(source).release()  # a bad source fails now: before the model loads or output/ is created
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=True)
     out = inference.output_dir(output, workdir, 'detect')
     return video.detect_video(config, model, variables, source, out, spec.class_names, batch_size or 8)

@@ -22,6 +22,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from yolo_jax import checkpointing, steps
+from yolo_jax.config_checks import check_train_config
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
 from yolo_jax.parallel import Parallel, check_batch_size, check_mode
@@ -196,6 +197,7 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+    check_train_config(config)  # zero/negative counters: now, not after the first compile
     workdir = Path(workdir)
     check_workdir(workdir)
     t = config.train
@@ -225,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         functools.partial(steps.batch_stats_step, momentum=config.model.bn_momentum, freeze=t.freeze),
     )
 
+    checkpointing.set_aside_damaged(workdir)  # a half-deleted newest step: resume from the newest complete one
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
     start_step = 0
     if manager.latest_step() is not None:

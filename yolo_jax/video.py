@@ -26,6 +26,7 @@ from absl import logging
 
 from yolo_jax import export, visualize
 from yolo_jax import postprocess as pp
+from yolo_jax.errors import DataError, MissingFileError
 from yolo_jax.progress import Progress
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.mjpeg')
@@ -49,17 +50,21 @@ def is_video(source: str | Path | int) -> bool:
 
 
 def open_capture(source: str | Path | int) -> Any:
-    """cv2.VideoCapture of a file or a camera index; raises FileNotFoundError / OSError when it cannot open."""
+    """cv2.VideoCapture of a file or a camera index; raises MissingFileError (a FileNotFoundError) for a missing
+    file and DataError (a ValueError) for a file or camera OpenCV cannot open, each naming the source."""
     cv2 = cv2_module()
     if is_camera(source):
         cap = cv2.VideoCapture(int(source))
+        what = f'camera {int(source)} (no such camera, or it is busy)'
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'--video: no such file {path}')
+            raise MissingFileError(f'--video: no such file {path}')
         cap = cv2.VideoCapture(str(path))
+        what = f'{path} (not a video, or a format this OpenCV build cannot decode)'
     if not cap.isOpened():
-        raise OSError(f'--video: OpenCV cannot open {source}')
+        cap.release()
+        raise DataError(f'--video: OpenCV cannot open {what}')
     return cap
 
 
@@ -109,9 +114,9 @@ def detect_video(
     cv2 = cv2_module()
     cfg = pp.PostprocessConfig.from_config(config)
     predict = jax.jit(export.serving_fn(model, cfg))
+    cap = open_capture(source)  # first: a bad source leaves no output folder behind
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cap = open_capture(source)
     fps = float(cap.get(cv2.CAP_PROP_FPS)) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera(source) else 0
     if max_frames is not None:

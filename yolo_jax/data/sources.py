@@ -308,9 +308,9 @@ def _file_source_paths(config: ml_collections.ConfigDict, split: str) -> tuple[s
     images = str(config.data[f'{split}_images'])
     if dataset in ('annotations', 'coco_json') and not annotations_path:
         what = 'an annotation file' if dataset == 'annotations' else 'a COCO-format JSON file'
-        raise ValueError(f'config.data.{split}_annotations: dataset={dataset!r} needs {what}')
+        raise ConfigError(f'config.data.{split}_annotations: dataset={dataset!r} needs {what}')
     if dataset == 'yolo_txt' and not images:
-        raise ValueError(f"config.data.{split}_images: dataset='yolo_txt' needs an image folder or list file")
+        raise ConfigError(f"config.data.{split}_images: dataset='yolo_txt' needs an image folder or list file")
     return annotations_path, images
 
 
