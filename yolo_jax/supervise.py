@@ -85,12 +85,13 @@ def report(log: str, *, process_id: int, num_processes: int, coordinator: str, t
            workdir: str | None) -> str:
     """The `error:` message for a child that ended by the coordination service's abort (or a failed collective)."""
     lost = lost_process(log, process_id, coordinator)
+    who = f'process {process_id} of {num_processes}' if 0 <= process_id < num_processes else 'this process'
     if not lost:
-        return (f'process {process_id} of {num_processes}: could not connect all processes through the coordinator '
+        return (f'{who}: could not connect all processes through the coordinator '
                 f'at {coordinator or "(auto-detected)"} within {timeout_s} s (--coordinator_timeout_seconds): is '
                 'every process started, with the same --coordinator_address and --num_processes, and the port '
                 'reachable?')
-    return (f'process {process_id} of {num_processes}: {lost}; this process stopped too. Start the same commands '
+    return (f'{who}: {lost}; this process stopped too. Start the same commands '
             f'again to resume from the last checkpoint: {newest_checkpoint(workdir)}')
 
 
