@@ -365,8 +365,10 @@ def test_worker_without_coordinator_gives_up(tmp_path):
 
 
 @pytest.mark.slow
-def test_lost_peer_is_one_error_line(tmp_path):
-    """Process 1 is killed mid-run: process 0 ends with one error line naming process 1 and the checkpoint."""
+@pytest.mark.parametrize('killed', [1, 0])
+def test_lost_peer_is_one_error_line(tmp_path, killed):
+    """A process is killed mid-run (a worker, or the coordinator): the survivor ends with one error line naming
+    the lost process and the checkpoint to resume from, without a native abort's dump."""
     from test_parallel import _env, _free_port
 
     repo = Path(__file__).resolve().parents[1]
@@ -380,12 +382,14 @@ def test_lost_peer_is_one_error_line(tmp_path):
         while not re.search(r'epoch: *1 step', logs[0].read_text()) and time.monotonic() < deadline:
             assert procs[0].poll() is None and procs[1].poll() is None, logs[0].read_text()[-3000:]
             time.sleep(0.2)
-        procs[1].send_signal(signal.SIGKILL)
-        code = procs[0].wait(timeout=300)
+        procs[killed].send_signal(signal.SIGKILL)
+        code = procs[1 - killed].wait(timeout=300)  # the hang guard: the heartbeat timeout is 10 s
     finally:
         for p in procs:
             p.kill()
-    stderr = logs[0].read_text()
-    _assert_one_clean_error(stderr, code, r'^error: process 0 of 2: process 1 stopped answering .*Start the same '
-                            rf'commands again to resume from the last checkpoint: {re.escape(str(workdir))}/'
-                            r'checkpoints/\d+$')
+    stderr = logs[1 - killed].read_text()
+    lost = ('process 1 stopped answering' if killed == 1 else
+            rf'process 0 \(the coordinator at {re.escape(address)}\) is gone')
+    _assert_one_clean_error(stderr, code, rf'^error: process {1 - killed} of 2: {lost}; this process stopped too\. '
+                            'Start the same commands again to resume from the last checkpoint: '
+                            rf'{re.escape(str(workdir))}/checkpoints/\d+$')
