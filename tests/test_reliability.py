@@ -267,7 +267,9 @@ def _two_steps(workdir: Path) -> Path:
     abstract = jax.eval_shape(lambda: steps.build_model_and_state(config, 1)[2])
     manager = checkpointing.create_manager(workdir, save_best_only=False)
     for step, loss in ((1, 2.0), (2, 1.0)):
-        state = jax.tree.map(lambda s, v=step: np.full(s.shape, 0.25 * v, s.dtype), abstract)
+        # Floats 0.25 * step; integers (the step counter, Adam's count) the step itself.
+        state = jax.tree.map(lambda s, v=step: np.full(s.shape, v if np.issubdtype(s.dtype, np.integer)
+                                                       else 0.25 * v, s.dtype), abstract)
         metrics = {checkpointing.BEST_METRIC: loss}
         checkpointing.save(manager, step, state, {'epoch': step, 'step': step, 'metrics': metrics}, metrics=metrics)
     manager.wait_until_finished()
@@ -313,6 +315,7 @@ def test_detect_uses_the_newest_complete_step(tmp_path):
                     f'--output={tmp_path / "out"}', '--config.train.eval_batch_size=2'], {})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'skipping damaged checkpoint .*checkpoints/2: state/_METADATA is missing', proc.stderr)
+    assert re.search(r'Loaded checkpoint .*checkpoints/1 \(step 1\)', proc.stderr), proc.stderr[-3000:]
     assert json.loads((tmp_path / 'out' / 'detections.json').read_text())['complete'] is True
     assert_untouched(before, workdir)  # eval and detect read; they never move or delete
 
@@ -325,7 +328,24 @@ def test_eval_uses_the_newest_complete_step(tmp_path):
                     f'--config.data.data_dir={tmp_path / "tfds"}', '--config.train.eval_batch_size=2'], {})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'skipping damaged checkpoint .*checkpoints/2: state/_METADATA is missing', proc.stderr)
-    assert json.loads((workdir / 'eval' / 'metrics.json').read_text())['step'] == 1
+    assert re.search(r'Loaded checkpoint .*checkpoints/1 \(step 1\)', proc.stderr), proc.stderr[-3000:]
+    assert json.loads((workdir / 'eval' / 'metrics.json').read_text())['metrics']['num_images'] == 8
+
+
+@pytest.mark.slow  # trains 8 smoke steps
+def test_resume_continues_from_the_newest_complete_step(tmp_path):
+    workdir = tmp_path / 'workdir'
+    _two_steps(workdir)
+    proc = run_cli([f'--config={SMOKE}', f'--workdir={workdir}', *MNIST, f'--config.data.data_dir={tmp_path / "tfds"}',
+                    '--config.train.checkpoint_every_steps=0'], {})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'damaged checkpoint .*checkpoints/2 \(state/_METADATA is missing\) moved to '
+                     r'.*checkpoints_damaged/2-', proc.stderr), proc.stderr[-3000:]
+    assert re.search(r'Resumed from \S+ at step 1 ', proc.stderr), proc.stderr[-3000:]
+    steps = [json.loads(ln)['step'] for ln in (workdir / 'metrics.jsonl').read_text().splitlines()
+             if json.loads(ln)['kind'] == 'train']
+    assert steps == list(range(2, 9))  # steps 2..8: nothing before the restored step 1 is replayed
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())[-1] == '8'
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
@@ -129,6 +130,7 @@ def load_detector(
                                    '--weights=FILE')
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
+        logging.info('Loaded %s (step %d)', source, step)
         check_num_classes_in_params(variables['params'], model, config.model, source)
         check_compatible(variables, model, config.model, source, meta.get('model'))
         spec = inference_spec(config, meta)

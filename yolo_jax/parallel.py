@@ -43,6 +43,10 @@ def initialize_distributed(
     coordinator that not every process has reached within `coordinator_timeout_seconds` (supervise.py turns both
     into one error line).
     """
+    for flag, value in (('heartbeat_timeout_seconds', heartbeat_timeout_seconds),
+                        ('coordinator_timeout_seconds', coordinator_timeout_seconds)):
+        if value < 1:
+            raise ConfigError(f'--{flag}={value}: expected a number of seconds >= 1')
     if coordinator_address:
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ConfigError(f'--coordinator_address needs --num_processes >= 1 and 0 <= --process_id < '
