@@ -413,3 +413,33 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
     _assert_one_clean_error(stderr, code, rf'^error: process {1 - killed} of 2: {lost}; this process stopped too\. '
                             'Start the same commands again to resume from the last checkpoint: '
                             rf'{re.escape(str(workdir))}/checkpoints/\d+$')
+
+
+# The coordination service's messages as this jaxlib printed them in the runs above (a worker killed; the
+# coordinator killed; a worker that never reached its coordinator).
+WORKER_LOST = ('E1204 coordination_service.cc:1549] Use error polling to propagate the following error to all tasks: '
+               'UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n1\nThe tasks have '
+               'crashed.\nF1204 client.h:80] Terminating process because the JAX distributed service detected fatal '
+               'errors.\n')
+COORDINATOR_LOST = ('F1204 client.h:80] Terminating process because the JAX distributed service detected fatal errors.'
+                    '\nAdditional GRPC error information from remote target coordination_service while calling '
+                    '/xla.coordination.CoordinationService/PollForError:\n:UNKNOWN:Error received from peer '
+                    '{grpc_status:14, grpc_message:"Socket closed"}\n')
+NEVER_CONNECTED = ('F1204 client.h:80] Terminating process because the JAX distributed service detected fatal errors. '
+                   'absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded\n\nRPC: /xla.coordination.CoordinationService/'
+                   'RegisterTask\n')
+
+
+def test_supervisor_names_the_lost_process(tmp_path):
+    from yolo_jax import supervise
+
+    kw = dict(num_processes=3, coordinator='h0:1234', timeout_s=7, workdir=str(tmp_path))
+    assert re.match(r'process 0 of 3: process 1 stopped answering .* resume from the last checkpoint: none yet',
+                    supervise.report(WORKER_LOST, process_id=0, **kw))
+    assert re.match(r'process 2 of 3: process 1 stopped answering', supervise.report(WORKER_LOST, process_id=2, **kw))
+    assert re.match(r'process 1 of 3: process 0 \(the coordinator at h0:1234\) is gone',
+                    supervise.report(COORDINATOR_LOST, process_id=1, **kw))
+    assert re.match(r'process 1 of 3: could not connect all processes through the coordinator at h0:1234 within 7 s',
+                    supervise.report(NEVER_CONNECTED, process_id=1, **kw))
+    _two_steps(tmp_path)  # step 2 damaged: the newest complete checkpoint is step 1
+    assert supervise.newest_checkpoint(str(tmp_path)) == str(tmp_path.absolute() / 'checkpoints' / '1')

@@ -104,8 +104,10 @@ def run_supervised(argv: list[str], *, process_id: int, num_processes: int, coor
                              text=True, errors='replace', bufsize=1, preexec_fn=_die_with_parent)
     tail: collections.deque[str] = collections.deque(maxlen=400)
     fatal = False
-    for sig in (signal.SIGINT, signal.SIGTERM):  # passed on: the child saves nothing half-done either way
-        signal.signal(sig, lambda s, _f: child.send_signal(s))
+    # Ctrl-C reaches the child from the terminal (same process group): the supervisor just waits for it to end.
+    # SIGTERM (e.g. `kill PID`) is passed on; the child dies with the supervisor anyway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda s, _f: child.send_signal(s))
     for line in child.stderr:
         tail.append(line)
         fatal = fatal or _FATAL in line
