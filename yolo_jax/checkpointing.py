@@ -6,10 +6,13 @@ metrics, the model config, the detection spec, whether the state has an EMA). In
 batch_stats (`load_model`, an orbax partial restore; the EMA's when the checkpoint has one), so evaluating a
 checkpoint never depends on training-only settings such as the optimizer or the freeze policy. Orbax writes
 each checkpoint to a temporary directory and renames it when complete, so a run killed mid-save leaves no
-broken checkpoint behind (the half-written temporary is ignored and cleaned up by the next run).
+broken checkpoint behind (the half-written temporary is ignored and cleaned up by the next run). A step folder
+damaged otherwise (an item deleted, e.g. by a cleanup killed part-way) is skipped with a warning by eval,
+detect, export and init_from, and set aside by a resumed run, which restores the newest complete step.
 """
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,10 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
-from yolo_jax.errors import MissingFileError
+from yolo_jax.errors import DataError, MissingFileError
 
 BEST_METRIC = 'val_total'
 
@@ -66,10 +70,60 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
     manager.save(step, args=args, metrics=metrics, force=True)
 
 
-def best_step(manager: ocp.CheckpointManager) -> int | None:
-    """The step of the checkpoint with the lowest validation loss (None if none has metrics)."""
+def damage(directory: str | Path, step: int) -> str | None:
+    """None when `directory/<step>` holds both items complete, else what is missing or unreadable: what a run
+    killed mid-cleanup, a partial copy or a hand-deleted item leaves (orbax's own temporaries are never steps)."""
+    folder = Path(directory) / str(step)
+    for item, marker in (('state', '_METADATA'), ('meta', 'metadata')):
+        if not (folder / item / marker).is_file():
+            return f'{item}/{marker} is missing'
+    try:
+        json.loads((folder / 'meta' / 'metadata').read_text())
+    except (OSError, ValueError) as e:
+        return f'meta/metadata is unreadable ({e})'
+    return None
+
+
+def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """manager.all_steps() ascending, without damaged ones (see `damage`), each skipped with a warning."""
+    steps = []
+    for step in sorted(manager.all_steps()):
+        why = damage(manager.directory, step)
+        if why:
+            logging.warning('skipping damaged checkpoint %s: %s', Path(manager.directory) / str(step), why)
+        else:
+            steps.append(step)
+    return steps
+
+
+def set_aside_damaged(workdir: str | Path) -> list[Path]:
+    """Moves damaged step folders of workdir/checkpoints to workdir/checkpoints_damaged/ (with a warning), so a
+    resumed run restores the newest complete step and can save those steps again. Returns the new paths. With
+    several processes process 0 moves them while the others wait (the workdir is shared)."""
+    directory = Path(workdir).absolute() / 'checkpoints'
+    moved = []
+    folders = sorted(directory.iterdir()) if directory.is_dir() and jax.process_index() == 0 else []
+    for folder in folders:
+        why = damage(directory, int(folder.name)) if folder.name.isdigit() and folder.is_dir() else None
+        if why:
+            target = directory.parent / 'checkpoints_damaged' / f'{folder.name}-{time.strftime("%Y%m%d-%H%M%S")}'
+            target.parent.mkdir(exist_ok=True)
+            folder.rename(target)
+            logging.warning('damaged checkpoint %s (%s) moved to %s: resuming from the newest complete one (delete '
+                            'it when done)', folder, why, target)
+            moved.append(target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices('damaged checkpoints set aside')
+    return moved
+
+
+def best_step(manager: ocp.CheckpointManager, steps: list[int] | None = None) -> int | None:
+    """The step of the complete checkpoint (of `steps`, default `complete_steps`) with the lowest validation loss
+    (None if none has metrics)."""
     scored = []
-    for step in manager.all_steps():
+    for step in complete_steps(manager) if steps is None else steps:
         meta = restore_meta(manager, step)
         if meta.get('metrics') and BEST_METRIC in meta['metrics']:
             scored.append((meta['metrics'][BEST_METRIC], step))
@@ -81,9 +135,11 @@ def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def inference_step(manager: ocp.CheckpointManager) -> int | None:
-    """The checkpoint to run inference from: the best by validation loss, else the latest (None if none)."""
-    step = best_step(manager)
-    return manager.latest_step() if step is None else step
+    """The checkpoint to run inference from: the best by validation loss, else the latest complete one (None if
+    none); damaged steps are skipped with a warning."""
+    complete = complete_steps(manager)
+    step = best_step(manager, complete)
+    return complete[-1] if step is None and complete else step
 
 
 def checkpoint_location(path: str | Path) -> tuple[Path, int | None]:
@@ -91,7 +147,7 @@ def checkpoint_location(path: str | Path) -> tuple[Path, int | None]:
     path = Path(path).expanduser().absolute()
     if (path / 'checkpoints').is_dir():
         return path / 'checkpoints', None
-    if path.name.isdigit() and (path / 'state').is_dir():
+    if path.name.isdigit() and ((path / 'state').is_dir() or (path / 'meta').is_dir()):
         return path.parent, int(path.name)
     return path, None
 
@@ -117,8 +173,13 @@ def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, d
             raise MissingFileError(f'{what}: no checkpoint in {directory} (train first, or pass --weights)')
         if step is None:
             step = inference_step(manager)
+            if step is None:
+                raise MissingFileError(f'{what}: no complete checkpoint in {directory} (every step is damaged: '
+                                       'train again, or pass --weights)')
         elif step not in steps:
             raise MissingFileError(f'{what}: no checkpoint at step {step} in {directory}')
+        elif why := damage(directory, step):
+            raise DataError(f'{what}: checkpoint {directory / str(step)} is damaged: {why}')
         metadata = manager.item_metadata(step)['state']
         tree = getattr(metadata, 'tree', metadata)
         ema = tree.get('ema') is not None  # None (EMA off) or absent (older checkpoints)

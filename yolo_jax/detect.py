@@ -90,6 +90,8 @@ def _detect_video(
     track: tracking.TrackParams | None = None,
 ) -> dict[str, Any]:
     """A video file, camera index or image sequence → video.detect_video (annotated video + JSON lines)."""
+    if not isinstance(source, (list, tuple)):  # a bad video or camera fails now: before the model loads
+        video.open_capture(source).release()
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=True)
     out = inference.output_dir(output, workdir, 'detect')
     return video.detect_video(postprocess_config(config, spec), model, variables, source, out, spec.class_names,

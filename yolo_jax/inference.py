@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from yolo_jax import checkpointing
 from yolo_jax import postprocess as pp
@@ -140,6 +141,7 @@ def load_detector(
                                    '--weights=FILE')
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
+        logging.info('Loaded %s (step %d)', source, step)
         model_config = checkpoint_model_config(config, meta)
         model = create_model(model_config)
         check_compatible(variables, model, model_config, source, meta.get('model'))

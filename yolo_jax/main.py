@@ -11,7 +11,7 @@ import sys
 
 from absl import flags, logging
 
-from yolo_jax import cli, cpu_env
+from yolo_jax import cli, cpu_env, supervise
 from yolo_jax.errors import FlagError
 
 FLAGS = flags.FLAGS
@@ -33,6 +33,8 @@ flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes (with 
 flags.DEFINE_integer('process_id', -1, 'Multi-host: this process, 0..num_processes-1 (with --coordinator_address).')
 flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'Multi-host: a process silent this long ends the others '
                      'with an error instead of a hang.')
+flags.DEFINE_integer('coordinator_timeout_seconds', 300, 'Multi-host: give up (one error line naming the address) '
+                     'when not every process has connected to the coordinator within this many seconds.')
 flags.DEFINE_bool('distributed', False, 'Multi-host on a cluster (SLURM, Open MPI, ...): detect the processes '
                   'automatically (jax.distributed.initialize()).')
 flags.DEFINE_bool('jemalloc', True, 'Restart under jemalloc (if installed: apt-get install libjemalloc2), '
@@ -54,6 +56,13 @@ def main() -> None:
         raise FlagError('--mode=detect needs --images=PATH|DIR|GLOB|VIDEO or --video=PATH|CAMERA_INDEX')
     if FLAGS.jemalloc:
         cpu_env.exec_with_jemalloc(['-m', 'yolo_jax.main', *sys.argv[1:]])
+    if (FLAGS.coordinator_address or FLAGS.distributed) and not supervise.is_child():
+        # A lost peer or coordinator ends JAX processes by a native abort: run the work in a child and report it
+        # as one error line (supervise.py explains).
+        env_id = os.environ.get('SLURM_PROCID', os.environ.get('OMPI_COMM_WORLD_RANK', '-1'))
+        supervise.run_supervised(sys.argv[1:], process_id=FLAGS.process_id if FLAGS.coordinator_address else
+                                 int(env_id), num_processes=FLAGS.num_processes, coordinator=FLAGS.coordinator_address,
+                                 timeout_s=FLAGS.coordinator_timeout_seconds, workdir=FLAGS.workdir)
     if FLAGS.malloc_tuning and cpu_env.tune_glibc_malloc():
         logging.info('glibc malloc tuned to keep freed memory (%s)', cpu_env.GLIBC_MALLOC_TUNING)
     logging.get_absl_logger().addFilter(_QuietLibraries())  # orbax logs through absl's logger
@@ -68,11 +77,22 @@ def main() -> None:
     from yolo_jax import parallel  # noqa: PLC0415  (JAX: after the XLA flags are set)
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                    auto=FLAGS.distributed, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+                                    auto=FLAGS.distributed, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+                                    coordinator_timeout_seconds=FLAGS.coordinator_timeout_seconds)
     from yolo_jax import run_config  # noqa: PLC0415
 
     config = run_config.resolve(config, FLAGS.workdir)  # num_classes=0: from the data; split.json in workdir
     logging.info('Config:\n%s', config)
+    try:
+        run_mode(config)
+    except Exception as e:
+        if supervise.is_child() and supervise.is_peer_failure(e):  # the supervisor names the lost peer
+            supervise.await_verdict(e, FLAGS.heartbeat_timeout_seconds)
+        raise
+
+
+def run_mode(config) -> None:
+    """--mode=train, eval or detect with the resolved config."""
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415
 

@@ -33,22 +33,32 @@ DATA_AXIS = 'data'
 
 def initialize_distributed(
     coordinator_address: str = '', num_processes: int = 0, process_id: int = -1, *, auto: bool = False,
-    heartbeat_timeout_seconds: int = 100,
+    heartbeat_timeout_seconds: int = 100, coordinator_timeout_seconds: int = 300,
 ) -> None:
     """Connects this process to the others (`jax.distributed.initialize`); a no-op for a single process.
 
     With `coordinator_address` ('host:port' of process 0) the count and this process's id must be given too
     (hosts started by hand); with `auto` the cluster (SLURM, Open MPI, k8s, ...) supplies them. A process that
-    stops answering for `heartbeat_timeout_seconds` ends the others with an error instead of a hang.
+    stops answering for `heartbeat_timeout_seconds` ends the others with an error instead of a hang; so does a
+    coordinator that not every process has reached within `coordinator_timeout_seconds` (supervise.py turns both
+    into one error line).
     """
+    for flag, value in (('heartbeat_timeout_seconds', heartbeat_timeout_seconds),
+                        ('coordinator_timeout_seconds', coordinator_timeout_seconds)):
+        if value < 1:
+            raise ConfigError(f'--{flag}={value}: expected a number of seconds >= 1')
     if coordinator_address:
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ConfigError(f'--coordinator_address needs --num_processes >= 1 and 0 <= --process_id < '
                               f'num_processes (got num_processes={num_processes}, process_id={process_id})')
+        logging.info('Process %d of %d: connecting to the coordinator at %s (up to %d s)', process_id, num_processes,
+                     coordinator_address, coordinator_timeout_seconds)
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   initialization_timeout=coordinator_timeout_seconds,
                                    heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     elif auto:
-        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+        jax.distributed.initialize(initialization_timeout=coordinator_timeout_seconds,
+                                   heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     else:
         return
     logging.info('Process %d of %d; %d local / %d global devices', jax.process_index(), jax.process_count(),

@@ -25,6 +25,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from yolo_jax import checkpointing, run_config, steps
+from yolo_jax.config_checks import check_train_config
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
 from yolo_jax.parallel import Parallel, check_batch_size, check_mode
@@ -243,6 +244,7 @@ def check_settings(config: ml_collections.ConfigDict, workdir: Path) -> tuple[st
     its eval batch)."""
     from yolo_jax.evaluation.detection import check_eval_config  # noqa: PLC0415  (TensorFlow)
 
+    check_train_config(config)  # zero/negative counters: now, not after the first compile
     check_workdir(workdir)
     t = config.train
     mode = check_mode(t.parallel)
@@ -317,6 +319,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.
     model, lr_fn, state = steps.build_model_and_state(config, schedule.steps_per_epoch, mode)
     parallel = build_parallel(config, spec, mode, lr_fn)
     validation, detection = build_evaluators(config, spec, model, parallel, data, eval_batch)
+    checkpointing.set_aside_damaged(workdir)  # a half-deleted newest step: resume from the newest complete one
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
     state, start_step = restore(manager, config, state)
     state = parallel.place_state(state)

@@ -31,6 +31,7 @@ from absl import logging
 
 from yolo_jax import export, tracking, visualize
 from yolo_jax import postprocess as pp
+from yolo_jax.errors import DataError, MissingFileError
 from yolo_jax.progress import Progress
 
 IMAGE_SEQUENCE_FPS = 25.0  # frame rate written for an image-sequence source (images carry none)
@@ -55,17 +56,21 @@ def is_video(source: str | Path | int) -> bool:
 
 
 def open_capture(source: str | Path | int) -> Any:
-    """cv2.VideoCapture of a file or a camera index; raises FileNotFoundError / OSError when it cannot open."""
+    """cv2.VideoCapture of a file or a camera index; raises MissingFileError (a FileNotFoundError) for a missing
+    file and DataError (a ValueError) for a file or camera OpenCV cannot open, each naming the source."""
     cv2 = cv2_module()
     if is_camera(source):
         cap = cv2.VideoCapture(int(source))
+        what = f'camera {int(source)} (no such camera, or it is busy)'
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'--video: no such file {path}')
+            raise MissingFileError(f'--video: no such file {path}')
         cap = cv2.VideoCapture(str(path))
+        what = f'{path} (not a video, or a format this OpenCV build cannot decode)'
     if not cap.isOpened():
-        raise OSError(f'--video: OpenCV cannot open {source}')
+        cap.release()
+        raise DataError(f'--video: OpenCV cannot open {what}')
     return cap
 
 
@@ -129,16 +134,16 @@ def detect_video(
     if track is not None:  # ByteTrack's second stage needs the low-score boxes too
         cfg = dataclasses.replace(cfg, score_threshold=min(cfg.score_threshold, track.low_score))
     predict = jax.jit(export.serving_fn(model, cfg))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(source, (list, tuple)):  # an image sequence
         cap, fps, total = None, IMAGE_SEQUENCE_FPS, len(source)
         batches = read_image_batches(source, batch_size, max_frames)
     else:
-        cap = open_capture(source)
+        cap = open_capture(source)  # first: a bad source leaves no output folder behind
         fps = float(cap.get(cv2.CAP_PROP_FPS)) or 25.0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera(source) else 0
         batches = read_batches(cap, batch_size, max_frames)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
     video_path, jsonl_path = output_dir / 'detections.mp4', output_dir / 'detections.jsonl'

@@ -87,12 +87,15 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     """Reads a class-names file: one name per line (surrounding whitespace stripped; trailing blank lines ignored).
 
     Raises:
-        AnnotationError: missing file, no names, a blank line between names, or a duplicated name.
+        AnnotationError: missing file, not UTF-8, no names, a blank line between names, or a duplicated name.
     """
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f'{path}: class-names file not found')
-    lines = path.read_text(encoding='utf-8').splitlines()
+    try:
+        lines = path.read_text(encoding='utf-8').splitlines()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f'{path}: not a UTF-8 text file ({e.reason} at byte {e.start})') from None
     while lines and not lines[-1].strip():
         lines.pop()
     names = [ln.strip() for ln in lines]

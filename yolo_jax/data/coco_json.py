@@ -2,7 +2,8 @@
 
 Reading (`read_coco_json`) validates everything and reports problems with the file and the image or annotation
 id: errors (missing keys, duplicate ids, unknown image or category, malformed bbox, missing or unreadable image,
-a width/height in the JSON that differs from the image file, iscrowd not 0/1) raise one `CocoJsonError` listing
+a width/height in the JSON that differs from the image file, an image that does not decode in full, a file
+that is not UTF-8, iscrowd not 0/1) raise one `CocoJsonError` listing
 every problem; boxes reaching outside the image are clipped with an `AnnotationWarning`, and boxes with no area
 (after clipping) are dropped with one.
 
@@ -28,7 +29,7 @@ import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, _decode_problems
 from yolo_jax.data.source_base import FileSource
 from yolo_jax.errors import ConfigError
 
@@ -47,6 +48,8 @@ def _load(path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise CocoJsonError(f'{path}:{e.lineno}: not valid JSON: {e.msg}') from None
+    except UnicodeDecodeError as e:
+        raise CocoJsonError(f'{path}: not a UTF-8 text file ({e.reason} at byte {e.start})') from None
     if not isinstance(data, dict):
         raise CocoJsonError(f'{path}: expected a JSON object with images, annotations and categories')
     missing = [k for k in ('images', 'annotations', 'categories') if not isinstance(data.get(k), list)]
@@ -102,8 +105,9 @@ def read_coco_json(
     Args:
         path: the JSON file.
         image_dir: folder that `file_name`s are relative to (default: the JSON's folder).
-        check_images: open every image header (existence, readability, size). Without it, width/height come
-            from the JSON and the format is guessed from the extension.
+        check_images: open every image (existence, size) and decode it in full, with the input pipeline's
+            decoder, so a truncated or corrupt image is reported here. Without it, width/height come from the
+            JSON and the format is guessed from the extension.
 
     Returns:
         (records ordered by image id, with float32 (N, 4) x1, y1, x2, y2 pixel boxes, int32 classes, the crowd
@@ -153,7 +157,8 @@ def read_coco_json(
             errors.append(f'{where}: needs positive integer width and height')
             continue
         images[iid] = {'path': str(image_path), 'width': int(width), 'height': int(height), 'format': image_format,
-                       'boxes': [], 'classes': [], 'crowd': []}
+                       'boxes': [], 'classes': [], 'crowd': [],
+                       'num_bytes': image_path.stat().st_size if check_images else -1}
 
     seen: set[int] = set()
     for k, ann in enumerate(data['annotations']):
@@ -205,9 +210,13 @@ def read_coco_json(
             line=iid,
             image_format=im['format'],
             difficult=np.asarray(im['crowd'], bool),
+            num_bytes=im['num_bytes'],
         )
         for iid, im in sorted(images.items())
     ]
+    if check_images:  # every image decoded in full now, as the input pipeline will, not in the first batch
+        _raise([f'{path}: image id {r.line}: {problem}'
+                for r, problem in zip(records, _decode_problems(records), strict=True) if problem])
     logging.info('Read %d images, %d boxes, %d classes from %s', len(records), sum(len(r.classes) for r in records),
                  len(names), path)
     return records, names

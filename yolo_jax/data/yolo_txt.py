@@ -9,7 +9,8 @@ not exist, `a.txt` beside the image (Darknet). A missing or empty label file mea
 Label line: `cls cx cy w h`: cls a 0-based integer index into the class-names file, the box centre and size
 normalised by the image width and height (in [0, 1]). Blank lines are skipped. Problems are reported as
 `<label file>:<line>`: errors (wrong field count, non-integer class, unknown class, non-finite or non-positive size,
-values outside [0, 1], i.e. pixel coordinates) raise one `YoloTxtError` listing every bad line; boxes reaching
+values outside [0, 1], i.e. pixel coordinates, a label file that is not UTF-8, an image that does not decode in full
+with the input pipeline's decoder) raise one `YoloTxtError` listing every bad line and image; boxes reaching
 outside the image are clipped with an `AnnotationWarning`.
 
 Records hold float32 x1, y1, x2, y2 pixel boxes: x1 = (cx - w / 2) * width, ... (no rounding).
@@ -28,7 +29,13 @@ import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, config_class_names
+from yolo_jax.data.annotations import (
+    AnnotationError,
+    AnnotationRecord,
+    AnnotationWarning,
+    _decode_problems,
+    config_class_names,
+)
 from yolo_jax.data.source_base import FileSource
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -51,7 +58,7 @@ def list_images(images: str | os.PathLike) -> list[Path]:
     if not p.is_file():
         raise YoloTxtError(f'{p}: no such image folder or list file')
     out = []
-    for number, raw in enumerate(p.read_text(encoding='utf-8').splitlines(), start=1):
+    for number, raw in enumerate(_read_text(p).splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith('#'):
             continue
@@ -64,6 +71,14 @@ def list_images(images: str | os.PathLike) -> list[Path]:
     if not out:
         raise YoloTxtError(f'{p}: no image paths')
     return out
+
+
+def _read_text(path: Path) -> str:
+    """The file's UTF-8 text; YoloTxtError naming it when it is not UTF-8."""
+    try:
+        return path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise YoloTxtError(f'{path}: not a UTF-8 text file ({e.reason} at byte {e.start})') from None
 
 
 def label_path(image: str | os.PathLike) -> Path:
@@ -105,7 +120,12 @@ def read_yolo_txt(images: str | os.PathLike, class_names: Sequence[str] | int) -
         label = label_path(image)
         boxes, classes = [], []
         if label.is_file():
-            for number, raw in enumerate(label.read_text(encoding='utf-8').splitlines(), start=1):
+            try:
+                text = _read_text(label)
+            except YoloTxtError as e:
+                errors.append(str(e))
+                continue
+            for number, raw in enumerate(text.splitlines(), start=1):
                 if not raw.strip():
                     continue
                 try:
@@ -126,11 +146,14 @@ def read_yolo_txt(images: str | os.PathLike, class_names: Sequence[str] | int) -
             height=height,
             line=index,
             image_format=image_format,
+            num_bytes=image.stat().st_size,
         ))
+    # Every image decoded in full now, as the input pipeline will, not in the first batch.
+    errors += [problem for problem in _decode_problems(records) if problem]
     if errors:
         shown = '\n'.join(errors[:_MAX_LISTED_ERRORS])
         more = f'\n... and {len(errors) - _MAX_LISTED_ERRORS} more' if len(errors) > _MAX_LISTED_ERRORS else ''
-        raise YoloTxtError(f'{len(errors)} bad YOLO label line(s):\n{shown}{more}')
+        raise YoloTxtError(f'{len(errors)} bad YOLO label line(s) or image(s) in {images}:\n{shown}{more}')
     logging.info('Read %d images (%d without a label file), %d boxes from %s', len(records), missing,
                  sum(len(r.classes) for r in records), images)
     return records
