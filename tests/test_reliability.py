@@ -443,3 +443,16 @@ def test_supervisor_names_the_lost_process(tmp_path):
                     supervise.report(NEVER_CONNECTED, process_id=1, **kw))
     _two_steps(tmp_path)  # step 2 damaged: the newest complete checkpoint is step 1
     assert supervise.newest_checkpoint(str(tmp_path)) == str(tmp_path.absolute() / 'checkpoints' / '1')
+
+
+def test_a_failed_start_leaves_no_workdir_and_results_are_world_readable(tmp_path):
+    """A start that fails on its data creates no empty workdir (issue: own photos I); atomically written results
+    are 0644 like the pictures beside them, not mkstemp's 0600."""
+    from yolo_jax.data.annotations import write_text_atomic
+
+    workdir = tmp_path / 'runs' / 'never'
+    proc = run_cli(_train('--config.data.dataset=foo')(tmp_path, workdir), {})
+    assert proc.returncode == 2 and 'unknown data set' in proc.stderr
+    assert not workdir.exists() and not (tmp_path / 'runs').exists()
+    write_text_atomic(tmp_path / 'out' / 'detections.json', '{}\n')
+    assert oct((tmp_path / 'out' / 'detections.json').stat().st_mode & 0o777) == '0o644'

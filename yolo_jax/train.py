@@ -59,10 +59,15 @@ def open_data(config: ml_collections.ConfigDict):
 
 
 def check_workdir(workdir: Path) -> None:
-    """Creates `workdir` and proves it writable now, not after the first epoch."""
+    """Proves `workdir` writable now, not after the first epoch, without creating it: a start that fails on its
+    config or data leaves no empty workdir behind (`setup` creates it once the data is checked)."""
+    existing = workdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f'.write_test_{os.getpid()}'
+        if not existing.is_dir():
+            raise NotADirectoryError(f'{existing} is not a directory')
+        probe = existing / f'.write_test_{os.getpid()}'
         probe.write_text('')
         probe.unlink()
     except OSError as e:
@@ -314,6 +319,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.
         from yolo_jax.data import check  # noqa: PLC0415
 
         check.check_at_start(config, data)
+    workdir.mkdir(parents=True, exist_ok=True)  # the config and data are checked: the run starts
     if jax.process_index() == 0:  # eval, detect and export of this workdir read it: no training flag repeated
         run_config.write(config, workdir)
     model, lr_fn, state = steps.build_model_and_state(config, schedule.steps_per_epoch, mode)

@@ -328,6 +328,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, 'w', encoding='utf-8') as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files, readable like the pictures
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from yolo_jax.data import decode
-from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning
+from yolo_jax.data.annotations import AnnotationError, AnnotationRecord, AnnotationWarning, _decode_problems
 from yolo_jax.data.yolo_txt import IMAGE_EXTENSIONS
 from yolo_jax.errors import summarize
 
@@ -253,6 +253,9 @@ def read_voc_xml(
             continue
         records.append(record)
         fixed += notes
+    # Every image decoded in full now, by the decoder training uses, not in the first batch.
+    errors += [f'{voc.path}: {problem}' for voc, problem in
+               zip([files[r.line] for r in records], _decode_problems(records), strict=True) if problem]
     if errors:
         raise VocXmlError(summarize(errors, f'{len(errors)} bad VOC XML annotation file(s):'))
     if not records:
