@@ -477,6 +477,12 @@ def build_network_onnx(model: Any, variables: dict, input_size: int) -> Any:
          for n, a in zip(names, closed.out_avals, strict=True)],
         initializer=g.initializers,
     )
+    return _checked_model(graph)
+
+
+def _checked_model(graph: Any) -> Any:
+    """The onnx.ModelProto of `graph` at this module's opset and IR version 8, checked."""
+    onnx = _onnx()
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', OPSET)],
                                    producer_name='yolo_jax')
     proto.ir_version = 8
@@ -513,11 +519,7 @@ def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
          onnx.helper.make_tensor_value_info('count', i32, ['batch'])],
         initializer=g.initializers,
     )
-    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', OPSET)],
-                                   producer_name='yolo_jax')
-    proto.ir_version = 8
-    onnx.checker.check_model(proto, full_check=False)
-    return proto
+    return _checked_model(graph)
 
 
 def export_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path) -> Path:
