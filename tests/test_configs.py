@@ -27,8 +27,9 @@ def _readme_overrides() -> list[tuple[str, str]]:
         if 'yolo_jax.main' not in line:
             continue
         args = shlex.split(line.split('yolo_jax.main', 1)[1].split('#')[0])
-        config = next(a.split('=', 1)[1] for a in args if a.startswith('--config='))
-        pairs += [(config, a) for a in args if a.startswith('--config.')]
+        config = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
+        if config is not None:  # eval/detect of a workdir read its own config (WORKDIR/config.py)
+            pairs += [(config, a) for a in args if a.startswith('--config.')]
     return pairs
 
 

@@ -268,7 +268,7 @@ def test_command_line(tmp_path):
     no_config = _cli('--config=configs/nope.py')
     assert no_config.returncode == 2
     assert no_config.stderr.strip().splitlines() == [
-        "error: --config=configs/nope.py: [Errno 2] No such file or directory: 'configs/nope.py'"]
+        'error: --config=configs/nope.py: no such file configs/nope.py']
 
     missing = _cli(*flags[:2], f'--config.data.train_annotations={tmp_path}/nope.txt',
                    f'--config.data.test_annotations={tmp_path}/set/test.txt',

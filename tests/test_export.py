@@ -227,6 +227,7 @@ def test_stretch_resize_exports(mnist_workdir):
     _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax stretch')
 
 
+@needs_onnx
 def test_yolov4_onnx_matches_jax():
     """YOLOv4's mish (x * tanh(softplus(x)), softplus traced as logaddexp: ne, abs, neg, exp, log1p, select)
     converts to ONNX: on random He-initialised weights (output convs scaled to maps of order 1) the network's raw
@@ -260,7 +261,7 @@ def test_yolov4_onnx_matches_jax():
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f'raw map {i}')
 
-    cfg = pp.PostprocessConfig.from_config(config)
+    cfg = pp.PostprocessConfig.from_spec(spec_of(config), config.eval, config.data.resize)
     images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     ref = _reference(model, variables, cfg, images)
     assert ref['count'].sum() > 0

@@ -31,7 +31,7 @@ def _small(variant: str, **model):
 def test_fold_batchnorm_equals_the_unfolded_network(variant):
     config = _small(variant)
     model = create_model(config.model)
-    variables = init_variables(model, jax.random.key(0), 64)
+    variables = init_variables(model, jax.random.key(0))
     # Non-trivial BN: random scale/bias/statistics, as after training.
     keys = iter(jax.random.split(jax.random.key(1), 10_000))
     perturb = lambda a: a + 0.5 * jax.random.uniform(next(keys), a.shape)  # noqa: E731

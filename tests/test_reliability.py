@@ -408,7 +408,7 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
         for p in procs:
             p.kill()
     stderr = logs[1 - killed].read_text()
-    lost = ('process 1 stopped answering' if killed == 1 else
+    lost = (r'process 1 stopped answering \(killed, crashed or unreachable\)' if killed == 1 else
             rf'process 0 \(the coordinator at {re.escape(address)}\) is gone')
     _assert_one_clean_error(stderr, code, rf'^error: process {1 - killed} of 2: {lost}; this process stopped too\. '
                             'Start the same commands again to resume from the last checkpoint: '

@@ -31,6 +31,7 @@ from absl import logging
 
 from yolo_jax import export, tracking, visualize
 from yolo_jax import postprocess as pp
+from yolo_jax.data import decode
 from yolo_jax.errors import DataError, MissingFileError
 from yolo_jax.progress import Progress
 
@@ -94,12 +95,10 @@ def read_batches(cap: Any, batch_size: int, max_frames: int | None = None) -> It
 
 def read_image_batches(paths: Sequence[str | Path], batch_size: int,
                        max_frames: int | None = None) -> Iterator[list[np.ndarray]]:
-    """As read_batches, from image files in the given order (detect.load_image: RGB, DataError if unreadable)."""
-    from yolo_jax.detect import load_image  # noqa: PLC0415  (detect imports this module)
-
+    """As read_batches, from image files in the given order (data/decode.py: RGB, DataError if unreadable)."""
     paths = list(paths)[:max_frames]
     for start in range(0, len(paths), batch_size):
-        yield [load_image(p) for p in paths[start : start + batch_size]]
+        yield [decode.decode_image(p) for p in paths[start : start + batch_size]]
 
 
 def detect_video(
