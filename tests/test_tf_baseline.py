@@ -99,7 +99,9 @@ def test_inference_outputs_match_flax(pair):
     got = [o.numpy() for o in keras_model(images, training=False)]
     assert [g.shape for g in got] == [w.shape for w in want]
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+        # 75 float32 convs summed in another order by oneDNN and XLA: ~1e-4 of the map's range (3.7e-4 / 3.5
+        # seen with the current jax/TF wheels), so the bound is 3e-4 of it; a wrong layer is off by O(1).
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=3e-4 * np.abs(w).max())
 
 
 @pytest.mark.parametrize('name, size, strides, anchors, c, n, b', CASES, ids=[c[0] for c in CASES])
