@@ -225,6 +225,11 @@ def test_cli_trains_on_a_generated_folder_without_a_split_or_a_class_count(tmp_p
     metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
     assert metrics['class_names'] == list(SORTED) and metrics['metrics']['num_images'] == len(saved['test'])
     assert (workdir / 'split.json').read_text() == before
+    # Nothing of the training command repeated: the run's own WORKDIR/config.py and the checkpoint's spec.
+    proc = _run(f'--workdir={workdir}', '--mode=eval', f'--output={tmp_path / "eval2"}')
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = json.loads((tmp_path / 'eval2' / 'metrics.json').read_text())
+    assert again['metrics'] == metrics['metrics'] and again['class_names'] == list(SORTED)
     # A bad dataset name is one error line naming the formats.
     proc = _run('--config=configs/photos.py:smoke', '--config.data.dataset=pascal', f'--workdir={tmp_path / "x"}')
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
