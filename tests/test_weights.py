@@ -109,7 +109,7 @@ def test_initial_variables_use_a_fetched_file_or_fall_back(tmp_path, caplog):
     darknet.save_weights(served, source_vars, mc)
 
     config.train.init_from_url = served.as_uri()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='absl'):
         variables = transfer.initial_variables(config, model)
     assert 'downloading it from file://' in caplog.text and 'Initialised 11 of 13 convolutions' in caplog.text
     assert Path(config.train.init_from).read_bytes() == served.read_bytes()
@@ -118,7 +118,7 @@ def test_initial_variables_use_a_fetched_file_or_fall_back(tmp_path, caplog):
 
     caplog.clear()
     config = _tiny_config(tmp_path / 'b', (tmp_path / 'absent' / 'smoke.weights').as_uri())
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger='absl'):
         fresh = transfer.initial_variables(config, model)
     assert 'training from scratch' in caplog.text and 'absent/smoke.weights failed' in caplog.text
     np.testing.assert_array_equal(fresh['params']['backbone']['conv_000']['conv']['kernel'],
