@@ -657,11 +657,6 @@ def analyse(config, splits: Sequence[SplitRecords], class_names: Sequence[str], 
 # Summaries and plots.
 
 
-def issue_count(report: dict) -> int:
-    """Problems found in all splits (images without boxes and duplicates not counted)."""
-    return sum(len(v) for s in report['splits'].values() for v in s['issues'].values())
-
-
 def summary_line(report: dict) -> str:
     """One line for a run's log: images / boxes per split, problems, duplicates and leaks, anchor coverage."""
     parts = [f"{name} {s['images']} images / {s['instances']} boxes" for name, s in report['splits'].items()]
