@@ -124,8 +124,9 @@ def load_detector(
     are read, so training-only settings (optimizer, clipping, freezing) play no part. Raises FileNotFoundError
     for a missing workdir, checkpoint or weights file, and ConfigError when the weights do not fit config.model.
     """
-    model, model_config = create_model(config.model), config.model
     if weights:
+        model_config = config.model
+        model = create_model(model_config)
         path = Path(weights).expanduser()
         if not path.is_file():
             raise MissingFileError(f'--weights: no such file {path}')
