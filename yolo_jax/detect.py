@@ -25,9 +25,9 @@ from absl import logging
 from PIL import Image
 
 from yolo_jax import inference, tracking, video, visualize
-from yolo_jax.data import decode
+from yolo_jax.data import decode, export_labels
 from yolo_jax.data.annotations import write_text_atomic
-from yolo_jax.errors import DataError, MissingFileError, summarize
+from yolo_jax.errors import DataError, FlagError, MissingFileError, summarize
 from yolo_jax.postprocess import postprocess_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -107,6 +107,7 @@ def detect_images(
     *,
     batch_size: int | None = None,
     track: tracking.TrackParams | None = None,
+    save_format: str | None = None,
 ) -> list[dict[str, Any]]:
     """Detects objects in `images` (a file, a directory or a glob) and writes the drawn images + detections.json.
 
@@ -122,9 +123,19 @@ def detect_images(
     With `track` (yolo_jax/tracking.py) the images are frames of one sequence, in name order: they go through
     video.detect_video (an annotated video, JSON lines with track ids, tracks.txt) as a video would.
 
+    With `save_format` (one of export_labels.FORMATS; still images only: FlagError with a video or `track`), the
+    detections are also written as a labelled set that labelling tools open, in OUTPUT/<save_format>
+    (data/export_labels.py), which must not exist yet (OutputExistsError, before the model runs).
+
     Returns the image entries. Raises DataError (listing them) when no input could be read.
     """
-    if isinstance(images, (str, Path, int)) and video.is_video(images):  # a video file or camera index
+    is_video = isinstance(images, (str, Path, int)) and video.is_video(images)  # a video file or camera index
+    if save_format and (is_video or track is not None):
+        raise FlagError(f'--save_format={save_format} writes label files for still images, not for a video, '
+                        'camera or --track')
+    if save_format:  # before the model runs: never replace a set that may hold corrections
+        export_labels.check_free(inference.output_dir(output, workdir, 'detect'), save_format)
+    if is_video:
         return [_detect_video(config, workdir, images, output, weights, batch_size, track)]
     paths = find_images(images)
     if track is not None:  # an image sequence
@@ -182,6 +193,9 @@ def detect_images(
     finally:  # also when a failure stops the run: keep what is done, marked incomplete
         record = {'images': results, 'errors': skipped, 'complete': complete}
         write_text_atomic(output / 'detections.json', json.dumps(record, indent=1) + '\n')
+    if save_format and results:
+        labelled = export_labels.write_label_set(save_format, results, names, output)
+        print(f'labels ({save_format}) of {len(results)} image(s) → {labelled}')
     if not results:
         raise DataError(summarize([f"{e['error']}" for e in skipped], f'none of the {len(paths)} input(s) could be '
                                   f'read as an image (listed in {output / "detections.json"}):', limit=5))

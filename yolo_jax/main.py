@@ -22,6 +22,9 @@ flags.DEFINE_string('video', None, 'detect: a video file or camera index (a vide
 flags.DEFINE_string('output', None, 'detect/eval: where to write results (default: WORKDIR/<mode>).')
 flags.DEFINE_bool('track', False, 'detect: track objects across the frames of a video, camera or image folder (in '
                   'name order): ids in the video and JSON lines, tracks.txt (MOTChallenge); config.track thresholds.')
+flags.DEFINE_enum('save_format', None, ['voc_xml', 'yolo_txt', 'coco_json'], 'detect: also write the detections '
+                  '(score > config.eval.score_threshold) as a labelled set for labelling tools, images included, in '
+                  'OUTPUT/<format> (data/export_labels.py); still images only.')
 flags.DEFINE_enum('tracker', 'bytetrack', ['bytetrack', 'sort'], 'detect --track: the tracker.')
 flags.DEFINE_string('weights', None, 'detect/eval: a Darknet .weights file to use instead of the checkpoint.')
 flags.DEFINE_bool('xla_cpu_ynn_dot', True, 'On CPU with float32, run dots and reductions with YNNPACK (XLA flag '
@@ -54,6 +57,8 @@ class _QuietLibraries:
 def main() -> None:
     if FLAGS.mode == 'detect' and not (FLAGS.video or FLAGS.images):  # before the restart and the imports
         raise FlagError('--mode=detect needs --images=PATH|DIR|GLOB|VIDEO or --video=PATH|CAMERA_INDEX')
+    if FLAGS.save_format and FLAGS.mode != 'detect':
+        raise FlagError(f'--save_format={FLAGS.save_format} is for --mode=detect')
     if FLAGS.jemalloc:
         cpu_env.exec_with_jemalloc(['-m', 'yolo_jax.main', *sys.argv[1:]])
     if (FLAGS.coordinator_address or FLAGS.distributed) and not supervise.is_child():
@@ -110,7 +115,8 @@ def run_mode(config) -> None:
             from yolo_jax import tracking  # noqa: PLC0415
 
             track = tracking.TrackParams.from_config(config.track, FLAGS.tracker)
-        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights, track=track)
+        detect.detect_images(config, FLAGS.workdir, images, output=FLAGS.output, weights=FLAGS.weights, track=track,
+                              save_format=FLAGS.save_format)
 
 
 if __name__ == '__main__':
