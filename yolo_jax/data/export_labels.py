@@ -20,9 +20,10 @@ Every image detect read gets a label file, also one without detections (an empty
 looked at, and has nothing. Boxes are clipped to the image; a box with no area inside it is left out.
 
 Rounding: VOC corners are integers in VOC's 1-based pixel convention as LabelImg writes them (xmin, ymin >= 1,
-xmax <= width, ymax <= height; at least 1 px wide and high); voc_xml.py reads them back as written, so a box comes
-back within 0.5 px (1 px at the left / top border and for boxes under 1 px). YOLO values have 8 decimals
-(yolo_txt.format_label; 1e-5 px at 1000 px), COCO values are full-precision floats.
+xmax <= width, ymax <= height; at least 1 px wide and high). voc_xml.py keeps the numbers as written (no -1, as
+TFDS), so they are written without +1: the rounded pixel coordinates, and a box comes back within 0.5 px (1 px at
+the left / top border, where 0 is written as 1; up to 1.5 px for a box under 1 px, widened). YOLO values have 8
+decimals (yolo_txt.format_label; 1e-5 px at 1000 px), COCO values are full-precision floats.
 
 The folder is written under a temporary name and renamed when complete, so it is never half-written; an existing
 OUTPUT/<format> is never replaced (it may hold corrections): `check_free` raises OutputExistsError.
