@@ -24,6 +24,7 @@ mAP table and the confusion matrix's diagonal is the TP count the F1 curve count
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from yolo_jax.evaluation.metrics import VOC_IOU_THRESHOLD, box_flags, voc_ap, vo
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)  # recall points of the PR plot; score thresholds of the F1 plot
 SIZE_BUCKETS = (('small', 0.0, 32.0 ** 2), ('medium', 32.0 ** 2, 96.0 ** 2), ('large', 96.0 ** 2, math.inf))
 PNG_NAMES = ('pr_curves', 'confusion_matrix', 'f1_threshold', 'ap_by_size')
+IMAGE_PREFIX = 'diagnostics/'  # of the Result's images (TensorBoard tags) holding the plots
 
 
 def class_matches(detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int,
@@ -227,9 +229,9 @@ def confusion_matrix(detections: Sequence[dict], ground_truth: Sequence[dict], n
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """Areas (n,) of xyxy boxes (n, 4) in pixels^2, w * h without VOC's +1 (COCO's area)."""
+    """Areas (n,) of xyxy boxes (n, 4) in pixels^2, w * h without VOC's +1 (COCO's area); 0 for a degenerate box."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.maximum(boxes[:, 2] - boxes[:, 0], 0.0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0.0)
 
 
 def ap_by_size(detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int,
@@ -347,6 +349,27 @@ def images(diag: dict[str, Any], class_names: Sequence[str]) -> dict[str, np.nda
             'f1_threshold': plots.f1_threshold(diag['f1'], class_names),
             'ap_by_size': plots.ap_by_size(diag['ap_by_size'],
                                            diag['coco_ap_by_size'] if 'coco_ap_by_size' in diag else None)}
+
+
+def add_to(result: Any, detections: Sequence[dict], ground_truth: Sequence[dict], class_names: Sequence[str], *,
+           score_threshold: float, truncate_detections: bool = True, use_07_metric: bool = False) -> Any:
+    """An `evaluator.Result` of the detection metrics with the diagnostics added: artifact 'diagnostics' (`compute`),
+    images 'diagnostics/<png name>' (1, H, W, 3), `scalars`, and `summary` after the per-class table."""
+    metrics = result.metrics
+    diag = compute(detections, ground_truth, len(class_names), score_threshold=score_threshold,
+                   truncate_detections=truncate_detections, use_07_metric=use_07_metric,
+                   coco=metrics['coco'] if 'coco' in metrics else None)
+    pictures = {f'{IMAGE_PREFIX}{k}': v[None] for k, v in images(diag, class_names).items()}
+    return dataclasses.replace(result, scalars={**result.scalars, **scalars(diag)},
+                               details=f'{result.details}\n{summary(diag, class_names)}'.lstrip('\n'),
+                               images={**result.images, **pictures},
+                               artifacts={**result.artifacts, 'diagnostics': diag})
+
+
+def write_result(directory: str | Path, result: Any) -> list[Path]:
+    """`write_files` of a Result that `add_to` completed: its 'diagnostics' artifact and 'diagnostics/' images."""
+    pictures = {k[len(IMAGE_PREFIX):]: v[0] for k, v in result.images.items() if k.startswith(IMAGE_PREFIX)}
+    return write_files(directory, result.artifacts['diagnostics'], pictures)
 
 
 def _finite(x: Any) -> Any:
