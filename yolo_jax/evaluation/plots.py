@@ -127,8 +127,9 @@ def confusion_matrix(cm: dict[str, Any], class_names: Sequence[str]) -> np.ndarr
     x0, y0 = pad, pad + 40
     share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
     for i in range(n):
-        draw.text((x0 - 4, y0 + i * cell + cell / 2), names[i][:24], fill=BLACK, font=_font(label), anchor='rm')
-        _vertical_text(image, (x0 + i * cell + cell // 2, y0 - 4), names[i][:24], label)
+        if cell >= 9:  # else (many classes) the names would overlap: the JSON has the counts
+            draw.text((x0 - 4, y0 + i * cell + cell / 2), names[i][:24], fill=BLACK, font=_font(label), anchor='rm')
+            _vertical_text(image, (x0 + i * cell + cell // 2, y0 - 4), names[i][:24], label)
         for j in range(n):
             shade = int(255 * (1 - 0.85 * share[i, j]))
             box = [x0 + j * cell, y0 + i * cell, x0 + (j + 1) * cell, y0 + (i + 1) * cell]
