@@ -3,7 +3,8 @@
 Settings (config.eval, all checked when the evaluator is built): detections for mAP are post-processed with
 `map_score_threshold` (0.005) and at most `map_max_detections` (100) per image after NMS (`nms_method`,
 `nms_iou_threshold`, `soft_nms_sigma`), as the VOC/COCO protocols are run, not with the drawing threshold
-`score_threshold` / `max_detections`, which only the TensorBoard grid of detections uses; `voc_metric`
+`score_threshold` / `max_detections`, which only the TensorBoard grid of detections uses (and `score_threshold`
+the diagnostics' confusion matrix, on the mAP detections); `voc_metric`
 ('all_point' | '11_point') and `voc_truncate_boxes` choose the VOC protocol (metrics.voc_map).
 """
 
