@@ -202,6 +202,7 @@ class Reporter:
             self.writer.write_hparams({k: v for k, v in _flatten(config).items()
                                        if isinstance(v, int | float | str | bool)})
         self.metrics_file = MetricsFile(workdir, is_main, start_step)
+        self.diagnostics_dir = workdir / 'diagnostics' if is_main else None
         self.progress = Progress(schedule.total_steps, start_step)
         self.report_progress = periodic_actions.ReportProgress(num_train_steps=schedule.total_steps,
                                                                writer=self.writer, every_steps=None, every_secs=60.0)
@@ -218,8 +219,12 @@ class Reporter:
 
     def evaluation(self, step: int, epoch: int, result: Any) -> None:
         """An evaluator's `Result`: its console line (and, at the last step, its details), TensorBoard val/<name>
-        scalars and images, one metrics.jsonl record of its kind."""
+        scalars and images, one metrics.jsonl record of its kind; its diagnostics (if any) into WORKDIR/diagnostics/."""
         self.progress.log(result.summary)
+        if 'diagnostics' in result.artifacts and self.diagnostics_dir is not None:
+            from yolo_jax.evaluation.diagnostics import write_result  # noqa: PLC0415
+
+            write_result(self.diagnostics_dir, result)
         if step == self.schedule.total_steps and result.details:
             self.progress.log('\n' + result.details)
         if result.images:
@@ -355,9 +360,11 @@ def fetch(run: Run, pending: tuple[int, int, dict] | None) -> None:
     run.reporter.train(step, epoch, metrics)
 
 
-def evaluate_and_report(run: Run, evaluator: Any, state: steps.TrainState, step: int, epoch: int) -> Any:
-    """Runs an evaluator on the weights the run evaluates (the EMA's when on) and reports its `Result`."""
-    result = evaluator.run(steps.eval_state(state))
+def evaluate_and_report(run: Run, evaluator: Any, state: steps.TrainState, step: int, epoch: int,
+                        **options: Any) -> Any:
+    """Runs an evaluator on the weights the run evaluates (the EMA's when on), with `options` for its `run`,
+    and reports its `Result`."""
+    result = evaluator.run(steps.eval_state(state), **options)
     run.reporter.evaluation(step, epoch, result)
     return result
 
@@ -383,7 +390,8 @@ def end_of_epoch(run: Run, state: steps.TrainState, step: int, epoch: int, epoch
     logging.info('epoch %d done in %.1f s (%.2f img/s)', epoch, epoch_time,
                  steps_done * t.batch_size / max(epoch_time, 1e-9))
     if s.due(t.map_every_epochs, epoch, step):
-        evaluate_and_report(run, run.detection, state, step, epoch)
+        # The last one adds the diagnostics (evaluation/diagnostics.py) to TensorBoard and WORKDIR/diagnostics/.
+        evaluate_and_report(run, run.detection, state, step, epoch, diagnostics=step == s.total_steps)
     run.reporter.writer.flush()
     return state
 

@@ -8,8 +8,11 @@
                  the weights by the training loop's periodic actions and by --mode=eval alike.
   validation.py  `ValidationLoss`: giou / conf / prob / total loss on the eval split.
   detection.py   `DetectionMetrics`: VOC mAP@0.5 and COCO mAP@[.5:.95] with config.eval's protocol settings.
-  command.py     --mode=eval: DetectionMetrics on a checkpoint, the per-class table, metrics.json, detections.json.
+  diagnostics.py pure functions of the same host data: per-class PR curves, a confusion matrix with background,
+                 F1 against the score threshold, AP by object size; `DetectionMetrics` adds them on request (the
+                 last training evaluation, --mode=eval). plots.py draws them (PIL).
+  command.py     --mode=eval: DetectionMetrics on a checkpoint, the per-class table, metrics.json, detections.json,
+                 the diagnostics' JSON and PNGs.
 
-A further evaluator (e.g. diagnostics: PR curves, a confusion matrix) is one more module beside validation.py and
-detection.py returning a `Result`.
+A further evaluator is one more module beside validation.py and detection.py returning a `Result`.
 """

@@ -3,7 +3,8 @@
     python -m yolo_jax.main --config=configs/mnist.py --workdir=DIR --mode=eval
 
 Runs `detection.DetectionMetrics` (the evaluator the training loop reports mAP with) on the config.eval.split set,
-prints the per-class table and writes metrics.json and detections.json.
+prints the per-class table and the diagnostics' summary, and writes metrics.json, detections.json and the
+diagnostics (diagnostics.json, pr_curves.png, confusion_matrix.png, f1_threshold.png, ap_by_size.png).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from absl import logging
 
 from yolo_jax import inference
 from yolo_jax.data.annotations import write_text_atomic
+from yolo_jax.evaluation import diagnostics
 from yolo_jax.evaluation.detection import DetectionMetrics, check_eval_config
 
 # The config.eval fields metrics.json records under 'settings'.
@@ -50,10 +52,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """`--mode=eval`: the best checkpoint in workdir (or Darknet `weights`) on the config.eval.split set.
 
-    Prints the per-class table and writes output/metrics.json (metrics, settings, source) and
-    output/detections.json (per image: image_id, boxes xyxy original pixels, scores, classes); output defaults
-    to workdir/eval. With several processes each evaluates its shard, the results are gathered and process 0
-    writes the files. Returns the metrics.
+    Prints the per-class table and the diagnostics' summary and writes output/metrics.json (metrics, settings,
+    source), output/detections.json (per image: image_id, boxes xyxy original pixels, scores, classes) and the
+    diagnostics (`diagnostics.write_files`); output defaults to workdir/eval. With several processes each
+    evaluates its shard, the results are gathered and process 0 writes the files. Returns the metrics.
     """
     from yolo_jax.train import open_data  # noqa: PLC0415  (TensorFlow: only when data is needed)
 
@@ -63,7 +65,7 @@ def evaluate_checkpoint(
     data = open_data(config)
     batch_size = -(-int(config.train.eval_batch_size) // jax.process_count())  # per process
     evaluator = DetectionMetrics(config, spec, model, lambda: data.eval_batches(batch_size, split))
-    result = evaluator.evaluate(variables)
+    result = evaluator.evaluate(variables, diagnostics=True)
     metrics = result.metrics
     print(result.details)
     logging.info('Evaluation on %s (%d images): VOC mAP@0.5 %.4f, COCO mAP@[.5:.95] %.4f', split,
@@ -76,7 +78,11 @@ def evaluate_checkpoint(
             'class_names': list(spec.class_names),
             'metrics': metrics,
         }
-        write_files(inference.output_dir(output, workdir, 'eval'), record, result.artifacts)
+        out = inference.output_dir(output, workdir, 'eval')
+        write_files(out, record, {k: v for k, v in result.artifacts.items() if k != 'diagnostics'})
+        diagnostics.write_result(out, result)
+        print(f'wrote the diagnostics (diagnostics.json, {", ".join(f"{n}.png" for n in diagnostics.PNG_NAMES)}) '
+              f'into {out}')
     return metrics
 
 

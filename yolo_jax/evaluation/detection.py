@@ -3,7 +3,8 @@
 Settings (config.eval, all checked when the evaluator is built): detections for mAP are post-processed with
 `map_score_threshold` (0.005) and at most `map_max_detections` (100) per image after NMS (`nms_method`,
 `nms_iou_threshold`, `soft_nms_sigma`), as the VOC/COCO protocols are run, not with the drawing threshold
-`score_threshold` / `max_detections`, which only the TensorBoard grid of detections uses; `voc_metric`
+`score_threshold` / `max_detections`, which only the TensorBoard grid of detections uses (and `score_threshold`
+the diagnostics' confusion matrix, on the mAP detections); `voc_metric`
 ('all_point' | '11_point') and `voc_truncate_boxes` choose the VOC protocol (metrics.voc_map).
 """
 
@@ -21,6 +22,7 @@ from yolo_jax import inference, visualize
 from yolo_jax import postprocess as pp
 from yolo_jax.data.letterbox import letterbox_boxes
 from yolo_jax.errors import ConfigError
+from yolo_jax.evaluation import diagnostics as diagnostics_lib
 from yolo_jax.evaluation.evaluator import Result
 from yolo_jax.evaluation.metrics import compute_metrics, format_table
 from yolo_jax.evaluation.runner import collect_detections, gather_across_processes
@@ -77,23 +79,30 @@ class DetectionMetrics:
         self.map_cfg = pp.map_postprocess_config(config, spec)
         self.draw_cfg = pp.postprocess_config(config, spec)  # the drawing threshold
         self.voc_options = voc_options(config.eval)
+        self.score_threshold = float(config.eval.score_threshold)  # the diagnostics' confusion matrix
 
-    def run(self, state: Any) -> Result:
-        """The metrics of a TrainState's {'params', 'batch_stats'}."""
-        return self.evaluate(jax.device_get(state.variables))
+    def run(self, state: Any, diagnostics: bool = False) -> Result:
+        """The metrics of a TrainState's {'params', 'batch_stats'} (and the diagnostics: see `evaluate`)."""
+        return self.evaluate(jax.device_get(state.variables), diagnostics=diagnostics)
 
-    def evaluate(self, variables: dict) -> Result:
+    def evaluate(self, variables: dict, diagnostics: bool = False) -> Result:
         """The metrics of `variables` (of `model`). Result: scalars SCALARS, metrics `compute_metrics`'s dict,
-        details the per-class table, artifacts {'detections': per image, boxes xyxy in original pixels}."""
+        details the per-class table, artifacts {'detections': per image, boxes xyxy in original pixels}.
+        diagnostics: also `diagnostics_lib.add_to` (PR curves, confusion matrix at config.eval.score_threshold,
+        F1 against the threshold, AP by size): their summary, scalars, images and artifact 'diagnostics'."""
         detections, ground_truth = collect_detections(self.map_cfg, self.model, variables, self.batches())
         detections, ground_truth = gather_across_processes(detections, ground_truth, self.map_cfg.max_detections)
         metrics = compute_metrics(detections, ground_truth, self.spec.num_classes, **self.voc_options)
         scalars = {k: float(metrics[k]) for k in SCALARS if k in metrics}
         summary = (f"mAP@0.5 (VOC): {scalars['map50']:.4f}, "
                    f"mAP@[.5:.95] (COCO): {scalars.get('coco_map', math.nan):.4f}")
-        return Result(self.kind, scalars, summary, details=format_table(metrics, self.spec.class_names),
-                      metrics=metrics, images=self._draw(variables) if self.draw_images else {},
-                      artifacts={'detections': detections})
+        result = Result(self.kind, scalars, summary, details=format_table(metrics, self.spec.class_names),
+                        metrics=metrics, images=self._draw(variables) if self.draw_images else {},
+                        artifacts={'detections': detections})
+        if not diagnostics:
+            return result
+        return diagnostics_lib.add_to(result, detections, ground_truth, self.spec.class_names,
+                                      score_threshold=self.score_threshold, **self.voc_options)
 
     def _draw(self, variables: dict) -> dict[str, np.ndarray]:
         """{'detections': (1, H, W, 3)} a grid of the first eval batch's images (network inputs) with the boxes

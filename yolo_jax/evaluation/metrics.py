@@ -113,41 +113,9 @@ def voc_map(
     per_class = []
     aps = []
     for c in range(num_classes):
-        gts, diffs = [], []  # per image: that class's ground-truth boxes and difficult flags
-        for g in ground_truth:
-            cls = np.asarray(g['classes']).reshape(-1)
-            gts.append(np.asarray(g['boxes'], np.float64).reshape(-1, 4)[cls == c])
-            diffs.append(box_flags(g, 'difficult', len(cls))[cls == c] if use_difficult
-                         else np.zeros(len(gts[-1]), bool))
-        num_gt = sum(int((~d).sum()) for d in diffs)
-        num_difficult = sum(int(d.sum()) for d in diffs)
-        det_img, det_box, det_score = [], [], []
-        for i, d in enumerate(detections):
-            cls = np.asarray(d['classes']).reshape(-1)
-            m = cls == c
-            boxes = np.asarray(d['boxes'], np.float64).reshape(-1, 4)[m]
-            det_img += [i] * int(m.sum())
-            det_box.append(np.trunc(boxes) if truncate_detections else boxes)  # upstream's np.int32 cast
-            det_score.append(np.asarray(d['scores'], np.float64).reshape(-1)[m])
-        scores = np.concatenate(det_score) if det_score else np.zeros(0)
-        boxes = np.concatenate(det_box) if det_box else np.zeros((0, 4))
-        order = np.argsort(-scores, kind='stable')
-        used = [np.zeros(len(g), bool) for g in gts]
-        tp = np.zeros(len(order))
-        fp = np.ones(len(order))
-        for rank, j in enumerate(order):
-            img = det_img[j]
-            if len(gts[img]) == 0:
-                continue  # FP
-            ov = voc_iou(boxes[j], gts[img])
-            best = int(np.argmax(ov))  # first maximum, like upstream's strict `ov > ovmax` scan
-            if ov[best] >= iou_threshold:
-                if diffs[img][best]:
-                    fp[rank] = 0  # matched a difficult box: neither TP nor FP (the devkit)
-                elif not used[img][best]:
-                    tp[rank], fp[rank] = 1, 0
-                    used[img][best] = True
-        entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(order)), 'num_tp': int(tp.sum()),
+        m = voc_class_matches(detections, ground_truth, c, iou_threshold, truncate_detections, use_difficult)
+        tp, fp, num_gt, num_difficult = m['tp'], m['fp'], m['num_gt'], m['num_difficult']
+        entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(tp)), 'num_tp': int(tp.sum()),
                  'num_difficult': num_difficult}
         if num_gt > 0:
             ctp, cfp = np.cumsum(tp), np.cumsum(fp)
@@ -159,6 +127,59 @@ def voc_map(
         'per_class': per_class,
         'num_classes_with_gt': len(aps),
     }
+
+
+def voc_class_matches(
+    detections: Sequence[dict],
+    ground_truth: Sequence[dict],
+    c: int,
+    iou_threshold: float = VOC_IOU_THRESHOLD,
+    truncate_detections: bool = True,
+    use_difficult: bool = True,
+) -> dict[str, Any]:
+    """voc_map's matching of class `c` (see the module docstring): its detections of all images in confidence
+    order (stable), each TP, FP or neither (matched a difficult box).
+
+    Returns {'scores' (k,) descending, 'tp' (k,) and 'fp' (k,) 0/1 floats (both 0: ignored), 'image' (k,) int
+    image positions, 'boxes' (k, 4) xyxy original pixels as matched (truncated when `truncate_detections`),
+    'num_gt' (non-difficult boxes of c), 'num_difficult'}.
+    """
+    gts, diffs = [], []  # per image: that class's ground-truth boxes and difficult flags
+    for g in ground_truth:
+        cls = np.asarray(g['classes']).reshape(-1)
+        gts.append(np.asarray(g['boxes'], np.float64).reshape(-1, 4)[cls == c])
+        diffs.append(box_flags(g, 'difficult', len(cls))[cls == c] if use_difficult
+                     else np.zeros(len(gts[-1]), bool))
+    num_gt = sum(int((~d).sum()) for d in diffs)
+    num_difficult = sum(int(d.sum()) for d in diffs)
+    det_img, det_box, det_score = [], [], []
+    for i, d in enumerate(detections):
+        cls = np.asarray(d['classes']).reshape(-1)
+        m = cls == c
+        boxes = np.asarray(d['boxes'], np.float64).reshape(-1, 4)[m]
+        det_img += [i] * int(m.sum())
+        det_box.append(np.trunc(boxes) if truncate_detections else boxes)  # upstream's np.int32 cast
+        det_score.append(np.asarray(d['scores'], np.float64).reshape(-1)[m])
+    scores = np.concatenate(det_score) if det_score else np.zeros(0)
+    boxes = np.concatenate(det_box) if det_box else np.zeros((0, 4))
+    order = np.argsort(-scores, kind='stable')
+    used = [np.zeros(len(g), bool) for g in gts]
+    tp = np.zeros(len(order))
+    fp = np.ones(len(order))
+    for rank, j in enumerate(order):
+        img = det_img[j]
+        if len(gts[img]) == 0:
+            continue  # FP
+        ov = voc_iou(boxes[j], gts[img])
+        best = int(np.argmax(ov))  # first maximum, like upstream's strict `ov > ovmax` scan
+        if ov[best] >= iou_threshold:
+            if diffs[img][best]:
+                fp[rank] = 0  # matched a difficult box: neither TP nor FP (the devkit)
+            elif not used[img][best]:
+                tp[rank], fp[rank] = 1, 0
+                used[img][best] = True
+    return {'scores': scores[order], 'tp': tp, 'fp': fp, 'image': np.asarray(det_img, np.int64)[order],
+            'boxes': boxes[order], 'num_gt': num_gt, 'num_difficult': num_difficult}
 
 
 def box_flags(g: dict, key: str, n: int) -> np.ndarray:
