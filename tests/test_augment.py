@@ -271,3 +271,30 @@ def test_random_mosaic_probability_and_determinism():
         a, b = (fn(tf.constant([7, s], tf.int64), tf.constant(1.0)) for _ in range(2))
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['boxes'], b['boxes'])
+
+
+def test_orientation_boxes_follow_the_pixels_in_all_eight_orientations():
+    """vertical flip x transpose (with the left-right flip of random_augment: the 8 orientations of a square):
+    the image is one of NumPy's four candidates, the boxes lie on their coloured rectangles, p=0 is the identity."""
+    image, boxes = scene()
+    candidates = {(f, t): (np.flipud(image) if f else image).transpose(*((1, 0, 2) if t else (0, 1, 2)))
+                  for f in (False, True) for t in (False, True)}
+    orient = tf.function(augment.random_orientation)
+    seen = set()
+    for i in range(40):
+        seed = tf.constant([5, i], tf.int64)
+        out, out_boxes = (x.numpy() for x in orient(image, boxes, seed, 0.5, 0.5))
+        which = [k for k, c in candidates.items() if c.shape == out.shape and np.array_equal(c, out)]
+        assert len(which) == 1
+        seen.add(which[0])
+        check_boxes_on_objects(out, out_boxes)
+        again, again_boxes = (x.numpy() for x in orient(image, boxes, seed, 0.5, 0.5))  # stateless: same draw
+        np.testing.assert_array_equal(again, out)
+        np.testing.assert_array_equal(again_boxes, out_boxes)
+    assert seen == set(candidates)
+    same, same_boxes = (x.numpy() for x in orient(image, boxes, tf.constant([5, 0], tf.int64), 0.0, 0.0))
+    np.testing.assert_array_equal(same, image)
+    np.testing.assert_array_equal(same_boxes, boxes)
+    # By hand, both applied to the 90 x 120 image: (20, 15, 45, 40) → y mirrored (20, 50, 45, 75) → (50, 20, 75, 45).
+    _, hand = orient(image, boxes[:1], tf.constant([5, 0], tf.int64), 1.0, 1.0)
+    np.testing.assert_array_equal(hand.numpy(), [[50, 20, 75, 45]])

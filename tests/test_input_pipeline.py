@@ -263,7 +263,8 @@ def test_hsv_alone_changes_colours_not_boxes_and_bad_values(source):
         np.testing.assert_array_equal(x['boxes'], y['boxes'])
         np.testing.assert_array_equal(x['labels'][0], y['labels'][0])
         assert np.abs(x['image'] - y['image']).mean() > 0.01
-    for field, value in [('mosaic', 1.5), ('mosaic', -0.1), ('hsv_gains', (0.1, 0.2)), ('hsv_gains', (0.1, 0.2, -1))]:
+    for field, value in [('mosaic', 1.5), ('mosaic', -0.1), ('hsv_gains', (0.1, 0.2)), ('hsv_gains', (0.1, 0.2, -1)),
+                         ('vertical_flip', 1.5), ('transpose', -0.5)]:
         bad = get_config('yolov3', 96)
         bad.data[field] = value
         with pytest.raises(ConfigError, match=f'config.data.{field}'):

@@ -117,6 +117,11 @@ def default_config() -> ml_collections.ConfigDict:
     # ... and HSV jitter of the letterboxed input: per image, hue/saturation/value times 1 + U(-g, g) for g in
     # these gains ((0, 0, 0) = off; YOLOv5: (0.015, 0.7, 0.4)).
     d.hsv_gains = (0.0, 0.0, 0.0)
+    # Training only: pictures without an "up" (microscope slides, aerial views) may also be mirrored top-bottom
+    # (probability vertical_flip) and have their axes swapped (probability transpose; at 0.5 with the left-right
+    # flip of `augment`: all 8 rotations and mirror images equally likely). 0 = off, as the reference.
+    d.vertical_flip = 0.0
+    d.transpose = 0.0
     d.resize = 'letterbox'  # or 'stretch' (resize to the square input ignoring the aspect ratio)
     d.label_smoothing = 0.01
     d.positive_iou = 0.3  # anchors with IoU > this are responsible for a box

@@ -125,6 +125,15 @@ def _extra_augmentations(config) -> tuple[float, tuple[float, float, float]]:
     return mosaic, gains
 
 
+def _orientation(data_config) -> tuple[float, float]:
+    """(config.data.vertical_flip, config.data.transpose): probabilities, checked."""
+    probabilities = (data_config.vertical_flip, data_config.transpose)
+    for name, p in zip(('vertical_flip', 'transpose'), probabilities, strict=True):
+        if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f'config.data.{name}: a probability in [0, 1], got {p!r}')
+    return float(probabilities[0]), float(probabilities[1])
+
+
 def check_multi_scale(spec: DetectionSpec, train_config) -> tuple[int, ...]:
     """config.train.multi_scale_sizes as ints (() = off); ConfigError naming the field for a side that is not a
     positive multiple of the network's downsampling (`spec_lib.size_multiple`), or a period below 1."""
@@ -170,6 +179,7 @@ def _prepare_fn(config, size: int, *, augment_seed: tuple[int, int, int] | None,
     if mode not in letterbox_lib.RESIZE_MODES:
         raise ConfigError(f'config.data.resize: unknown mode {mode!r}; expected one of {letterbox_lib.RESIZE_MODES}')
     _, hsv_gains = _extra_augmentations(config)
+    orientation = _orientation(config.data)
 
     def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example['image']
@@ -183,6 +193,9 @@ def _prepare_fn(config, size: int, *, augment_seed: tuple[int, int, int] | None,
             keep = tf.logical_not(difficult)
             boxes, classes, difficult = (tf.boolean_mask(x, keep) for x in (boxes, classes, difficult))
         orig_size = tf.shape(image)[:2]
+        if augment_seed is not None and any(orientation):
+            key = augment_lib.sub_seed(_example_key(augment_seed, index), augment_lib.ORIENTATION_STREAM)
+            image, boxes = augment_lib.random_orientation(image, boxes, key, *orientation)
         if augment_seed is not None and config.data.augment:
             image, boxes = augment_lib.random_augment(image, boxes, _example_key(augment_seed, index))
         image, boxes = letterbox_lib.resize_image_and_boxes(image, boxes, size, mode)

@@ -113,10 +113,29 @@ def random_augment(image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor) -> tuple
     return image, boxes
 
 
-# Sub-seed streams folded into an example's key, so that HSV jitter and mosaic draw independently of
+# Sub-seed streams folded into an example's key, so that HSV jitter, mosaic and orientation draw independently of
 # `random_augment` (which splits the key itself) and of each other.
 HSV_STREAM = 1
 MOSAIC_STREAM = 2
+ORIENTATION_STREAM = 3
+
+
+def random_orientation(image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, vertical_flip: float,
+                       transpose: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """For pictures without an "up" (microscope slides, aerial and top-down views): with probability
+    `vertical_flip` mirrors image (H, W, C) top-bottom (y1' = H - y2, y2' = H - y1), then with probability
+    `transpose` swaps its axes (W, H, C: x and y of every box swapped). With random_augment's left-right flip and
+    both at 0.5 every one of the 8 rotations and mirror images of a square is equally likely.
+    boxes: (N, 4) float32 x1, y1, x2, y2 pixels → the same in the returned image's pixels."""
+    u = _uniform(seed, 2)
+    height = tf.cast(tf.shape(image)[0], boxes.dtype)
+    flip = u[0] < vertical_flip
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[0]), lambda: image)
+    boxes = tf.where(flip, tf.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], axis=1),
+                     boxes)
+    swap = u[1] < transpose
+    image = tf.cond(swap, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    return image, tf.where(swap, tf.gather(boxes, [1, 0, 3, 2], axis=1), boxes)
 
 
 def sub_seed(seed: tf.Tensor, stream: int) -> tf.Tensor:
