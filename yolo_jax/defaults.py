@@ -170,6 +170,11 @@ def default_config() -> ml_collections.ConfigDict:
     # batch_size stays the batch of one forward pass; the effective batch is grad_accum_steps x batch_size and the
     # learning-rate schedule counts updates (warm-up and cosine keep their lengths in epochs). 1 = off.
     t.grad_accum_steps = 1
+    # Training longer: a finished run given more config.train.epochs trains the extra ones on a new cosine from
+    # lr_end + extend_lr_fraction * (lr_init - lr_end) down to lr_end, without warm-up (yolo_jax/lr_segments.py).
+    # 0.5 = the lr half way down the first cosine: large enough to move again, small enough not to undo the
+    # converged weights as a full restart at lr_init (1.0) would; 0 = stay at lr_end.
+    t.extend_lr_fraction = 0.5
 
     e = config.eval = ml_collections.ConfigDict()
     e.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set
