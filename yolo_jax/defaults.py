@@ -82,6 +82,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
     config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
+    # Rare classes (yolo_jax/class_weights.py): 'none' (the reference's loss), 'inverse_frequency' (w_c = N / (K n_c)
+    # from the train split's box counts: weighted mean over boxes 1) or 'w0,w1,...' (one weight per class). A
+    # positive cell's box, objectness and class terms are scaled by its class's weight; background stays unweighted.
+    config.loss.class_weights = 'none'
 
     d = config.data = ml_collections.ConfigDict()
     # or 'auto', 'voc_xml', 'yolo_yaml' (a user's own folder in `root`), 'annotations', 'coco_json', 'yolo_txt',
