@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,33 +88,48 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow  # two smoke runs: 4 + 4 steps
-def test_a_finished_run_trains_longer_on_a_new_cosine_and_refuses_fewer_epochs(tmp_path):
+@pytest.mark.slow  # three smoke runs: 4 + 8 + 4 steps
+def test_a_finished_run_trains_longer_on_a_new_cosine_resumes_exactly_and_refuses_fewer_epochs(tmp_path):
     workdir = tmp_path / 'run'
     first = _run('--config=configs/mnist.py:tiny,smoke', f'--workdir={workdir}', '--config.train.epochs=1',
                  '--config.data.digit_source=sklearn', f'--config.data.data_dir={tmp_path / "tfds"}',
-                 '--config.train.checkpoint_every_steps=0')
+                 '--config.train.checkpoint_every_steps=0', '--config.train.save_best_only=False')
     assert first.returncode == 0, first.stderr[-3000:]
     # The workdir alone: its config.py (epochs=1) with the new epochs on top.
-    longer = _run(f'--workdir={workdir}', '--config.train.epochs=2')
+    longer = _run(f'--workdir={workdir}', '--config.train.epochs=3')
     assert longer.returncode == 0, longer.stderr[-3000:]
     lr_init, lr_end, spe = 1e-3, 1e-6, 4  # the smoke config: 16 images, batch 4
-    start = lr_end + 0.5 * (lr_init - lr_end)
-    assert re.search(rf'Extending a finished run of 1 epochs to 2: lr segment from {start:.3g} to {lr_end:.3g} '
-                     rf'over {spe} steps', longer.stderr), longer.stderr[-3000:]
+    start, end = lr_end + 0.5 * (lr_init - lr_end), 3 * spe
+    assert re.search(rf'Extending a finished run of 1 epochs to 3: lr segment from {start:.3g} to {lr_end:.3g} '
+                     rf'over {end - spe} steps', longer.stderr), longer.stderr[-3000:]
     records = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
     train = {r['step']: r for r in records if r['kind'] == 'train'}
-    assert [r['step'] for r in records if r['kind'] == 'train'] == list(range(1, 2 * spe + 1))  # no gap, no repeat
+    assert [r['step'] for r in records if r['kind'] == 'train'] == list(range(1, end + 1))  # no gap, no repeat
     assert train[spe]['lr'] == pytest.approx(lr_init, rel=1e-5)  # the first run ended its warm-up at lr_init
-    for step in range(spe + 1, 2 * spe + 1):  # update k = step: the cosine over (spe, 2 spe]
-        assert train[step]['lr'] == pytest.approx(_plain_cosine(step, spe, 2 * spe, start, lr_end), rel=1e-5), step
-    assert [r['step'] for r in records if r['kind'] == 'val'] == [spe, 2 * spe]
-    meta = json.loads((workdir / 'checkpoints' / str(2 * spe) / 'meta' / 'metadata').read_text())
-    assert meta['lr_segments'] == [[0, 1], [1, 2]] and meta['total_steps'] == meta['step'] == 2 * spe
+    for step in range(spe + 1, end + 1):  # update k = step: the cosine over (spe, 3 spe]
+        assert train[step]['lr'] == pytest.approx(_plain_cosine(step, spe, end, start, lr_end), rel=1e-5), step
+    assert [r['step'] for r in records if r['kind'] == 'val'] == [spe, 2 * spe, end]
+    meta = json.loads((workdir / 'checkpoints' / str(end) / 'meta' / 'metadata').read_text())
+    assert meta['lr_segments'] == [[0, 1], [1, 3]] and meta['total_steps'] == meta['step'] == end
 
-    fewer = _run(f'--workdir={workdir}', '--config.train.epochs=1')
+    # A crash after step 8, in the middle of the extension: the same command resumes there, exactly.
+    shutil.rmtree(workdir / 'checkpoints' / str(end))
+    resumed = _run(f'--workdir={workdir}', '--config.train.epochs=3')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(rf'Resumed from \S+ at step {2 * spe} ', resumed.stderr), resumed.stderr[-3000:]
+    assert 'Extending' not in resumed.stderr
+    again = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    again_train = {r['step']: r for r in again if r['kind'] == 'train'}
+    assert [r['step'] for r in again if r['kind'] == 'train'] == list(range(1, end + 1))
+    for step in range(2 * spe + 1, end + 1):
+        assert again_train[step]['lr'] == pytest.approx(train[step]['lr'], rel=1e-6), step
+        assert again_train[step]['total'] == pytest.approx(train[step]['total'], rel=1e-6), step
+
+    fewer = _run(f'--workdir={workdir}', '--config.train.epochs=2')
     assert fewer.returncode == 2
     errors = [ln for ln in fewer.stderr.splitlines() if ln.startswith('error:')]
     assert len(errors) == 1 and 'Traceback' not in fewer.stderr, fewer.stderr[-3000:]
-    assert re.match(r'error: config\.train\.epochs=1: the run in \S+ already finished 2 epochs \(step 8\)', errors[0])
-    assert "'epochs': 2" in (workdir / 'config.py').read_text() or '"epochs": 2' in (workdir / 'config.py').read_text()
+    assert re.match(rf'error: config\.train\.epochs=2: the run in \S+ already finished 3 epochs \(step {end}\)',
+                    errors[0]), errors[0]
+    saved = (workdir / 'config.py').read_text()  # the refused start left the run's config as it was
+    assert json.loads(saved.split("r'''", 1)[1].split("'''", 1)[0])['train']['epochs'] == 3
