@@ -33,6 +33,10 @@ def test_config_flag_is_added_only_for_a_run_that_reads_a_workdir(tmp_path):
     assert run_config.default_config_flag(['m', wd, '--mode=eval']) == ['m', f'--config={tmp_path}/config.py', wd,
                                                                         '--mode=eval']
     assert run_config.default_config_flag(['m', wd]) == ['m', wd]  # training: the user's config file
+    (tmp_path / 'checkpoints').mkdir()  # ... unless it resumes the workdir's run (README: Train longer)
+    assert run_config.default_config_flag(['m', wd, '--config.train.epochs=3']) == [
+        'm', f'--config={tmp_path}/config.py', wd, '--config.train.epochs=3']
+    (tmp_path / 'checkpoints').rmdir()
     assert run_config.default_config_flag(['m', wd, '--mode=detect', '--config=c.py']) == [
         'm', wd, '--mode=detect', '--config=c.py']
     empty = tmp_path / 'other'

@@ -82,6 +82,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
     config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
+    # Rare classes (yolo_jax/class_weights.py): 'none' (the reference's loss), 'inverse_frequency' (w_c = N / (K n_c)
+    # from the train split's box counts: weighted mean over boxes 1) or 'w0,w1,...' (one weight per class). A
+    # positive cell's box, objectness and class terms are scaled by its class's weight; background stays unweighted.
+    config.loss.class_weights = 'none'
 
     d = config.data = ml_collections.ConfigDict()
     # or 'auto', 'voc_xml', 'yolo_yaml' (a user's own folder in `root`), 'annotations', 'coco_json', 'yolo_txt',
@@ -175,6 +179,11 @@ def default_config() -> ml_collections.ConfigDict:
     # batch_size stays the batch of one forward pass; the effective batch is grad_accum_steps x batch_size and the
     # learning-rate schedule counts updates (warm-up and cosine keep their lengths in epochs). 1 = off.
     t.grad_accum_steps = 1
+    # Training longer: a finished run given more config.train.epochs trains the extra ones on a new cosine from
+    # lr_end + extend_lr_fraction * (lr_init - lr_end) down to lr_end, without warm-up (yolo_jax/lr_segments.py).
+    # 0.5 = the lr half way down the first cosine: large enough to move again, small enough not to undo the
+    # converged weights as a full restart at lr_init (1.0) would; 0 = stay at lr_end.
+    t.extend_lr_fraction = 0.5
 
     e = config.eval = ml_collections.ConfigDict()
     e.split = 'test'  # --mode=eval split: 'train', 'test' or a split name of the TFDS set

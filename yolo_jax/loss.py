@@ -10,6 +10,10 @@ Per scale, with `respond` = 1 on cells/anchors responsible for a ground-truth bo
 Each term is summed over the grid, anchors (and classes), averaged over the batch, and summed over
 scales; total = giou + conf + prob. As upstream, gradients flow through the focal factor too.
 Predictions are decoded with Darknet's `scale_xy` per scale (1.0, the reference's decoding, for YOLOv3).
+Class weights (config.loss.class_weights, class_weights.py; None = the reference's loss, untouched): a positive
+cell's giou, its conf term and its prob term are multiplied by w_cell = sum_c p_c w_c / sum_c p_c, p the cell's
+class vector (the smoothed one-hot: w_cell = (1 - d) w_class + d mean(w) for label smoothing d); negatives
+(background conf) stay unweighted.
 `loss_maps` exposes the per-cell terms for debugging; nothing here loops over boxes.
 """
 
@@ -49,6 +53,7 @@ def scale_loss_maps(
     ignore_thresh: float,
     scale_xy: float = 1.0,
     box_loss: str = 'giou',
+    class_weights: Sequence[float] | None = None,
 ) -> dict[str, Array]:
     """Per-cell loss terms of one scale.
 
@@ -60,6 +65,7 @@ def scale_loss_maps(
       ignore_thresh: background predictions overlapping a ground truth by at least this IoU are not penalised.
       scale_xy: Darknet's scale_x_y for decoding the predicted centres (decode.decode).
       box_loss: 'giou' (the reference), 'diou' or 'ciou': the box term is 1 - that measure.
+      class_weights: (C,) per-class weights of the positive cells' terms (module doc); None = unweighted.
 
     Returns:
       {'giou', 'conf', 'prob': (B, S, S, A) loss per cell and anchor, 'ignored': (B, S, S, A) 1 where a
@@ -82,6 +88,13 @@ def scale_loss_maps(
     conf = focal * (respond + background) * bce_with_logits(respond, raw[..., 4])
 
     prob = respond * jnp.sum(bce_with_logits(label_prob, raw[..., 5:]), axis=-1)
+    if class_weights is not None:
+        # The cell's class distribution dotted with the weights; negatives' class vectors are zero (weight 0, and
+        # their terms carry the factor respond anyway).
+        cw = jnp.asarray(class_weights, jnp.float32)
+        w = jnp.sum(label_prob * cw, axis=-1) / jnp.maximum(jnp.sum(label_prob, axis=-1), 1e-12)
+        giou, prob = giou * w, prob * w
+        conf = focal * (respond * w + background) * bce_with_logits(respond, raw[..., 4])
     return {'giou': giou, 'conf': conf, 'prob': prob, 'ignored': (1.0 - respond) * (1.0 - below)}
 
 
@@ -95,11 +108,13 @@ def loss_maps(
     ignore_thresh: float,
     scale_xy: Sequence[float] | None = None,
     box_loss: str = 'giou',
+    class_weights: Sequence[float] | None = None,
 ) -> list[dict[str, Array]]:
     """`scale_loss_maps` for every scale (strides ascending); scale_xy one per scale (None: 1.0 everywhere)."""
     scale_xy = (1.0,) * len(strides) if scale_xy is None else scale_xy
     return [
-        scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh, scale_xy=k, box_loss=box_loss)
+        scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh, scale_xy=k, box_loss=box_loss,
+                        class_weights=class_weights)
         for o, lab, bb, a, s, k in zip(outputs, labels, bboxes, anchors, strides, scale_xy, strict=True)
     ]
 
@@ -122,15 +137,17 @@ def yolo_loss(
     weights: Array | None = None,
     scale_xy: Sequence[float] | None = None,
     box_loss: str = 'giou',
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """The reference loss: (total, {'giou', 'conf', 'prob', 'total'}) scalars, averaged over the batch.
 
     `weights` (B,) gives a weighted mean over examples instead (e.g. 0 for padding in a last eval batch).
-    `scale_xy` (per scale) and `box_loss` as in `scale_loss_maps`; the defaults are the reference's loss.
+    `scale_xy` (per scale), `box_loss` and `class_weights` as in `scale_loss_maps`; the defaults are the
+    reference's loss.
     """
     maps = loss_maps(
         outputs, labels, bboxes, anchors=anchors, strides=strides, ignore_thresh=ignore_thresh, scale_xy=scale_xy,
-        box_loss=box_loss,
+        box_loss=box_loss, class_weights=class_weights,
     )
     per_example = per_example_losses(maps)
     if weights is None:
@@ -141,7 +158,12 @@ def yolo_loss(
     return metrics['total'], metrics
 
 
-def loss_kwargs(spec: DetectionSpec, loss_config: ml_collections.ConfigDict) -> dict:
-    """The keyword arguments of `yolo_loss` / `loss_maps`: geometry from the spec, the rest from config.loss."""
-    return {'anchors': spec.anchors, 'strides': spec.strides, 'scale_xy': spec.scale_xy,
-            'ignore_thresh': float(loss_config.ignore_thresh), 'box_loss': str(loss_config.box_loss)}
+def loss_kwargs(spec: DetectionSpec, loss_config: ml_collections.ConfigDict,
+                class_weights: Sequence[float] | None = None) -> dict:
+    """The keyword arguments of `yolo_loss` / `loss_maps`: geometry from the spec, the rest from config.loss, the
+    class weights resolved from config.loss.class_weights by the caller (class_weights.resolve; None = none)."""
+    kw = {'anchors': spec.anchors, 'strides': spec.strides, 'scale_xy': spec.scale_xy,
+          'ignore_thresh': float(loss_config.ignore_thresh), 'box_loss': str(loss_config.box_loss)}
+    if class_weights is not None:
+        kw['class_weights'] = tuple(float(w) for w in class_weights)
+    return kw

@@ -65,12 +65,16 @@ def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path
 
 def default_config_flag(argv: list[str], training_modes: tuple[str, ...] = ('train',)) -> list[str]:
     """`argv` with `--config=WORKDIR/config.py` added when it names no config, names a workdir that holds one,
-    and does not train (eval, detect, export read a run; training starts from a config file the user chose)."""
+    and does not train (eval, detect, export read a run; training starts from a config file the user chose), or
+    trains in a workdir that already has checkpoints/ (a resume, e.g. a finished run trained longer with
+    `--config.train.epochs=M`: README, Train longer)."""
     if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
         return argv
     mode = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--mode=')), 'train')
     workdir = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--workdir=')), None)
-    if workdir is None or mode in training_modes or not path(workdir).is_file():
+    if workdir is None or not path(workdir).is_file():
+        return argv
+    if mode in training_modes and not (Path(workdir) / 'checkpoints').is_dir():
         return argv
     return [argv[0], f'--config={path(workdir)}', *argv[1:]]
 

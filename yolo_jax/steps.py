@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from yolo_jax import lr_segments
 from yolo_jax.errors import ConfigError
 from yolo_jax.loss import yolo_loss
 from yolo_jax.models import create_model
@@ -89,7 +90,8 @@ def optimizer_updates(state: TrainState) -> jax.Array:
     return state.step
 
 
-def create_learning_rate_fn(train_config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                            segments: list[tuple[int, int]] | None = None) -> optax.Schedule:
     """The reference's warm-up + cosine schedule, indexed by optax's 0-based update count.
 
     The reference counts steps from 1: update k (1-based) uses lr(k) = k / warmup * lr_init during warm-up,
@@ -99,13 +101,20 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict, steps_per_e
 
     `steps_per_epoch` counts batches (forward passes); with config.train.grad_accum_steps = k the schedule
     counts optimizer updates, steps_per_epoch / k per epoch, so warm-up and cosine keep their lengths in epochs.
+
+    `segments` (epochs, lr_segments.py; None = [(0, config.train.epochs)]): the first is this schedule over its
+    epochs, each later one (a finished run trained longer) a cosine from `lr_segments.extension_start_lr`.
     """
     t = train_config
     updates_per_epoch = steps_per_epoch / check_grad_accum_steps(t.grad_accum_steps)
     warmup = int(t.warmup_epochs * updates_per_epoch)
-    total = max(int(t.epochs * updates_per_epoch), warmup + 1)
+    first_epochs = t.epochs if segments is None else segments[0][1]
+    total = max(int(first_epochs * updates_per_epoch), warmup + 1)
     sched = optax.warmup_cosine_decay_schedule(0.0, t.lr_init, warmup, decay_steps=total, end_value=t.lr_end)
-    return lambda count: sched(count + 1)
+    if segments is None or len(segments) == 1:
+        return lambda count: sched(count + 1)
+    bounds = [int(end * updates_per_epoch) for _, end in segments]
+    return lr_segments.segmented(sched, bounds, lr_segments.extension_start_lr(t), t.lr_end)
 
 
 def check_grad_accum_steps(k: int) -> int:
@@ -271,11 +280,13 @@ def batch_stats_step(state: TrainState, batch: dict, *, momentum: float, freeze:
     return jax.tree.map(lambda f, x: x if f else x / (1.0 - momentum), frozen, updates['batch_stats'])
 
 
-def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch: int):
-    """(learning-rate schedule, fresh train state): transferred weights when config.train.init_from is set."""
+def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch: int,
+                  segments: list[tuple[int, int]] | None = None):
+    """(learning-rate schedule over `segments`, fresh train state): transferred weights when
+    config.train.init_from is set."""
     from yolo_jax import transfer  # noqa: PLC0415
 
-    lr_fn = create_learning_rate_fn(config.train, steps_per_epoch)
+    lr_fn = create_learning_rate_fn(config.train, steps_per_epoch, segments)
     if config.train.init_from:
         variables = transfer.initial_variables(config, model)
     else:
@@ -283,10 +294,12 @@ def initial_state(config: ml_collections.ConfigDict, model: Any, steps_per_epoch
     return lr_fn, create_train_state(config.train, model, variables, lr_fn)
 
 
-def build_model_and_state(config: ml_collections.ConfigDict, steps_per_epoch: int, parallel_mode: str = 'mesh'):
+def build_model_and_state(config: ml_collections.ConfigDict, steps_per_epoch: int, parallel_mode: str = 'mesh',
+                          segments: list[tuple[int, int]] | None = None):
     """(model, learning-rate schedule, fresh train state) as a run builds them: BatchNorm synchronised under pmap,
-    frozen parts' BatchNorm in inference mode, transferred weights when config.train.init_from is set."""
+    frozen parts' BatchNorm in inference mode, transferred weights when config.train.init_from is set; the
+    schedule over the run's lr `segments` (lr_segments.plan; None: one over config.train.epochs)."""
     model = create_model(config.model, bn_axis_name=PMAP_AXIS if parallel_mode == 'pmap' else None,
                          freeze=config.train.freeze)
-    lr_fn, state = initial_state(config, model, steps_per_epoch)
+    lr_fn, state = initial_state(config, model, steps_per_epoch, segments)
     return model, lr_fn, state

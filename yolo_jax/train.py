@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from yolo_jax import checkpointing, run_config, steps
+from yolo_jax import checkpointing, class_weights, lr_segments, run_config, steps
 from yolo_jax.config_checks import check_train_config
 from yolo_jax.errors import ConfigError, UserError
 from yolo_jax.loss import COMPONENTS, loss_kwargs
@@ -261,6 +261,8 @@ def check_settings(config: ml_collections.ConfigDict, workdir: Path) -> tuple[st
     steps.check_freeze(t.freeze)
     steps.check_ema(t)
     steps.check_grad_accum_steps(t.grad_accum_steps)
+    lr_segments.check_extend_lr_fraction(t.extend_lr_fraction)
+    class_weights.parse(config.loss.class_weights, config.model.num_classes)
     check_eval_config(config.eval)  # the evaluators check it again when built; here before a data set is built
     local_batch = check_batch_size('config.train.batch_size', t.batch_size, jax.device_count(), jax.process_count())
     eval_batch = check_batch_size('config.train.eval_batch_size', t.eval_batch_size, jax.device_count(),
@@ -277,9 +279,11 @@ def make_schedule(config: ml_collections.ConfigDict, data: Any) -> Schedule:
     return Schedule(steps_per_epoch, int(t.epochs * steps_per_epoch), t.log_every_steps, t.checkpoint_every_steps)
 
 
-def build_parallel(config: ml_collections.ConfigDict, spec: DetectionSpec, mode: str, lr_fn: Any) -> Parallel:
-    """The train, eval and BatchNorm-statistics steps with the run's settings bound, compiled for `mode`."""
-    kw = loss_kwargs(spec, config.loss)
+def build_parallel(config: ml_collections.ConfigDict, spec: DetectionSpec, mode: str, lr_fn: Any,
+                   loss_class_weights: tuple[float, ...] | None = None) -> Parallel:
+    """The train, eval and BatchNorm-statistics steps with the run's settings bound, compiled for `mode`
+    (`loss_class_weights`: config.loss.class_weights resolved, class_weights.resolve)."""
+    kw = loss_kwargs(spec, config.loss, loss_class_weights)
     return Parallel(
         mode,
         functools.partial(steps.train_step, loss_kw=kw, lr_fn=lr_fn),
@@ -311,6 +315,22 @@ def restore(manager: Any, config: ml_collections.ConfigDict, state: steps.TrainS
     return state, int(state.step)
 
 
+def plan_lr_segments(manager: Any, config: ml_collections.ConfigDict, schedule: Schedule) -> lr_segments.Plan:
+    """The run's learning-rate segments from its latest checkpoint's meta (lr_segments.py: a finished run given
+    more epochs trains them on a new cosine), logging an extension; ConfigError for epochs it cannot continue."""
+    latest = manager.latest_step()
+    meta = None if latest is None else checkpointing.restore_meta(manager, latest)
+    if meta is not None:
+        check_resumable(meta, config, manager.directory)  # a model mismatch is the first thing to say
+    plan = lr_segments.plan(meta, config.train.epochs, manager.directory)
+    if plan.extends:
+        t = config.train
+        added = schedule.total_steps - int(meta['step'])
+        logging.info('Extending a finished run of %d epochs to %d: lr segment from %.3g to %.3g over %d steps',
+                     plan.finished_epochs, t.epochs, lr_segments.extension_start_lr(t), t.lr_end, added)
+    return plan
+
+
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.TrainState, int]:
     """Builds the run (see `check_settings` for the order of the checks) → (run, placed state, start step)."""
     t = config.train
@@ -324,18 +344,21 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Run, steps.
         from yolo_jax.data import check  # noqa: PLC0415
 
         check.check_at_start(config, data)
+    loss_class_weights = class_weights.resolve(config.loss.class_weights, data, data.class_names, logging.info)
     workdir.mkdir(parents=True, exist_ok=True)  # the config and data are checked: the run starts
-    if jax.process_index() == 0:  # eval, detect and export of this workdir read it: no training flag repeated
-        run_config.write(config, workdir)
-    model, lr_fn, state = steps.build_model_and_state(config, schedule.steps_per_epoch, mode)
-    parallel = build_parallel(config, spec, mode, lr_fn)
-    validation, detection = build_evaluators(config, spec, model, parallel, data, eval_batch)
     checkpointing.set_aside_damaged(workdir)  # a half-deleted newest step: resume from the newest complete one
     manager = checkpointing.create_manager(workdir, save_best_only=t.save_best_only)
+    lr_plan = plan_lr_segments(manager, config, schedule)  # before config.py is replaced: a refused start keeps it
+    if jax.process_index() == 0:  # eval, detect and export of this workdir read it: no training flag repeated
+        run_config.write(config, workdir)
+    model, lr_fn, state = steps.build_model_and_state(config, schedule.steps_per_epoch, mode, lr_plan.segments)
+    parallel = build_parallel(config, spec, mode, lr_fn, loss_class_weights)
+    validation, detection = build_evaluators(config, spec, model, parallel, data, eval_batch)
     state, start_step = restore(manager, config, state)
     state = parallel.place_state(state)
     reporter = Reporter(config, workdir, schedule, start_step)
-    base_meta = checkpointing.run_meta(config, spec)
+    base_meta = {**checkpointing.run_meta(config, spec), 'lr_segments': lr_plan.segments,
+                 'total_steps': schedule.total_steps}
     logging.info(
         'Training %s (%d params, %d classes) for %d epochs x %d steps, global batch %d on %d device(s) in %d '
         'process(es), mode %s', config.model.name, sum(x.size for x in jax.tree.leaves(state.params)),
