@@ -12,8 +12,9 @@ explicit, immutable `TrackerState`:
   'strict': pairs of different classes are never matched (a car never continues a person's track); 'vote':
   a track's class is the score-weighted vote of its matched detections' classes (`add_vote`, `voted_class`),
   and a detection of another class counts as its IoU minus `class_penalty`, so it continues a track only when
-  it overlaps the track's predicted box by at least the threshold plus the penalty and no same-class pair is
-  better (a detector that flips an ambiguous object's class for a few frames does not break its track).
+  it overlaps the track's predicted box by at least the threshold plus the penalty, no same-class pair is
+  better, and no track of its own class overlaps it (a detector that flips an ambiguous object's class for a few
+  frames does not break its track, and two tracked objects of different classes still do not swap).
 - **ByteTrack**: detections with score >= high_score are matched to every track's predicted box first; the
   detections with low_score <= score < high_score are then matched (IoU >= low_match_iou) to the tracks still
   unmatched that were seen in the previous frame (an object whose score drops while it is partly occluded keeps
@@ -176,7 +177,7 @@ def associate(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray, 
     """Optimal one-to-one matching of rows (tracks) and columns (detections) maximising the summed IoU.
 
     Args:
-      iou: (T, D) IoU, already 0 for pairs that must not match (e.g. different classes).
+      iou: (T, D) IoU, or `class_affinity` (pairs that must not match below min_iou, e.g. -1).
       min_iou: pairs below this are never matched.
 
     Returns:
@@ -197,9 +198,9 @@ def class_affinity(iou: np.ndarray, track_cls: np.ndarray, det_cls: np.ndarray, 
 
     Same-class pairs: their IoU. Different-class pairs: never matched (-1) with class_mode 'strict'; with 'vote',
     IoU - class_penalty (so matched only when IoU >= min_iou + class_penalty, and worth less than a same-class
-    pair of equal IoU), and never matched either when a track of the detection's own class overlaps it (IoU > 0):
-    near an object of its class, a detection is that object's, so two objects of different classes do not swap
-    where they cross.
+    pair of equal IoU), and never matched either when a track of the detection's own class (among the T given:
+    the stage's) overlaps it (IoU > 0): near an object of its class, a detection is that object's, so two objects
+    of different classes do not swap where they cross.
 
     Args:
       iou: (T, D) IoU of the tracks' predicted boxes with the detections.
