@@ -415,7 +415,7 @@ def test_detect_track_end_to_end(tmp_path):
     meaningless; thresholds lowered so that it finds some): the JSON lines carry a track id per box, tracks.txt
     holds exactly the boxes with an id >= 0 in MOT format, the counts are the ids per voted class, the video
     has every frame, and the ids are those of the tracker run on the logged detections. An image folder with
-    --track and --tracker=sort is a sequence in name order; a bad --tracker is one error line."""
+    --track and --tracker=sort is a sequence in name order; a bad --tracker or class_mode is one error line."""
     pytest.importorskip('cv2')
     from test_detect import make_workdir, small_config
     from test_video import read_video, write_video
@@ -474,6 +474,8 @@ def test_detect_track_end_to_end(tmp_path):
 
     r = _cli(*base, f'--video={clip}', '--track', '--tracker=deepsort', module='yolo_jax.main')
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: ') and 'deepsort' in r.stderr
+    r = _cli(*base, f'--video={clip}', '--track', '--config.track.class_mode=loose', module='yolo_jax.main')
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: config.track.class_mode')
 
 
 def test_draw_tracks_colours_by_id():
