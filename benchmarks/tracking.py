@@ -30,6 +30,7 @@ import jax  # noqa: E402
 from configs.mnist import get_config  # noqa: E402
 from yolo_jax import checkpointing, inference, steps, tracking, video  # noqa: E402
 from yolo_jax.data import mot_sequences as ms  # noqa: E402
+from yolo_jax.postprocess import postprocess_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,8 @@ def main() -> None:
     track_ms: list[float] = []
     for r in range(args.repeats + 1):  # run 0: warm-up (compiles)
         for name, track in (('detect', None), ('detect_track', params)):
-            s = video.detect_video(config, model, variables, clip, tmp / name, spec.class_names, 8, track=track)
+            s = video.detect_video(postprocess_config(config, spec), model, variables, clip, tmp / name,
+                                   spec.class_names, 8, track=track)
             if r:
                 times[name].append(1e3 / s['frames_per_s'])
                 if track is not None:

@@ -129,12 +129,103 @@ def test_crossing_keeps_identities():
 
 
 def test_classes_never_share_a_track():
-    """A class-0 box, then a class-1 box at the same place: two tracks; with one class, one track."""
+    """class_mode 'strict': a class-0 box, then a class-1 box at the same place: two tracks; with one class, one
+    track."""
     frames = [([box(50, 50)], [0.9], [0])] * 3 + [([box(52, 50)], [0.9], [1])] * 3
-    ids = _run(frames, TrackParams())
+    ids = _run(frames, TrackParams(class_mode='strict'))
     assert ids[:3] == [[1]] * 3 and ids[3:] == [[2]] * 3
     same = [(b, s, [0]) for b, s, _ in frames]
-    assert _run(same, TrackParams()) == [[1]] * 6
+    assert _run(same, TrackParams(class_mode='strict')) == [[1]] * 6
+
+
+def test_votes_by_hand():
+    """Votes sum the scores per class; the class with the largest sum wins, ties to the smallest class id."""
+    votes = ()
+    for cls, score in [(3, 0.9), (8, 0.7), (3, 0.2), (8, 0.5), (5, 1.0)]:
+        votes = tracking.add_vote(votes, cls, score)
+    # by hand: 3 -> 0.9 + 0.2 = 1.1, 5 -> 1.0, 8 -> 0.7 + 0.5 = 1.2
+    assert [c for c, _ in votes] == [3, 5, 8]
+    np.testing.assert_allclose([w for _, w in votes], [1.1, 1.0, 1.2])
+    assert tracking.voted_class(votes) == 8
+    assert tracking.voted_class(tracking.add_vote(votes, 5, 0.2)) == 5  # 1.2 (5) ties 1.2 (8): the smaller id
+    assert tracking.voted_class(((7, 0.5), (2, 0.5))) == 2
+    assert tracking.add_vote((), 4, 0.5) == ((4, 0.5),)
+
+
+def test_class_affinity_by_hand():
+    """Tracks of classes (0, 1) and detections of classes (0, 1, 2): same-class pairs keep their IoU; 'strict'
+    rules out the others; 'vote' subtracts the penalty, except for detections 0 and 1, which a track of their
+    own class overlaps (detection 2's class has no track)."""
+    iou = np.array([[0.9, 0.6, 0.7], [0.0, 0.3, 0.0]])
+    strict = tracking.class_affinity(iou, np.array([0, 1]), np.array([0, 1, 2]), TrackParams(class_mode='strict'))
+    np.testing.assert_allclose(strict, [[0.9, -1, -1], [-1, 0.3, -1]])
+    vote = tracking.class_affinity(iou, np.array([0, 1]), np.array([0, 1, 2]),
+                                   TrackParams(class_mode='vote', class_penalty=0.25))
+    np.testing.assert_allclose(vote, [[0.9, -1, 0.45], [-1, 0.3, -0.25]])
+
+
+def _moving(classes, scores=None):
+    """One 20-px box moving 4 px/frame to the right, with these classes (and scores, default 0.9) per frame."""
+    scores = scores or [0.9] * len(classes)
+    return [([box(30 + 4 * t, 50)], [s], [c]) for t, (c, s) in enumerate(zip(classes, scores, strict=True))]
+
+
+def test_a_class_flip_keeps_its_track_with_votes():
+    """The detector calls an object 3, then 8 for two frames, then 3 again. 'strict': the 8s start a second track
+    and the 3s return to the first one (two switches); 'vote': one track all along, reported as a 3. A flip of the
+    low-score stage (score 0.3) is kept too when the box overlaps enough (IoU >= low_match_iou + penalty)."""
+    frames = _moving([3] * 6 + [8, 8] + [3] * 6)
+    assert _run(frames, TrackParams(class_mode='strict')) == [[1]] * 6 + [[2]] * 2 + [[1]] * 6
+    vote = TrackParams(class_mode='vote', class_penalty=0.3)
+    assert _run(frames, vote) == [[1]] * 14
+    state = TrackerState()
+    for b, s, c in frames[:8]:
+        state, _ = track_step(state, np.asarray(b, float), np.asarray(s), np.asarray(c), vote)
+    assert len(state.tracks) == 1 and state.tracks[0].cls == 3  # 6 x 0.9 for 3 against 2 x 0.9 for 8
+    assert tracking.track_classes(state) == {1: 3}
+    low = _moving([3] * 6 + [8, 8] + [3] * 6, [0.9] * 6 + [0.3, 0.3] + [0.9] * 6)
+    assert _run(low, vote) == [[1]] * 14
+    # a penalty that the flipped box cannot pay (IoU of the 8s with the prediction < 0.2 + 0.85): as 'strict'
+    assert _run(frames, TrackParams(class_mode='vote', class_penalty=0.85)) == _run(frames, TrackParams(
+        class_mode='strict'))
+
+
+def test_a_lasting_class_change_moves_the_vote():
+    """Three frames of class 0 then five of class 1 (same scores): one track, whose class becomes 1 once class
+    1's summed score exceeds class 0's (frame 7: 4 x 0.9 > 3 x 0.9; frame 6 ties 3 x 0.9, the smaller id 0)."""
+    vote = TrackParams(class_mode='vote')
+    state, classes = TrackerState(), []
+    for b, s, c in _moving([0] * 3 + [1] * 5):
+        state, ids = track_step(state, np.asarray(b, float), np.asarray(s), np.asarray(c), vote)
+        assert ids.tolist() == [1]
+        classes.append(state.tracks[0].cls)
+    assert classes == [0, 0, 0, 0, 0, 0, 1, 1]
+
+
+def _bounce(speed: float, gap: float, classes: tuple[int, int]):
+    """Two boxes approach head-on at `speed` px/frame, turn back when their centres are `gap` px apart, and
+    leave: the Kalman predictions go on towards each other, so matching by position alone swaps them."""
+    frames, xa, xb, va = [], 40.0, 140.0, speed
+    for _ in range(24):
+        frames.append(([box(xa, 50), box(xb, 52)], [0.9, 0.9], list(classes)))
+        if xb - xa <= gap:
+            va = -speed
+        xa, xb = xa + va, xb - va
+    return frames
+
+
+def test_objects_of_different_classes_do_not_swap_with_votes():
+    """Two confident objects of classes 1 and 2 meet and turn back. Class-blind (one class for both) they swap
+    ids; 'vote' keeps each id on its object, like 'strict' (a detection that a track of its own class overlaps
+    never continues another class's track), whatever the penalty."""
+    for speed, gap in ((4, 8), (5, 6)):
+        blind = _run(_bounce(speed, gap, (0, 0)), TrackParams())
+        assert len({tuple(i) for i in blind}) > 1  # a swap: the ids of (a, b) change
+        strict = _run(_bounce(speed, gap, (1, 2)), TrackParams(class_mode='strict'))
+        assert {tuple(i) for i in strict} == {(1, 2)}
+        for penalty in (0.0, 0.3):
+            ids = _run(_bounce(speed, gap, (1, 2)), TrackParams(class_mode='vote', class_penalty=penalty))
+            assert ids == strict, (speed, gap, penalty, ids)
 
 
 def test_birth_needs_min_hits_and_new_track_score():
@@ -155,7 +246,9 @@ def test_deterministic():
         n = rng.integers(0, 6)
         centres = rng.uniform(20, 200, (n, 2))
         frames.append(([box(x, y) for x, y in centres], rng.uniform(0, 1, n), rng.integers(0, 2, n)))
-    assert _run(frames, TrackParams()) == _run(frames, TrackParams())
+    for mode in tracking.CLASS_MODES:  # classes 0 and 1 at random: 'vote' crosses classes too
+        assert _run(frames, TrackParams(class_mode=mode)) == _run(frames, TrackParams(class_mode=mode))
+    assert _run(frames, TrackParams(class_mode='vote')) != _run(frames, TrackParams(class_mode='strict'))
     state, _ = track_step(TrackerState(), np.array([box(5, 5)]), np.array([0.9]), np.array([0]), TrackParams())
     assert state.frame == 1 and state.tracks[0].id == 1  # the input state is not changed
     assert TrackerState().tracks == ()
@@ -166,9 +259,8 @@ def test_update_trails_and_counts():
     trails = tracking.update_trails(trails, np.array([1]), np.array([box(20, 10)]), length=2)
     trails = tracking.update_trails(trails, np.array([1]), np.array([box(30, 10)]), length=2)
     assert trails == {1: ((20.0, 10.0), (30.0, 10.0))}
-    counts = tracking.count_tracks([np.array([1, 2]), np.array([1, 3, -1])], [np.array([0, 1]), np.array([0, 1, 0])],
-                                   ['cat', 'dog'])
-    assert counts == {'cat': 1, 'dog': 2}
+    assert tracking.count_tracks({1: 0, 2: 1, 3: 1}, ['cat', 'dog']) == {'cat': 1, 'dog': 2}
+    assert tracking.count_tracks({4: 7}, ['cat', 'dog']) == {'7': 1}  # a class without a name: its id
 
 
 def test_bad_params_are_config_errors():
@@ -178,6 +270,10 @@ def test_bad_params_are_config_errors():
         TrackParams(method='deepsort')
     with pytest.raises(ConfigError, match='low_score'):
         TrackParams(low_score=0.7, high_score=0.5)
+    with pytest.raises(ConfigError, match='class_mode'):
+        TrackParams(class_mode='loose')
+    with pytest.raises(ConfigError, match='class_penalty'):
+        TrackParams(class_penalty=1.5)
 
 
 # --------------------------------------------------------------------------------------------------- MOT files
@@ -317,9 +413,9 @@ def test_trackers_on_perfect_detections_of_generated_sequences():
 def test_detect_track_end_to_end(tmp_path):
     """`main --mode=detect --video=... --track` on a generated clip with a random model (its boxes are
     meaningless; thresholds lowered so that it finds some): the JSON lines carry a track id per box, tracks.txt
-    holds exactly the boxes with an id >= 0 in MOT format, the counts are the distinct ids per class, the video
+    holds exactly the boxes with an id >= 0 in MOT format, the counts are the ids per voted class, the video
     has every frame, and the ids are those of the tracker run on the logged detections. An image folder with
-    --track and --tracker=sort is a sequence in name order; a bad --tracker is one error line."""
+    --track and --tracker=sort is a sequence in name order; a bad --tracker or class_mode is one error line."""
     pytest.importorskip('cv2')
     from test_detect import make_workdir, small_config
     from test_video import read_video, write_video
@@ -351,13 +447,17 @@ def test_detect_track_end_to_end(tmp_path):
     again = tracking.track_sequence([(np.reshape(rec['boxes'], (-1, 4)), rec['scores'], rec['classes'])
                                      for rec in records], params)
     assert [a.tolist() for a in again] == [rec['track_id'] for rec in records]
+    # each track counted once, under the class with the largest summed score of its boxes (ties: smaller id)
     counts = json.loads((out / 'track_counts.json').read_text())
-    distinct = {}
+    votes: dict = {}
     for rec in records:
-        for i, name in zip(rec['track_id'], rec['class_names'], strict=True):
+        for i, c, name, sc in zip(rec['track_id'], rec['classes'], rec['class_names'], rec['scores'], strict=True):
             if i >= 0:
-                distinct.setdefault(name, set()).add(i)
-    assert counts['per_class'] == {k: len(v) for k, v in sorted(distinct.items())} and counts['tracker'] == 'bytetrack'
+                per = votes.setdefault(i, {})
+                per[(c, name)] = per.get((c, name), 0.0) + sc
+    winners = [min(per.items(), key=lambda kv: (-kv[1], kv[0][0]))[0][1] for per in votes.values()]
+    assert counts['per_class'] == {n: winners.count(n) for n in sorted(set(winners))}
+    assert counts['tracker'] == 'bytetrack' and counts['params']['class_mode'] == 'vote'
     assert f"{counts['tracks']} track(s) (bytetrack" in r.stdout
     assert len(read_video(out / 'detections.mp4')) == 6
 
@@ -374,6 +474,8 @@ def test_detect_track_end_to_end(tmp_path):
 
     r = _cli(*base, f'--video={clip}', '--track', '--tracker=deepsort', module='yolo_jax.main')
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: ') and 'deepsort' in r.stderr
+    r = _cli(*base, f'--video={clip}', '--track', '--config.track.class_mode=loose', module='yolo_jax.main')
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: config.track.class_mode')
 
 
 def test_draw_tracks_colours_by_id():

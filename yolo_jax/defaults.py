@@ -212,6 +212,12 @@ def default_config() -> ml_collections.ConfigDict:
     k.position_std = 1 / 20
     k.velocity_std = 1 / 160
     k.trail = 16  # centres drawn behind each tracked box in the video
+    # Classes: 'strict' = a detection never continues a track of another class; 'vote' = a track's class is the
+    # score-weighted vote of its detections' classes, and a detection of another class may continue it, counted
+    # as its IoU minus class_penalty (needs IoU >= match_iou + class_penalty; a same-class pair wins at equal IoU),
+    # unless a track of the detection's own class overlaps it (experiments/tracking: flipped classes).
+    k.class_mode = 'vote'
+    k.class_penalty = 0.3
     return config
 
 

@@ -8,8 +8,13 @@ explicit, immutable `TrackerState`:
   measurement noise are proportional to the box height (ByteTrack's / DeepSORT's model:
   `config.track.position_std`, `velocity_std` times h), so a big box may move more pixels per frame.
 - **Association** (`associate`): 1 - IoU cost, optimal assignment (`scipy.optimize.linear_sum_assignment`);
-  pairs of different classes and pairs below the IoU threshold are never matched (a car never continues a
-  person's track).
+  pairs below the IoU threshold are never matched. Classes (`class_affinity`, config.track.class_mode):
+  'strict': pairs of different classes are never matched (a car never continues a person's track); 'vote':
+  a track's class is the score-weighted vote of its matched detections' classes (`add_vote`, `voted_class`),
+  and a detection of another class counts as its IoU minus `class_penalty`, so it continues a track only when
+  it overlaps the track's predicted box by at least the threshold plus the penalty, no same-class pair is
+  better, and no track of its own class overlaps it (a detector that flips an ambiguous object's class for a few
+  frames does not break its track, and two tracked objects of different classes still do not swap).
 - **ByteTrack**: detections with score >= high_score are matched to every track's predicted box first; the
   detections with low_score <= score < high_score are then matched (IoU >= low_match_iou) to the tracks still
   unmatched that were seen in the previous frame (an object whose score drops while it is partly occluded keeps
@@ -41,6 +46,7 @@ from yolo_jax import visualize
 from yolo_jax.errors import ConfigError, DataError, MissingFileError
 
 TRACKERS = ('bytetrack', 'sort')
+CLASS_MODES = ('strict', 'vote')
 _NDIM = 4  # measured: cx, cy, a, h
 
 
@@ -59,6 +65,8 @@ class TrackParams:
     position_std: float = 1 / 20
     velocity_std: float = 1 / 160
     trail: int = 16
+    class_mode: str = 'vote'
+    class_penalty: float = 0.3
 
     def __post_init__(self):
         if self.method not in TRACKERS:
@@ -66,6 +74,11 @@ class TrackParams:
         if not 0 <= self.low_score <= self.high_score <= 1:
             raise ConfigError(f'config.track: need 0 <= low_score <= high_score <= 1, got {self.low_score}, '
                               f'{self.high_score}')
+        if self.class_mode not in CLASS_MODES:
+            raise ConfigError(f'config.track.class_mode: unknown mode {self.class_mode!r}; expected one of '
+                              f'{", ".join(CLASS_MODES)}')
+        if not 0 <= self.class_penalty <= 1:
+            raise ConfigError(f'config.track.class_penalty: need 0 <= class_penalty <= 1, got {self.class_penalty}')
         if self.min_hits < 1 or self.max_age < 0:
             raise ConfigError(f'config.track: need min_hits >= 1 and max_age >= 0, got {self.min_hits}, '
                               f'{self.max_age}')
@@ -164,7 +177,7 @@ def associate(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray, 
     """Optimal one-to-one matching of rows (tracks) and columns (detections) maximising the summed IoU.
 
     Args:
-      iou: (T, D) IoU, already 0 for pairs that must not match (e.g. different classes).
+      iou: (T, D) IoU, or `class_affinity` (pairs that must not match below min_iou, e.g. -1).
       min_iou: pairs below this are never matched.
 
     Returns:
@@ -180,19 +193,59 @@ def associate(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray, 
     return (matches, np.setdiff1d(np.arange(t), matches[:, 0]), np.setdiff1d(np.arange(d), matches[:, 1]))
 
 
+def class_affinity(iou: np.ndarray, track_cls: np.ndarray, det_cls: np.ndarray, params: TrackParams) -> np.ndarray:
+    """The (T, D) matrix `associate` maximises, from the IoU of tracks and detections and their classes.
+
+    Same-class pairs: their IoU. Different-class pairs: never matched (-1) with class_mode 'strict'; with 'vote',
+    IoU - class_penalty (so matched only when IoU >= min_iou + class_penalty, and worth less than a same-class
+    pair of equal IoU), and never matched either when a track of the detection's own class (among the T given:
+    the stage's) overlaps it (IoU > 0): near an object of its class, a detection is that object's, so two objects
+    of different classes do not swap where they cross.
+
+    Args:
+      iou: (T, D) IoU of the tracks' predicted boxes with the detections.
+      track_cls: (T,) each track's (voted) class. det_cls: (D,) the detections' classes.
+    """
+    same = np.asarray(track_cls).reshape(-1, 1) == np.asarray(det_cls).reshape(1, -1)
+    if params.class_mode == 'strict':
+        return np.where(same, iou, -1.0)
+    claimed = ((iou > 0) & same).any(axis=0, keepdims=True)  # per detection: a track of its class overlaps it
+    return np.where(same, iou, np.where(claimed, -1.0, iou - params.class_penalty))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class votes: per track ((class, summed score), ...) sorted by class.
+
+Votes = tuple[tuple[int, float], ...]
+
+
+def add_vote(votes: Votes, cls: int, score: float) -> Votes:
+    """The votes with one more matched detection of class `cls` and score `score` (its weight)."""
+    out = dict(votes)
+    out[int(cls)] = out.get(int(cls), 0.0) + float(score)
+    return tuple(sorted(out.items()))
+
+
+def voted_class(votes: Votes) -> int:
+    """The class with the largest summed score; ties go to the smallest class id (deterministic)."""
+    return min(votes, key=lambda kv: (-kv[1], kv[0]))[0]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Tracks and the tracker step.
 
 
 @dataclasses.dataclass(frozen=True)
 class Track:
-    """One track. id: 0 while tentative, then 1, 2, ... in confirmation order; cls: its class (never changes);
-    mean (8,), cov (8, 8): the Kalman state; hits: matched frames; misses: frames since the last match;
+    """One track. id: 0 while tentative, then 1, 2, ... in confirmation order; votes: its matched detections'
+    summed scores per class, cls: voted_class(votes) (with class_mode 'strict' always the class it was born
+    with); mean (8,), cov (8, 8): the Kalman state; hits: matched frames; misses: frames since the last match;
     box: (4,) xyxy of the last matched detection; key: a serial number for every track, tentative or not."""
 
     key: int
     id: int
     cls: int
+    votes: Votes
     mean: np.ndarray
     cov: np.ndarray
     hits: int
@@ -215,11 +268,6 @@ def predicted_boxes(tracks: Sequence[Track], params: TrackParams) -> tuple[np.nd
     if not tracks:
         return np.zeros((0, 2 * _NDIM)), np.zeros((0, 2 * _NDIM, 2 * _NDIM))
     return kalman_predict(np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks]), params)
-
-
-def _class_iou(track_boxes: np.ndarray, track_cls: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """IoU with pairs of different classes set to 0."""
-    return iou_matrix(track_boxes, boxes) * (track_cls[:, None] == classes[None, :])
 
 
 def track_step(
@@ -245,14 +293,15 @@ def track_step(
     det_track = np.full(len(boxes), -1, np.int64)  # index into `tracks` per detection
 
     high = np.flatnonzero(scores >= params.high_score)
-    matches, free_tracks, _ = associate(_class_iou(track_boxes, track_cls, boxes[high], classes[high]),
-                                        params.match_iou)
+    matches, free_tracks, _ = associate(
+        class_affinity(iou_matrix(track_boxes, boxes[high]), track_cls, classes[high], params), params.match_iou)
     det_track[high[matches[:, 1]]] = matches[:, 0]
     if params.method == 'bytetrack':  # second stage: low-score boxes against the tracks seen last frame
         low = np.flatnonzero((scores >= params.low_score) & (scores < params.high_score))
         recent = free_tracks[[tracks[i].misses == 0 for i in free_tracks]] if len(free_tracks) else free_tracks
-        m2, _, _ = associate(_class_iou(track_boxes[recent], track_cls[recent], boxes[low], classes[low]),
-                             params.low_match_iou)
+        m2, _, _ = associate(
+            class_affinity(iou_matrix(track_boxes[recent], boxes[low]), track_cls[recent], classes[low], params),
+            params.low_match_iou)
         det_track[low[m2[:, 1]]] = recent[m2[:, 0]]
     new_score = params.new_track_score if params.method == 'bytetrack' else params.high_score
 
@@ -273,7 +322,9 @@ def track_step(
             if tid == 0 and (hits >= params.min_hits or warm_up):
                 tid, next_id = next_id, next_id + 1
             m, c = updated[i]
-            kept.append(dataclasses.replace(t, id=tid, mean=m, cov=c, hits=hits, misses=0, box=boxes[d]))
+            votes = add_vote(t.votes, int(classes[d]), float(scores[d]))
+            kept.append(dataclasses.replace(t, id=tid, cls=voted_class(votes), votes=votes, mean=m, cov=c, hits=hits,
+                                            misses=0, box=boxes[d]))
             ids[d] = tid if tid else -1
         elif t.id and t.misses + 1 <= params.max_age:  # confirmed and not too long unseen: coast on the prediction
             kept.append(dataclasses.replace(t, mean=mean[i], cov=cov[i], misses=t.misses + 1))
@@ -285,8 +336,8 @@ def track_step(
             tid = 0
             if params.min_hits <= 1 or warm_up:
                 tid, next_id = next_id, next_id + 1
-            kept.append(Track(key=next_key, id=tid, cls=int(classes[d]), mean=m0[j], cov=c0[j], hits=1, misses=0,
-                              box=boxes[d]))
+            kept.append(Track(key=next_key, id=tid, cls=int(classes[d]), votes=add_vote((), classes[d], scores[d]),
+                              mean=m0[j], cov=c0[j], hits=1, misses=0, box=boxes[d]))
             next_key += 1
             ids[d] = tid if tid else -1
     return TrackerState(tuple(kept), next_id, next_key, frame), ids
@@ -315,16 +366,19 @@ def update_trails(trails: Mapping[int, tuple[tuple[float, float], ...]], ids: np
     return out
 
 
-def count_tracks(ids_per_frame: Iterable[np.ndarray], classes_per_frame: Iterable[np.ndarray],
-                 class_names: Sequence[str]) -> dict[str, int]:
-    """Distinct confirmed track ids per class name (classes without a track are left out)."""
-    seen: dict[str, set[int]] = {}
-    for ids, classes in zip(ids_per_frame, classes_per_frame, strict=True):
-        for tid, c in zip(np.asarray(ids).reshape(-1), np.asarray(classes).reshape(-1), strict=True):
-            if tid >= 0:
-                name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
-                seen.setdefault(name, set()).add(int(tid))
-    return {name: len(v) for name, v in sorted(seen.items())}
+def track_classes(state: TrackerState) -> dict[int, int]:
+    """{id: class} of the state's confirmed tracks (the class a track reports: its vote's winner)."""
+    return {t.id: t.cls for t in state.tracks if t.id}
+
+
+def count_tracks(classes_of_ids: Mapping[int, int], class_names: Sequence[str]) -> dict[str, int]:
+    """Confirmed tracks per class name, from {track id: its class} (each track counted once, under its class;
+    classes without a track are left out)."""
+    counts: dict[str, int] = {}
+    for c in classes_of_ids.values():
+        name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,7 +392,7 @@ class TrackRecorder:
         self.params, self.state, self.trails = params, TrackerState(), {}
         self.lines: list[str] = []
         self.ids: list[np.ndarray] = []
-        self.classes: list[np.ndarray] = []
+        self.classes: dict[int, int] = {}  # every confirmed id's class, the last one reported while it lived
         self.seconds = 0.0
 
     def step(self, frame: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -351,19 +405,20 @@ class TrackRecorder:
         self.trails = {k: v for k, v in trails.items() if k in alive}  # ended tracks' trails go
         self.lines += mot_lines(frame + 1, ids, boxes, scores)
         self.ids.append(ids)
-        self.classes.append(np.asarray(classes))
+        self.classes.update(track_classes(self.state))
         return ids
 
-    def draw(self, frame: np.ndarray, boxes: np.ndarray, ids: np.ndarray, classes: np.ndarray,
-             class_names: Sequence[str]) -> np.ndarray:
+    def draw(self, frame: np.ndarray, boxes: np.ndarray, ids: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+        """The frame with its tracked boxes (ids from `step`) labelled with their track's class and id."""
         keep = ids >= 0
-        return visualize.draw_tracks(frame, boxes[keep], ids[keep], classes[keep], class_names,
+        labels = np.asarray([self.classes[int(i)] for i in ids[keep]], np.int64)
+        return visualize.draw_tracks(frame, boxes[keep], ids[keep], labels, class_names,
                                      {int(i): self.trails.get(int(i), ()) for i in ids[keep]})
 
     def finish(self, output_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
         """Writes tracks.txt and track_counts.json, prints the counts; returns the summary's tracking entries."""
         tracks_path = write_mot(output_dir / 'tracks.txt', self.lines)
-        counts = count_tracks(self.ids, self.classes, class_names)
+        counts = count_tracks(self.classes, class_names)
         record = {'tracker': self.params.method, 'tracks': sum(counts.values()), 'per_class': counts,
                   'params': dataclasses.asdict(self.params)}
         (output_dir / 'track_counts.json').write_text(json.dumps(record, indent=1) + '\n')

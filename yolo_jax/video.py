@@ -173,7 +173,7 @@ def detect_video(
                     else:
                         ids = tracker.step(frames + i, boxes, scores, classes)
                         record['track_id'] = ids.tolist()
-                        drawn = tracker.draw(frame, boxes, ids, classes, class_names)
+                        drawn = tracker.draw(frame, boxes, ids, class_names)
                     writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                     jsonl.write(json.dumps(record) + '\n')
                 frames += n

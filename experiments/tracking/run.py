@@ -1,14 +1,18 @@
 """The tracking experiment: our ByteTrack and SORT beside supervision's ByteTrack on generated digit sequences.
 
     python experiments/tracking/run.py --out=experiments/tracking [--workdir=/tmp/track_quick] [--seeds=5]
+        [--detector_seeds=5] [--tmp=DIR] [--from_logs]
 
 1. Perfect detections (the ground truth, score 1, shuffled per frame) of `clean` sequences (crossings, speed
    changes, objects entering and leaving, no occluder) and `occluded` ones (the same plus two vertical bars that
    hide objects for a few frames).
 2. With --workdir (a trained MNIST detector, e.g. the `quick` config): the detector on the same sequences'
    frames (video.detect_video with our ByteTrack, as `--mode=detect --track` runs it), then the logged
-   detections (scores down to track.low_score) fed to our SORT, to our ByteTrack with the classes ignored
-   (class-agnostic, as supervision's is) and to supervision's ByteTrack.
+   detections (scores down to track.low_score) fed to our ByteTrack and SORT with class_mode 'vote' (the
+   default) and 'strict', to our ByteTrack with the classes ignored (class-agnostic, as supervision's is), to
+   supervision's ByteTrack, and to our ByteTrack with this detector's thresholds (TUNED) and over a range of
+   class_penalty values; the last --held_out sequences are also evaluated alone. With --from_logs the
+   detections an earlier run logged under --tmp are reused (the trackers alone take a minute or two).
 Every tracker gets the same detections; metrics by yolo_jax.track_eval (motmetrics, IoU >= 0.5). Writes
 results.json and crossing.png (a strip of a crossing with our ids) into --out.
 """
@@ -16,6 +20,7 @@ results.json and crossing.png (a strip of a crossing with our ids) into --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -49,8 +54,12 @@ def rows_of(frames: Frames, ids: list[np.ndarray]) -> tracking.MotRows:
                             np.ones(len(f)))
 
 
-def ours(frames: Frames, method: str) -> list[np.ndarray]:
-    return tracking.track_sequence(frames, tracking.TrackParams(method=method))
+def ours(frames: Frames, method: str, **overrides) -> list[np.ndarray]:
+    """Our tracker with config.track's defaults (class_mode 'vote'), or with these fields changed."""
+    from configs.mnist import get_config
+
+    params = tracking.TrackParams.from_config(get_config('quick').track, method)
+    return tracking.track_sequence(frames, dataclasses.replace(params, **overrides))
 
 
 def supervision_bytetrack(frames: Frames) -> list[np.ndarray]:
@@ -77,19 +86,29 @@ def any_class(frames: Frames) -> Frames:
     return [(b, s, np.zeros_like(np.asarray(c))) for b, s, c in frames]
 
 
-TRACKERS = {'ours_bytetrack': lambda f: ours(f, 'bytetrack'), 'ours_sort': lambda f: ours(f, 'sort'),
+TRACKERS = {'ours_bytetrack': lambda f: ours(f, 'bytetrack'),
+            'ours_bytetrack_strict': lambda f: ours(f, 'bytetrack', class_mode='strict'),
+            'ours_sort': lambda f: ours(f, 'sort'), 'ours_sort_strict': lambda f: ours(f, 'sort', class_mode='strict'),
             'ours_bytetrack_any_class': lambda f: ours(any_class(f), 'bytetrack'),
             'supervision_bytetrack': supervision_bytetrack}
+# Thresholds for this detector (its scores run lower than the defaults assume: ambiguous digits share their class
+# probability), chosen on the detector's seeds 0-4 and checked on seeds 5-9 (--held_out); as CLI flags:
+# --config.track.high_score=0.3 --config.track.low_match_iou=0.4.
+TUNED = {'high_score': 0.3, 'low_match_iou': 0.4}
+TRACKERS_TUNED = {'ours_bytetrack_tuned': lambda f: ours(f, 'bytetrack', **TUNED),
+                  'ours_bytetrack_strict_tuned': lambda f: ours(f, 'bytetrack', class_mode='strict', **TUNED)}
+PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # class_penalty of 'vote' (ByteTrack, TUNED thresholds)
 KEYS = ('idf1', 'mota', 'num_switches', 'num_fragmentations', 'mostly_tracked', 'mostly_lost', 'precision',
         'recall')
 
 
-def evaluate(seqs: list[ms.Sequence], detections: list[Frames]) -> dict:
-    """Per tracker: metrics per sequence and their totals (IDF1 / MOTA over all sequences pooled)."""
+def evaluate(seqs: list[ms.Sequence], detections: list[Frames], trackers: dict | None = None) -> dict:
+    """Per tracker (default TRACKERS): metrics per sequence and their totals (IDF1 / MOTA over all sequences
+    pooled)."""
     import motmetrics as mm
 
     out = {}
-    for name, run in TRACKERS.items():
+    for name, run in (trackers or TRACKERS).items():
         accs, per_seq, seconds = [], [], 0.0
         for seq, frames in zip(seqs, detections, strict=True):
             t = time.perf_counter()
@@ -111,6 +130,7 @@ def detector_frames(workdir: Path, seqs: list[ms.Sequence], tmp: Path) -> tuple[
     ByteTrack; returns the logged detections per frame and the run's summary."""
     from configs.mnist import get_config
     from yolo_jax import inference, video
+    from yolo_jax.postprocess import postprocess_config
 
     config = get_config('quick')
     model, variables, spec = inference.load_detector(config, workdir, None, fold=True)
@@ -119,8 +139,8 @@ def detector_frames(workdir: Path, seqs: list[ms.Sequence], tmp: Path) -> tuple[
     for k, seq in enumerate(seqs):
         folder = ms.write_sequence(seq, tmp / f'seq{k}', video=False)
         paths = sorted((folder / 'img1').iterdir())
-        summary = video.detect_video(config, model, variables, paths, tmp / f'out{k}', spec.class_names, 8,
-                                     track=params)
+        summary = video.detect_video(postprocess_config(config, spec), model, variables, paths, tmp / f'out{k}',
+                                     spec.class_names, 8, track=params)
         records = [json.loads(ln) for ln in Path(summary['jsonl']).read_text().splitlines()]
         frames = [(np.reshape(r['boxes'], (-1, 4)), np.asarray(r['scores']), np.asarray(r['classes']))
                   for r in records]
@@ -130,7 +150,19 @@ def detector_frames(workdir: Path, seqs: list[ms.Sequence], tmp: Path) -> tuple[
         all_frames.append(frames)
         summaries.append({'frames_per_s': summary['frames_per_s'], 'track_s': summary['track_s'],
                           'frames': summary['frames']})
+    (tmp / 'detect_video.json').write_text(json.dumps({'runs': summaries}, indent=1) + '\n')
     return all_frames, {'runs': summaries}
+
+
+def logged_frames(count: int, tmp: Path) -> tuple[list[Frames], dict]:
+    """The detections a previous detector_frames run logged under `tmp` (out0/detections.jsonl, ...) and its
+    summary: the trackers can then be re-run without the detector."""
+    all_frames = []
+    for k in range(count):
+        records = [json.loads(ln) for ln in (tmp / f'out{k}' / 'detections.jsonl').read_text().splitlines()]
+        all_frames.append([(np.reshape(r['boxes'], (-1, 4)), np.asarray(r['scores']), np.asarray(r['classes']))
+                           for r in records])
+    return all_frames, json.loads((tmp / 'detect_video.json').read_text())
 
 
 def crossing_strip(seq: ms.Sequence, frames: Frames, ids: list[np.ndarray], path: Path, scale: float = 1.0) -> None:
@@ -163,9 +195,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=str(REPO / 'experiments' / 'tracking'))
     ap.add_argument('--workdir', default='', help='a trained MNIST quick workdir for the detector part')
-    ap.add_argument('--seeds', type=int, default=5)
-    ap.add_argument('--detector_seeds', type=int, default=3)
-    ap.add_argument('--tmp', default='/tmp/tracking_experiment')
+    ap.add_argument('--seeds', type=int, default=10)
+    ap.add_argument('--detector_seeds', type=int, default=10)
+    ap.add_argument('--tmp', default='/tmp/tracking_experiment', help='sequences and detector logs go here')
+    ap.add_argument('--held_out', type=int, default=5,
+                    help='the last this many detector seeds: also evaluated alone (the thresholds were not chosen '
+                         'on them); the class_penalty sweep runs on the others')
+    ap.add_argument('--from_logs', action='store_true',
+                    help='reuse the detections an earlier run (same --tmp, --detector_seeds) logged under --tmp')
     args = ap.parse_args()
     out, tmp = Path(args.out), Path(args.tmp)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,10 +223,21 @@ def main() -> None:
     if args.workdir:
         for name in ('clean', 'occluded'):
             chosen = seqs[name][: args.detector_seeds]
-            frames, summary = detector_frames(Path(args.workdir), chosen, tmp / name)
-            results['detector'][name] = {**evaluate(chosen, frames), 'detect_video': summary}
+            if args.from_logs:
+                frames, summary = logged_frames(len(chosen), tmp / name)
+            else:
+                frames, summary = detector_frames(Path(args.workdir), chosen, tmp / name)
+            trackers = {**TRACKERS, **TRACKERS_TUNED}
+            sweep = {f'vote_penalty_{p}': lambda f, p=p: ours(f, 'bytetrack', class_penalty=p, **TUNED)
+                     for p in PENALTIES}
+            tuning = slice(0, len(chosen) - args.held_out)
+            penalties = {k: v['overall'] for k, v in evaluate(chosen[tuning], frames[tuning], sweep).items()}
+            held = slice(len(chosen) - args.held_out, len(chosen))
+            held_out = {k: v['overall'] for k, v in evaluate(chosen[held], frames[held], trackers).items()}
+            results['detector'][name] = {**evaluate(chosen, frames, trackers), 'class_penalty_sweep': penalties,
+                                         'held_out': held_out, 'detect_video': summary}
             print(name, 'detector', {k: v['overall'] for k, v in results['detector'][name].items()
-                                     if k in TRACKERS}, flush=True)
+                                     if k in trackers}, flush=True)
             if name == 'occluded':
                 strip_frames, strip_seq = frames[0], chosen[0]
         results['detector_workdir'] = args.workdir
