@@ -79,13 +79,32 @@ def default_config_flag(argv: list[str], training_modes: tuple[str, ...] = ('tra
     return [argv[0], f'--config={path(workdir)}', *argv[1:]]
 
 
+def fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+    """Adds to `config` (in place) every field of `defaults` it lacks, recursively → the dotted names added."""
+    added = []
+    with config.unlocked():
+        for key, value in defaults.items():
+            if key not in config:
+                config[key] = value
+                added.append(prefix + key)
+            elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+                added += fill_missing(config[key], value, f'{prefix}{key}.')
+    return added
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
-    WORKDIR/split.json for a user's own folder (data/own_data.py) when '' (and `workdir` is given), and
-    config.model.num_classes = the data set's class count when 0 ("from the data"). Returns `config` (changed in
-    place: the one place a config is completed after loading)."""
+    WORKDIR/split.json for a user's own folder (data/own_data.py) when '' (and `workdir` is given),
+    config.model.num_classes = the data set's class count when 0 ("from the data"), and the fields a config lacks
+    (a WORKDIR/config.py written before they existed) from defaults.default_config(), logged. Returns `config`
+    (changed in place: the one place a config is completed after loading)."""
     from yolo_jax.data import own_data, sources  # noqa: PLC0415  (TensorFlow: only when a command runs)
+    from yolo_jax.defaults import default_config  # noqa: PLC0415
 
+    added = fill_missing(config, default_config())
+    if added:  # a workdir's config.py written by an older yolo_jax: its run had none of these (new fields are off)
+        logging.warning('the config has no %s (written before they existed): their defaults are used',
+                        ', '.join(f'config.{k}' for k in added))
     if workdir and str(config.data.dataset) in own_data.DATASETS and not config.data.split_file:
         config.data.split_file = str(Path(workdir) / 'split.json')
     if int(config.model.num_classes) == 0:

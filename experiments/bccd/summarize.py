@@ -4,8 +4,10 @@
 
 For each run: the mAP reports of metrics.jsonl (VOC mAP@0.5 and COCO mAP@[.5:.95] on BCCD `test`, at the end of
 the epochs they were computed), minutes from the command's start (WORKDIR/start_time, end_time) to the first
-report >= 0.90, the final figures, the per-class AP of `--mode=eval` (WORKDIR/eval/metrics.json) and the median
-epoch time. Writes OUT/results.json, OUT/table.md and OUT/curves.png.
+report >= 0.90, the final evaluation's figures (the last step's weights; per-class AP@0.5 from its diagnostics,
+WORKDIR/diagnostics/diagnostics.json), those of `--mode=eval` on the best checkpoint by validation loss (what a
+user's eval and detect load: WORKDIR/eval/metrics.json) and the median epoch time. Writes OUT/results.json,
+OUT/table.md and OUT/curves.png.
 """
 
 import argparse
@@ -24,7 +26,8 @@ def load_run(workdir: Path) -> dict:
     points = [((r['time'] - start) / 60, r['epoch'], r['map50'], r['coco_map']) for r in records if r['kind'] == 'map']
     val_times = [r['time'] for r in records if r['kind'] == 'val']
     evaluation = json.loads((workdir / 'eval' / 'metrics.json').read_text())
-    per_class = {evaluation['class_names'][c['class']]: c for c in evaluation['metrics']['per_class']}
+    diagnostics = json.loads((workdir / 'diagnostics' / 'diagnostics.json').read_text())
+    per_class = {evaluation['class_names'][c['class']]: c['ap'] for c in diagnostics['pr_curves']['per_class']}
     return {'points': points, 'epoch_s': [b - a for a, b in zip(val_times, val_times[1:])],
             'command': (workdir / 'command').read_text().strip(), 'total_min': (end - start) / 60,
             'per_class': per_class, 'eval': evaluation['metrics']}
@@ -33,14 +36,14 @@ def load_run(workdir: Path) -> dict:
 def summarize(name: str, run: dict) -> dict:
     points = run['points']
     hit = next((p for p in points if p[2] >= 0.90), None)
-    ev = run['eval']
     row = {'name': name, 'command': run['command'], 'epochs': points[-1][1] + 1, 'total_min': run['total_min'],
            'median_epoch_s': statistics.median(run['epoch_s']) if run['epoch_s'] else None,
            'min_to_0.90': hit[0] if hit else None, 'epoch_to_0.90': hit[1] + 1 if hit else None,
-           'map50': ev['map50'], 'coco_map': ev['coco_map']}
-    for cls, c in run['per_class'].items():
-        row[f'ap50_{cls}'], row[f'coco_{cls}'] = c['ap'], c['coco_ap']
-    row['goal'] = bool(ev['map50'] >= GOAL_MAP50 and ev['coco_map'] >= GOAL_COCO and run['total_min'] <= GOAL_MIN)
+           'map50': points[-1][2], 'coco_map': points[-1][3],
+           'best_ckpt_map50': run['eval']['map50'], 'best_ckpt_coco_map': run['eval']['coco_map']}
+    for cls, ap in run['per_class'].items():
+        row[f'ap50_{cls}'] = ap
+    row['goal'] = bool(row['map50'] >= GOAL_MAP50 and row['coco_map'] >= GOAL_COCO and run['total_min'] <= GOAL_MIN)
     return row
 
 
@@ -50,10 +53,12 @@ def fmt(x, spec: str) -> str:
 
 def table(rows: list[dict], classes: list[str]) -> str:
     head = ('| run | epochs | total min | s/epoch | min to 0.90 (epoch) | mAP@0.5 | COCO AP | '
-            + ' | '.join(f'AP50 {c}' for c in classes) + ' |\n|' + '---|' * (7 + len(classes)) + '\n')
+            + ' | '.join(f'AP50 {c}' for c in classes) + ' | best ckpt mAP@0.5 / COCO |\n|'
+            + '---|' * (8 + len(classes)) + '\n')
     lines = [f"| {r['name']} | {r['epochs']} | {r['total_min']:.1f} | {fmt(r['median_epoch_s'], '.0f')} | "
              f"{fmt(r['min_to_0.90'], '.1f')} ({fmt(r['epoch_to_0.90'], 'd')}) | {r['map50']:.3f} | "
-             f"{r['coco_map']:.3f} | " + ' | '.join(fmt(r.get(f'ap50_{c}'), '.3f') for c in classes) + ' |'
+             f"{r['coco_map']:.3f} | " + ' | '.join(fmt(r[f'ap50_{c}'], '.3f') for c in classes)
+             + f" | {r['best_ckpt_map50']:.3f} / {r['best_ckpt_coco_map']:.3f} |"
              for r in rows]
     return head + '\n'.join(lines) + '\n'
 
