@@ -7,6 +7,7 @@ import json
 
 from configs.mnist import get_config
 from yolo_jax import run_config
+from yolo_jax.defaults import default_config
 
 
 def _load(path):
@@ -43,3 +44,23 @@ def test_config_flag_is_added_only_for_a_run_that_reads_a_workdir(tmp_path):
     assert run_config.default_config_flag(['m', f'--workdir={empty}', '--mode=eval']) == [
         'm', f'--workdir={empty}', '--mode=eval']
     assert run_config.default_config_flag(['e', wd], training_modes=())[1] == f'--config={tmp_path}/config.py'
+
+
+def test_fields_a_saved_config_lacks_come_from_the_defaults(tmp_path):
+    """A config.py written before a field existed (here: one removed by hand from the JSON) loads with that field
+    at its default, and every field it has keeps its saved value."""
+    config = get_config('quick')
+    config.data.mosaic = 0.25  # saved value, not the default
+    text = run_config.write(config, tmp_path).read_text()
+    saved = json.loads(text.split("r'''", 1)[1].split("'''", 1)[0])
+    del saved['data']['vertical_flip'], saved['loss']['class_weights']
+    (tmp_path / 'config.py').write_text(text.replace(text.split("r'''", 1)[1].split("'''", 1)[0],
+                                                     '\n' + json.dumps(saved, indent=1) + '\n'))
+    loaded = _load(tmp_path / 'config.py')
+    assert 'vertical_flip' not in loaded.data
+    added = run_config.fill_missing(loaded, default_config())
+    assert sorted(added) == ['data.vertical_flip', 'loss.class_weights']
+    assert loaded.data.vertical_flip == default_config().data.vertical_flip
+    assert loaded.loss.class_weights == default_config().loss.class_weights
+    assert loaded.data.mosaic == 0.25
+    assert loaded.to_dict() == json.loads(json.dumps(config.to_dict()))  # nothing else changed
