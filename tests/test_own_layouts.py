@@ -250,3 +250,27 @@ def test_cli_smoke_training_on_bccd(shared_data, tmp_path):
     assert [p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
     [final] = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines() if '"map"' in x]
     assert 0.0 <= final['map50'] <= 1.0
+    diagnostics = json.loads((workdir / 'diagnostics' / 'diagnostics.json').read_text())  # the final evaluation's
+    matrix = np.asarray(diagnostics['confusion_matrix']['counts'])
+    assert matrix.shape == (4, 4) and matrix[:, :3].sum() == 945  # every test box: found, confused or missed
+
+    # The loop back to the labelling tool: pre-label 3 photos as VOC XML, read them back as a data set.
+    out = tmp_path / 'prelabel'
+    proc = _run(f'--workdir={workdir}', '--mode=detect', f'--images={root}/BCCD/JPEGImages/BloodImage_0000[0-2].jpg',
+                f'--output={out}', '--save_format=voc_xml', '--config.eval.score_threshold=0.01')
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    detections = {Path(d['file']).name: d for d in json.loads((out / 'detections.json').read_text())['images']}
+    layout = own_data.detect_layout(out / 'voc_xml')
+    names = own_data.class_names(layout, str(out / 'voc_xml' / 'classes.txt'))
+    assert names == ('Platelets', 'RBC', 'WBC')
+    read = {Path(r.path).name: r for r in own_data.read_source(layout.train, names)}
+    assert sorted(read) == sorted(detections) and len(read) >= 1
+    for name, r in read.items():
+        np.testing.assert_allclose(r.boxes, np.reshape(detections[name]['boxes'], (-1, 4)), atol=1.0)
+
+    # Train longer: the finished run, with --workdir alone, to 2 epochs: steps 3-4 follow 1-2.
+    proc = _run(f'--workdir={workdir}', '--config.train.epochs=2')
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert 'Extending a finished run of 1 epochs to 2' in proc.stderr
+    steps = [json.loads(x)['step'] for x in (workdir / 'metrics.jsonl').read_text().splitlines() if '"train"' in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
