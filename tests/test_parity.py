@@ -40,7 +40,7 @@ def _env() -> dict:
     return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
 
 
-def random_config(variant: str, score_threshold: float = 0.5):
+def random_config(variant: str, score_threshold: float = 0.35):
     """configs/coco.py:`variant` at SIZE px, WIDTH, CLASSES classes, He initialisation."""
     config = coco_config(variant)
     config.model.update(input_size=SIZE, width_multiplier=WIDTH, num_classes=CLASSES, kernel_init='he')
@@ -58,9 +58,10 @@ def random_variables(model, mc, seed: int = 0) -> dict:
     x = np.random.default_rng(seed).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     base = [np.asarray(o) for o in forward(variables, x)]
-    head = dict(variables['params']['head'])
+    orig = variables['params']['head']
+    head = dict(orig)
     for name in model.output_convs:  # which map is this conv's: shift its bias and see which map moves
-        marked = {**head, name: {**head[name], 'bias': head[name]['bias'] + 1000.0}}
+        marked = {**orig, name: {**orig[name], 'bias': orig[name]['bias'] + 1000.0}}
         moved = [np.asarray(o) for o in forward({**variables, 'params': {**variables['params'], 'head': marked}}, x)]
         (i,) = [i for i, (a, b) in enumerate(zip(base, moved, strict=True)) if not np.allclose(a, b)]
         spread = float(base[i].std())
@@ -68,7 +69,7 @@ def random_variables(model, mc, seed: int = 0) -> dict:
     return {**variables, 'params': {**variables['params'], 'head': head}}
 
 
-def random_detector(variant: str, score_threshold: float = 0.5):
+def random_detector(variant: str, score_threshold: float = 0.35):
     """(folded model, folded variables, PostprocessConfig, config) of a random network (random_variables)."""
     config = random_config(variant, score_threshold)
     model = create_model(config.model)
