@@ -149,7 +149,7 @@ class _NetworkConverter:
     def convert(self, eqn: Any, ins: list[_Value], uses: dict, layer: str = '') -> list[_Value]:
         name, p, g = eqn.primitive.name, eqn.params, self.g
         if name not in CONVERTED:
-            raise NotImplementedError(f'no conversion for primitive {name!r}')
+            raise NotImplementedError('no ONNX conversion rule')
         if name in _CALLS:
             closed = p.get('jaxpr') or p.get('call_jaxpr') or p.get('fun_jaxpr')
             alpha = None
