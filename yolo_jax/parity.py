@@ -137,12 +137,18 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], cfg: pp.Post
 
 
 def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray) -> dict[str, np.ndarray]:
-    """JAX's detections of uint8 images (B, H, W, 3) on the CPU: host letterbox (detect.prepare_image) +
-    inference.predict; {'boxes' (B, K, 4) xyxy original px, 'scores', 'classes', 'count' (B,)}."""
-    from yolo_jax import detect, inference  # noqa: PLC0415  (TensorFlow)
+    """JAX's detections of uint8 images (B, H, W, 3) on the CPU: the detect path, i.e. the input pipeline's
+    letterbox on the host (as detect.prepare_image; data/letterbox.py) + inference.predict; {'boxes' (B, K, 4)
+    xyxy original px, 'scores', 'classes', 'count' (B,)}."""
+    import tensorflow as tf  # noqa: PLC0415  (the host letterbox)
+
+    from yolo_jax import inference  # noqa: PLC0415
+    from yolo_jax.data import letterbox  # noqa: PLC0415
 
     cpu = jax.devices('cpu')[0]
-    inputs = np.stack([detect.prepare_image(im, cfg.input_size, cfg.resize_mode) for im in images])
+    no_boxes = tf.zeros((0, 4), tf.float32)
+    inputs = np.stack([letterbox.resize_image_and_boxes(tf.constant(im), no_boxes, cfg.input_size,
+                                                        cfg.resize_mode)[0].numpy() for im in images])
     sizes = np.tile(np.asarray(images.shape[1:3]), (len(images), 1))
     with jax.default_device(cpu):
         det = jax.device_get(inference.predict(model, jax.device_put(variables, cpu), inputs, sizes, cfg))
@@ -188,10 +194,12 @@ def batches(images: Sequence[np.ndarray], max_batch: int = MAX_BATCH) -> list[np
 
 
 def load_images(spec: str) -> list[np.ndarray]:
-    """--check's images: a file, a directory or a glob as --mode=detect --images takes them → (H, W, 3) uint8."""
-    from yolo_jax import detect  # noqa: PLC0415
+    """--check's images: a file, a directory or a glob as --mode=detect --images takes them → (H, W, 3) uint8,
+    decoded as detect.load_image does (data/decode.py: the decoder of training and evaluation)."""
+    from yolo_jax.data import decode  # noqa: PLC0415
+    from yolo_jax.image_files import find_images  # noqa: PLC0415
 
-    return [detect.load_image(p) for p in detect.find_images(spec)]
+    return [decode.decode_image(p) for p in find_images(spec)]
 
 
 def check_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, path: str | Path,
