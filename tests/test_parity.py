@@ -112,7 +112,6 @@ def test_compare_matches_by_class_and_iou_not_slot():
 # ------------------------------------------------------------------------------------ every network x format
 
 
-@needs_onnx
 def test_every_network_every_format_equals_jax(tmp_path):
     """YOLOv3, YOLOv3-tiny, YOLOv4, YOLOv4-tiny x SavedModel, ONNX, StableHLO, at batch 1 and 3, all run in ONE
     fresh process without yolo_jax, equal to JAX's detect path on non-square images (letterbox bands)."""
@@ -124,6 +123,8 @@ def test_every_network_every_format_equals_jax(tmp_path):
         model, variables, cfg, _ = random_detector(variant)
         detectors[net] = (model, variables, cfg)
         for fmt, name in (('savedmodel', 'sm'), ('onnx', 'model.onnx'), ('stablehlo', 'model.stablehlo')):
+            if fmt == 'onnx' and not HAS_ONNX:  # the export extra: SavedModel and StableHLO are checked without it
+                continue
             path = export.export_model(model, variables, cfg, fmt, tmp_path / net / name, ['0', '1', '2'],
                                        platforms=('cpu',))
             jobs.append({'name': f'{net}/{fmt}', 'format': fmt, 'path': path, 'inputs': list(images)})
@@ -134,7 +135,7 @@ def test_every_network_every_format_equals_jax(tmp_path):
         ref3 = parity.reference(model, variables, cfg, images['three'])
         refs = {'three': ref3, 'one': {k: v[:1] for k, v in ref3.items()}}  # JAX is batch-independent
         detections[net] = int(ref3['count'].sum())
-        for fmt in export.FORMATS:
+        for fmt in [f for f in export.FORMATS if f != 'onnx' or HAS_ONNX]:
             for key, ref in refs.items():
                 got = {k: results[f'{net}/{fmt}/{key}/{k}'] for k in parity.OUTPUTS}
                 res = parity.compare(ref, got, cfg)
