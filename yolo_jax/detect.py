@@ -12,7 +12,6 @@ atomically, also when a failure stops the run part-way ('complete': false, with 
 
 from __future__ import annotations
 
-import glob
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,34 +26,9 @@ from PIL import Image
 from yolo_jax import inference, tracking, video, visualize
 from yolo_jax.data import decode, export_labels
 from yolo_jax.data.annotations import write_text_atomic
-from yolo_jax.errors import DataError, FlagError, MissingFileError, summarize
+from yolo_jax.errors import DataError, FlagError, summarize
+from yolo_jax.image_files import IMAGE_EXTENSIONS, find_images  # noqa: F401  (re-exported as detect.*)
 from yolo_jax.postprocess import postprocess_config
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-
-def find_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A file, a directory (its image files, sorted, not recursive), a glob, or a list of those → files.
-
-    Raises FileNotFoundError when nothing matches.
-    """
-    if isinstance(images, (str, Path)):
-        images = [images]
-    out: list[Path] = []
-    for item in images:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            out.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
-            out += [m for m in matches if m.is_file()]
-            if not matches:
-                raise MissingFileError(f'--images: no file, directory or glob match for {item}')
-    if not out:
-        raise MissingFileError(f'--images: no image files in {", ".join(str(i) for i in images)}')
-    return out
 
 
 def load_image(path: str | Path) -> np.ndarray:

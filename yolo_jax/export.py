@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,18 @@ def main() -> None:
     platforms = [p.strip() for p in flags_.platforms.split(',') if p.strip()]
     if not platforms:
         raise FlagError(f'--platforms={flags_.platforms!r}: name at least one XLA platform, e.g. cpu,cuda')
+    check_images = None
+    if flags_.check:  # images and runtime checked before the (long) export
+        from yolo_jax import parity  # noqa: PLC0415
+
+        check_images = parity.prepare_check(flags_.check, flags_.format, platforms)
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
     path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms)
     print(f'exported {flags_.format} → {path}')
+    if check_images is not None and not parity.report_check(model, variables, cfg, flags_.format, path,
+                                                            check_images):
+        sys.exit(1)  # a file that differs from JAX: not a user mistake (those exit 2)
 
 
 def _define_flags() -> None:
@@ -255,6 +264,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
     flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
+    flags.DEFINE_string('check', None, 'Images (a file, directory or glob) to run the written file on, in its own '
+                        'runtime in a fresh process, against JAX; exit 1 when they differ (yolo_jax/parity.py).')
     flags.mark_flags_as_required(['output'])
 
 

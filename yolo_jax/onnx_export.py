@@ -32,9 +32,18 @@ import numpy as np
 
 from yolo_jax import postprocess as pp
 from yolo_jax.decode import MAX_LOG_WH
+from yolo_jax.errors import ConfigError, UserError
 
 OPSET = 17
 NCHW, NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
+# The jax versions whose primitive names and parameters this converter is tested against (setup.cfg's `export`
+# extra fences jax to the same range; tests/test_parity.py lists the four networks' primitives against CONVERTED).
+TESTED_JAX = '>=0.10,<0.11'
+
+
+class UnsupportedLayerError(UserError, NotImplementedError):
+    """The network has a layer (a jaxpr primitive) that the ONNX converter cannot express; the message names the
+    layer, the primitive and the installed jax."""
 
 
 def _onnx():
@@ -98,7 +107,8 @@ class _NetworkConverter:
             v.nchw = self.g.op('Transpose', [v.nhwc], perm=list(NCHW))
         return v.nchw
 
-    def run(self, jaxpr: Any, consts: list[Any], args: list[_Value]) -> list[_Value]:
+    def run(self, jaxpr: Any, consts: list[Any], args: list[_Value], layer: str = '') -> list[_Value]:
+        """ONNX values of `jaxpr`'s outputs; `layer`: the enclosing call's name stack (for error messages)."""
         env: dict[Any, _Value] = {}
         uses: dict[Any, int] = {}
         for eqn in jaxpr.eqns:
@@ -124,15 +134,23 @@ class _NetworkConverter:
                 for var, o in zip(eqn.outvars, outs, strict=True):
                     env[var] = _Value(const=np.asarray(o))
                 continue
-            outs = self.convert(eqn, ins, uses)
+            where = _layer_name(layer, eqn)
+            try:
+                outs = self.convert(eqn, ins, uses, where)
+            except UnsupportedLayerError:
+                raise
+            except NotImplementedError as e:
+                raise UnsupportedLayerError(_unsupported(where, eqn.primitive.name, str(e))) from e
             for var, o in zip(eqn.outvars, outs, strict=True):
                 env[var] = o
                 self.producer[var] = (eqn, ins)
         return [read(v) for v in jaxpr.outvars]
 
-    def convert(self, eqn: Any, ins: list[_Value], uses: dict) -> list[_Value]:
+    def convert(self, eqn: Any, ins: list[_Value], uses: dict, layer: str = '') -> list[_Value]:
         name, p, g = eqn.primitive.name, eqn.params, self.g
-        if name in ('pjit', 'jit', 'closed_call', 'custom_jvp_call', 'custom_vjp_call'):
+        if name not in CONVERTED:
+            raise NotImplementedError('no ONNX conversion rule')
+        if name in _CALLS:
             closed = p.get('jaxpr') or p.get('call_jaxpr') or p.get('fun_jaxpr')
             alpha = None
             if p.get('name') == 'leaky_relu' and len(ins) == 2 and ins[1].const is not None and ins[1].const.ndim == 0:
@@ -144,7 +162,7 @@ class _NetworkConverter:
                 return [_Value(nhwc=g.op('LeakyRelu', [x.nhwc], alpha=alpha))]
             inner = closed.jaxpr if hasattr(closed, 'jaxpr') else closed
             consts = closed.consts if hasattr(closed, 'consts') else []
-            return self.run(inner, consts, ins)
+            return self.run(inner, consts, ins, layer)
         if name == 'conv_general_dilated':
             dn = p['dimension_numbers']
             ok = (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == (NCHW, (3, 2, 0, 1), NCHW)  # NHWC HWIO
@@ -300,6 +318,60 @@ _ELEMENTWISE = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': '
 
 _UNARY = {'abs': 'Abs', 'neg': 'Neg', 'exp': 'Exp', 'log': 'Log', 'tanh': 'Tanh', 'logistic': 'Sigmoid',
           'sqrt': 'Sqrt'}
+
+_CALLS = ('pjit', 'jit', 'closed_call', 'custom_jvp_call', 'custom_vjp_call')  # converted by inlining their jaxpr
+
+# Every primitive _NetworkConverter.convert has a rule for (it rejects the rest up front, naming them).
+CONVERTED = frozenset({
+    *_ELEMENTWISE, *_UNARY, *_CALLS, 'conv_general_dilated', 'ne', 'log1p', 'select_n', 'convert_element_type',
+    'reduce_window_max', 'reduce_max', 'reshape', 'broadcast_in_dim', 'concatenate', 'slice',
+})
+
+
+def _layer_name(outer: str, eqn: Any) -> str:
+    """The Flax module path of `eqn` (its name stack, e.g. 'YOLOv4/backbone/conv_001'), under the enclosing
+    call's `outer` path when the equation sits inside a nested jaxpr."""
+    inner = str(eqn.source_info.name_stack)
+    if outer and not inner.startswith(outer):
+        return f'{outer}/{inner}' if inner else outer
+    return inner or outer or '(top level)'
+
+
+def _unsupported(layer: str, primitive: str, reason: str) -> str:
+    """The one-line message of UnsupportedLayerError."""
+    reason = reason.removeprefix('ONNX export: ')
+    return (f'ONNX export cannot express layer {layer} (primitive {primitive!r}: {reason}); '
+            f'the converter is tested with jax{TESTED_JAX}, installed jax {jax.__version__}: use --format=savedmodel '
+            'or --format=stablehlo for this network')
+
+
+def network_primitives(closed: Any) -> dict[str, set[str]]:
+    """{primitive name: the layers using it} of every equation of a network's closed jaxpr that the converter must
+    translate: those fed, directly or through nested calls, by the network's input (equations on weights alone
+    are constant-folded by binding them and need no rule). Nested call jaxprs are walked as convert inlines them."""
+    found: dict[str, set[str]] = {}
+
+    def walk(jaxpr: Any, dynamic_in: list[bool], layer: str) -> list[bool]:
+        dynamic = {v: d for v, d in zip(jaxpr.invars, dynamic_in, strict=True)}
+        is_dyn = lambda v: not _is_literal(v) and dynamic.get(v, False)
+        for eqn in jaxpr.eqns:
+            flags = [is_dyn(v) for v in eqn.invars]
+            if not any(flags):
+                continue
+            where = _layer_name(layer, eqn)
+            name = eqn.primitive.name
+            found.setdefault(name, set()).add(where)
+            outs = [True] * len(eqn.outvars)
+            if name in _CALLS:
+                closed_inner = eqn.params.get('jaxpr') or eqn.params.get('call_jaxpr') or eqn.params.get('fun_jaxpr')
+                inner = closed_inner.jaxpr if hasattr(closed_inner, 'jaxpr') else closed_inner
+                outs = walk(inner, flags, where)
+            for v, d in zip(eqn.outvars, outs, strict=True):
+                dynamic[v] = d
+        return [is_dyn(v) for v in jaxpr.outvars]
+
+    walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), '')
+    return found
 
 
 def _is_literal(v: Any) -> bool:
@@ -493,7 +565,8 @@ def _checked_model(graph: Any) -> Any:
 def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
     """The onnx.ModelProto of serving_fn (see the module docstring) for a BatchNorm-folded `model`."""
     if cfg.method != 'nms':
-        raise ValueError(f'ONNX export supports hard NMS only (ONNX has no soft-NMS op); got nms_method={cfg.method!r}')
+        raise ConfigError('config.eval.nms_method: ONNX export supports hard NMS only (ONNX has no soft-NMS op); '
+                          f'got nms_method={cfg.method!r}')
     g = _Graph()
     onnx = g.onnx
     s = cfg.input_size

@@ -1,0 +1,256 @@
+"""Parity of exported files with the JAX model: `python -m yolo_jax.export ... --check=IMAGES`.
+
+The written file is run in its own runtime in a fresh Python process that never imports yolo_jax
+(`parity_runner.py`: numpy + TensorFlow / ONNX Runtime / jax.export, as a deployment loads it) on uint8 images of
+their original sizes, and its detections are compared with the JAX model's on the same images: the detect path
+(data/letterbox.py's TF resize on the host + inference.predict with the same PostprocessConfig), both on the CPU.
+
+Detections are matched per image, not by slot: each JAX detection (best score first) takes the unmatched exported
+detection of the same class with the highest IoU >= MATCH_IOU. Equal-score candidates may come out in either order
+in two runtimes, so slot-by-slot comparison would flag a correct file. The check passes when every detection on
+both sides is matched (classes therefore exact) and the matched boxes differ by at most BOX_TOL pixels (any
+coordinate, original-image pixels) and their scores by at most SCORE_TOL. An unmatched detection whose score is
+within SCORE_TOL of the score threshold (or of the last kept score when all max_detections slots are full) is
+counted as `borderline` and tolerated: rounding may legitimately keep it on one side and drop it on the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from yolo_jax import postprocess as pp
+
+BOX_TOL = 1e-3  # pixels of the original image
+SCORE_TOL = 1e-4
+MATCH_IOU = 0.5
+MAX_BATCH = 8  # images of one size are checked together, up to this many per call
+RUNNER = Path(__file__).with_name('parity_runner.py')
+RUNTIME_MODULES = {'savedmodel': 'tensorflow', 'onnx': 'onnxruntime', 'stablehlo': 'jax'}
+OUTPUTS = ('boxes', 'scores', 'classes', 'count')
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Detections of an exported file against JAX's over a set of images (counts summed over images)."""
+
+    images: int = 0
+    jax_detections: int = 0
+    file_detections: int = 0
+    matched: int = 0
+    borderline: int = 0  # unmatched but within SCORE_TOL of the threshold / last slot: tolerated
+    max_box_diff: float = 0.0  # pixels, over matched pairs
+    max_score_diff: float = 0.0
+
+    @property
+    def unmatched(self) -> int:
+        """Detections on either side without a partner, borderline ones excluded."""
+        return self.jax_detections + self.file_detections - 2 * self.matched - self.borderline
+
+    def failures(self, box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL) -> list[str]:
+        """Why the file is not equal to JAX (empty when it is)."""
+        out = []
+        if self.unmatched:
+            out.append(f'{self.jax_detections - self.matched} JAX and {self.file_detections - self.matched} file '
+                       'detections have no partner of the same class')
+        if self.max_box_diff > box_tol:
+            out.append(f'max box difference {self.max_box_diff:.3g} px > {box_tol:g}')
+        if self.max_score_diff > score_tol:
+            out.append(f'max score difference {self.max_score_diff:.3g} > {score_tol:g}')
+        return out
+
+    def merge(self, other: Comparison) -> Comparison:
+        """The comparison over both sets of images."""
+        return Comparison(
+            self.images + other.images, self.jax_detections + other.jax_detections,
+            self.file_detections + other.file_detections, self.matched + other.matched,
+            self.borderline + other.borderline, max(self.max_box_diff, other.max_box_diff),
+            max(self.max_score_diff, other.max_score_diff))
+
+    def summary(self) -> str:
+        """One line: counts and the largest differences."""
+        return (f'{self.images} images, {self.matched} of {self.jax_detections} JAX detections matched '
+                f'({self.file_detections} in the file, {self.borderline} borderline), max box difference '
+                f'{self.max_box_diff:.3g} px, max score difference {self.max_score_diff:.3g}')
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box (4,) with (N, 4) boxes, pixels."""
+    lo, hi = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _borderline(score: float, scores: np.ndarray, cfg: pp.PostprocessConfig, score_tol: float) -> bool:
+    """A detection that rounding may keep in one runtime and drop in another: near the threshold, or near the last
+    kept score when all max_detections slots are full (`scores`: that side's valid scores)."""
+    if score <= cfg.score_threshold + score_tol:
+        return True
+    return len(scores) >= cfg.max_detections and score <= scores.min() + score_tol
+
+
+def compare_image(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], cfg: pp.PostprocessConfig,
+                  score_tol: float = SCORE_TOL) -> Comparison:
+    """One image's detections: `ref` (JAX) and `got` (the file), each {'boxes' (K, 4) xyxy px, 'scores' (K,),
+    'classes' (K,), 'count' ()} with the first `count` slots valid."""
+    rn, gn = int(ref['count']), int(got['count'])
+    rb, rs, rc = ref['boxes'][:rn], ref['scores'][:rn], ref['classes'][:rn]
+    gb, gs, gc = got['boxes'][:gn], got['scores'][:gn], got['classes'][:gn]
+    taken = np.zeros(gn, bool)
+    out = Comparison(images=1, jax_detections=rn, file_detections=gn)
+    lonely_ref = []
+    for i in np.argsort(-rs, kind='stable'):
+        ious = np.where((gc == rc[i]) & ~taken, _iou(rb[i], gb), -1.0) if gn else np.zeros(0)
+        j = int(np.argmax(ious)) if gn else -1
+        if j < 0 or ious[j] < MATCH_IOU:
+            lonely_ref.append(i)
+            continue
+        taken[j] = True
+        out.matched += 1
+        out.max_box_diff = max(out.max_box_diff, float(np.abs(rb[i] - gb[j]).max()))
+        out.max_score_diff = max(out.max_score_diff, float(abs(rs[i] - gs[j])))
+    out.borderline = (sum(_borderline(float(rs[i]), rs, cfg, score_tol) for i in lonely_ref)
+                      + sum(_borderline(float(gs[j]), gs, cfg, score_tol) for j in np.flatnonzero(~taken)))
+    return out
+
+
+def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], cfg: pp.PostprocessConfig,
+            score_tol: float = SCORE_TOL) -> Comparison:
+    """compare_image over a batch: outputs with a leading batch axis (B, ...)."""
+    total = Comparison()
+    for b in range(len(ref['count'])):
+        total = total.merge(compare_image({k: v[b] for k, v in ref.items()}, {k: v[b] for k, v in got.items()},
+                                          cfg, score_tol))
+    return total
+
+
+def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray) -> dict[str, np.ndarray]:
+    """JAX's detections of uint8 images (B, H, W, 3) on the CPU: the detect path, i.e. the input pipeline's
+    letterbox on the host (as detect.prepare_image; data/letterbox.py) + inference.predict; {'boxes' (B, K, 4)
+    xyxy original px, 'scores', 'classes', 'count' (B,)}."""
+    import tensorflow as tf  # noqa: PLC0415  (the host letterbox)
+
+    from yolo_jax import inference  # noqa: PLC0415
+    from yolo_jax.data import letterbox  # noqa: PLC0415
+
+    cpu = jax.devices('cpu')[0]
+    no_boxes = tf.zeros((0, 4), tf.float32)
+    inputs = np.stack([letterbox.resize_image_and_boxes(tf.constant(im), no_boxes, cfg.input_size,
+                                                        cfg.resize_mode)[0].numpy() for im in images])
+    sizes = np.tile(np.asarray(images.shape[1:3]), (len(images), 1))
+    with jax.default_device(cpu):
+        det = jax.device_get(inference.predict(model, jax.device_put(variables, cpu), inputs, sizes, cfg))
+    return {'boxes': det.boxes, 'scores': det.scores, 'classes': det.classes,
+            'count': det.valid.sum(axis=1).astype(np.int32)}
+
+
+def runner_env() -> dict[str, str]:
+    """The fresh process's environment: CPU only (JAX and TF), quiet TF."""
+    return dict(os.environ, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2',
+                PYTHONUNBUFFERED='1')
+
+
+def run_exported(jobs: Sequence[dict[str, Any]], images: dict[str, np.ndarray], workdir: str | Path,
+                 timeout: float = 1800) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Runs `jobs` ({'name', 'format', 'path', 'inputs': keys of `images`}) in ONE fresh process
+    (parity_runner.py, without yolo_jax); returns ({'{name}/{input}/{output}': array}, {name: error line}).
+
+    Raises RuntimeError when the process itself fails or imported yolo_jax.
+    """
+    workdir = Path(workdir)
+    np.savez(workdir / 'parity_images.npz', **images)
+    manifest = {'images': str(workdir / 'parity_images.npz'), 'output': str(workdir / 'parity_out.npz'),
+                'jobs': [{**j, 'path': str(j['path'])} for j in jobs]}
+    (workdir / 'parity_manifest.json').write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, '-P', str(RUNNER), str(workdir / 'parity_manifest.json')],
+                          cwd=workdir, env=runner_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise RuntimeError(f'the parity runner failed (exit {proc.returncode}): {lines[-1] if lines else ""}')
+    status = json.loads((workdir / 'parity_out.npz.json').read_text())
+    if status['yolo_jax_modules']:
+        raise RuntimeError(f'the parity runner imported {status["yolo_jax_modules"]}')
+    return dict(np.load(workdir / 'parity_out.npz')), status['errors']
+
+
+def batches(images: Sequence[np.ndarray], max_batch: int = MAX_BATCH) -> list[np.ndarray]:
+    """Images (H, W, 3) grouped by size, in first-seen order, into arrays (B <= max_batch, H, W, 3)."""
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for im in images:
+        groups.setdefault(im.shape, []).append(im)
+    return [np.stack(g[i:i + max_batch]) for g in groups.values() for i in range(0, len(g), max_batch)]
+
+
+def load_images(spec: str) -> list[np.ndarray]:
+    """--check's images: a file, a directory or a glob as --mode=detect --images takes them → (H, W, 3) uint8,
+    decoded as detect.load_image does (data/decode.py: the decoder of training and evaluation)."""
+    from yolo_jax.data import decode  # noqa: PLC0415
+    from yolo_jax.image_files import find_images  # noqa: PLC0415
+
+    return [decode.decode_image(p) for p in find_images(spec)]
+
+
+def check_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, path: str | Path,
+               images: Sequence[np.ndarray]) -> tuple[Comparison, str | None]:
+    """(comparison, None) of the exported `path` (format `fmt`) against JAX on `images`, or (empty comparison,
+    the runtime's one-line error) when the file does not load or run in its runtime."""
+    grouped = batches(images)
+    keys = [f'batch_{i:03d}' for i in range(len(grouped))]
+    with tempfile.TemporaryDirectory(prefix='yolo_jax_parity_') as tmp:
+        results, errors = run_exported([{'name': fmt, 'format': fmt, 'path': str(Path(path).resolve()),
+                                         'inputs': keys}], dict(zip(keys, grouped, strict=True)), tmp)
+    if fmt in errors:
+        return Comparison(), errors[fmt]
+    total = Comparison()
+    for key, x in zip(keys, grouped, strict=True):
+        got = {k: results[f'{fmt}/{key}/{k}'] for k in OUTPUTS}
+        total = total.merge(compare(reference(model, variables, cfg, x), got, cfg))
+    return total, None
+
+
+def prepare_check(spec: str, fmt: str, platforms: Sequence[str]) -> list[np.ndarray]:
+    """--check=IMAGES validated before the export starts: the images (MissingFileError / DataError name the file),
+    the runtime installed, and a CPU lowering to run on. Raises FlagError otherwise."""
+    import importlib.util  # noqa: PLC0415
+
+    from yolo_jax.errors import FlagError  # noqa: PLC0415
+
+    module = RUNTIME_MODULES.get(fmt)
+    if module is None:
+        raise FlagError(f'--check: no parity runner for --format={fmt} (it checks {", ".join(RUNTIME_MODULES)})')
+    if importlib.util.find_spec(module) is None:
+        raise FlagError(f'--check: running a {fmt} file needs {module}: pip install \'yolo_jax[export]\'')
+    if fmt != 'onnx' and 'cpu' not in platforms:
+        raise FlagError(f'--check runs the file on the CPU: add cpu to --platforms={",".join(platforms)}')
+    return load_images(spec)
+
+
+def report_check(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, path: str | Path,
+                 images: Sequence[np.ndarray]) -> bool:
+    """Runs check_file and prints the result: one `parity ...: ok` line on stdout, or one `parity check failed:`
+    line on stderr (the caller exits 1: a failed check is not a user mistake). Returns whether it passed."""
+    result, error = check_file(model, variables, cfg, fmt, path, images)
+    if error is not None:
+        print(f'parity check failed: {fmt} file {path} does not run in its runtime: {error}', file=sys.stderr)
+        return False
+    problems = result.failures()
+    if problems:
+        print(f'parity check failed: {fmt} vs JAX: {"; ".join(problems)} ({result.summary()})', file=sys.stderr)
+        return False
+    print(f'parity {fmt} vs JAX: ok, {result.summary()} (tolerances {BOX_TOL:g} px, {SCORE_TOL:g})')
+    if result.jax_detections == 0:
+        print('warning: no detections on these images, so only their absence was compared; lower '
+              '--config.eval.score_threshold or pass other images', file=sys.stderr)
+    return True
