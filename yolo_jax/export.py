@@ -23,6 +23,8 @@ Formats:
     file; `jax.export.deserialize(open(f, 'rb').read()).call(images)` runs it without this package.
   * onnx: see yolo_jax/onnx_export.py (ONNX built from the network's jaxpr plus standard ONNX pre- and
     post-processing ops); hard NMS only.
+  * tflite (float32, --quantize=float16|int8), openvino, tensorrt: see yolo_jax/runtimes.py (TFLite holds the
+    network + decoding only: NMS runs on the host).
 
 Beside each model: `<output>.json` (or PATH/export.json for a SavedModel directory) with the class names,
 input size, thresholds and output names.
@@ -41,8 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolo_jax import postprocess as pp
+from yolo_jax import runtimes as runtimes_lib
 
-FORMATS = ('savedmodel', 'onnx', 'stablehlo')
+FORMATS = ('savedmodel', 'onnx', 'stablehlo', 'tflite', 'openvino', 'tensorrt')
 OUTPUT_NAMES = ('boxes', 'scores', 'classes', 'count')
 PAD_VALUE = 128.0  # data/letterbox.py's grey
 PLATFORMS = ('cpu', 'cuda')  # SavedModel / StableHLO run on CPU or NVIDIA GPUs, wherever they were exported
@@ -200,13 +203,15 @@ def export_stablehlo(
 
 def export_model(
     model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, output: str | Path,
-    class_names: Sequence[str], platforms: Sequence[str] = PLATFORMS,
+    class_names: Sequence[str], platforms: Sequence[str] = PLATFORMS, **runtime_options: Any,
 ) -> Path:
     """Writes `model` (+ folded `variables`) in `fmt` to `output` and its metadata JSON; returns the model path.
 
     SavedModel: a directory, metadata in PATH/export.json; ONNX / StableHLO: a file, metadata in PATH.json.
     `platforms`: what the SavedModel / StableHLO are lowered for (ONNX is platform-neutral).
+    `runtime_options`: tflite's quantize, batch_size, calibration (runtimes.export_tflite).
     """
+    meta = metadata(cfg, class_names, fmt)
     if fmt == 'savedmodel':
         path = export_savedmodel(model, variables, cfg, output, platforms)
         meta_path = path / 'export.json'
@@ -218,9 +223,13 @@ def export_model(
 
         path = onnx_export.export_onnx(model, variables, cfg, output)
         meta_path = Path(f'{path}.json')
+    elif fmt in runtimes_lib.FORMATS:
+        path = runtimes_lib.export_runtime(model, variables, cfg, fmt, output, **runtime_options)
+        meta_path = Path(f'{path}.json')
+        meta.update(runtimes_lib.metadata_changes(fmt, cfg, **runtime_options))
     else:
         raise ValueError(f'--format: unknown format {fmt!r}; expected one of {FORMATS}')
-    meta_path.write_text(json.dumps(metadata(cfg, class_names, fmt), indent=1) + '\n')
+    meta_path.write_text(json.dumps(meta, indent=1) + '\n')
     return path
 
 
@@ -242,7 +251,9 @@ def main() -> None:
         raise FlagError(f'--platforms={flags_.platforms!r}: name at least one XLA platform, e.g. cpu,cuda')
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
-    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms)
+    options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in runtimes_lib.FORMATS else {}
+    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms,
+                        **options)
     print(f'exported {flags_.format} → {path}')
 
 
@@ -255,6 +266,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
     flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
+    runtimes_lib.define_flags()
     flags.mark_flags_as_required(['output'])
 
 
