@@ -4,12 +4,12 @@
     python -m yolo_jax.export ... --format=openvino --output=model.xml
     python -m yolo_jax.export ... --format=tensorrt --output=model.engine   (on a machine with an NVIDIA GPU)
 
-* tflite: the network + decoding only. TFLite's converter legalises the StableHLO of `jax2tf` to builtin ops, but
-  not the post-processing: argmax is a variadic `reduce` and the NMS a `while` loop, both "failed to legalize".
-  So the file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1] (data/letterbox.py, or
-  `export.letterbox_images`) to 'pred' (B, N, 5 + C): x, y, w, h in input pixels (box centre and size),
-  objectness, C class probabilities, N = sum over scales of cells x anchors; the host then runs
-  `postprocess.postprocess_decoded` (undo the letterbox, threshold, per-class NMS) or any NMS of its own. The batch
+* tflite: the network only. TFLite's converter legalises the StableHLO of `jax2tf` to builtin ops, but not the
+  post-processing: argmax is a variadic `reduce` and the NMS a `while` loop, both "failed to legalize"; and int8
+  ruins a calibrated decoding (see `raw_fn`). So the file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1]
+  (data/letterbox.py, or `export.letterbox_images`) to 'raw' (B, N, 5 + C), the raw maps flattened (N = sum over
+  scales of cells x anchors); the host runs `tflite_detections` (decode, undo the letterbox, threshold, per-class
+  NMS: the JAX path's own code) or its own. The batch
   is fixed (--batch_size): with a symbolic batch the converter meets `dynamic_gather`, which it cannot legalise.
   --quantize=float16 stores float16 weights (computes in float32); int8 is full-integer post-training quantisation
   (float input and output) calibrated on letterboxed training images (--calibration_images).
@@ -38,18 +38,43 @@ from yolo_jax import postprocess as pp
 from yolo_jax.errors import FlagError
 
 QUANTIZE = ('none', 'float16', 'int8')
-TFLITE_OUTPUT = 'pred'
+TFLITE_OUTPUT = 'raw'
 
 
-def decoded_fn(model: Any, cfg: pp.PostprocessConfig) -> Callable[[dict, jax.Array], jax.Array]:
-    """fn(variables, canvas (B, S, S, 3) float32 in [0, 1]) → (B, N, 5 + C) decoded candidates (input pixels),
-    the input of `postprocess.postprocess_decoded`."""
+def raw_fn(model: Any) -> Callable[[dict, jax.Array], jax.Array]:
+    """fn(variables, canvas (B, S, S, 3) float32 in [0, 1]) → (B, N, 5 + C) the network's raw maps, each scale's
+    (B, s, s, A*(5+C)) flattened to (B, s*s*A, 5+C), scales in stride order: t_x, t_y, t_w, t_h, objectness logit,
+    C class logits (`split_raw`'s layout). The TFLite file computes this.
+
+    Why raw and not decoded: int8 quantises each tensor with one scale. Decoded, the concatenated box coordinates
+    (pixels) and probabilities (0..1) share it, and calibrated decoding collapsed to one or two levels (MNIST quick:
+    mAP@0.5 0.91 → 0.00); raw logits share one range (about -15..10) and lose ~0.08 on average.
+    """
 
     def fn(variables: dict, canvas: jax.Array) -> jax.Array:
         outputs = model.apply(variables, canvas, train=False)
-        return pp.flatten_decoded(decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None))
+        return jnp.concatenate([o.reshape(o.shape[0], -1, o.shape[-1] // _anchors(o, model)) for o in outputs], 1)
 
     return fn
+
+
+def _anchors(output: jax.Array, model: Any) -> int:
+    """Anchors per cell of a raw map: its channels are A*(5 + num_classes)."""
+    return output.shape[-1] // (5 + int(model.num_classes))
+
+
+def decode_raw(raw: np.ndarray, cfg: pp.PostprocessConfig) -> jax.Array:
+    """raw (B, N, 5 + C) of `raw_fn` → (B, N, 5 + C) decoded (x, y, w, h input pixels, objectness, class
+    probabilities), the input of `postprocess.postprocess_decoded`: split back into scales (s = S / stride) and
+    decoded by decode.decode_all."""
+    raw = jnp.asarray(raw, jnp.float32)
+    b, _, c = raw.shape
+    maps, start = [], 0
+    for anchors, stride in zip(cfg.anchors, cfg.strides, strict=True):
+        s, a = cfg.input_size // stride, len(anchors)
+        maps.append(raw[:, start:start + s * s * a].reshape(b, s, s, a, c))
+        start += s * s * a
+    return pp.flatten_decoded(decode_lib.decode_all(maps, cfg.anchors, cfg.strides, cfg.scale_xy or None))
 
 
 def _unsupported_op(message: str) -> str:
@@ -65,7 +90,7 @@ def export_tflite(
     model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path, *, quantize: str = 'none',
     batch_size: int = 1, calibration: Callable[[], Iterator[np.ndarray]] | None = None,
 ) -> Path:
-    """Writes the network + decoding (`decoded_fn`) as a .tflite file with a fixed batch.
+    """Writes the network (`raw_fn`) as a .tflite file with a fixed batch.
 
     calibration (int8 only): a callable yielding float32 canvases (batch_size, S, S, 3) in [0, 1].
     Raises FlagError naming the op when the converter cannot express the graph.
@@ -82,7 +107,7 @@ def export_tflite(
     except RuntimeError:
         pass
     variables = jax.device_get(variables)
-    fn = decoded_fn(model, cfg)
+    fn = raw_fn(model)
     size = cfg.input_size
     tf_fn = jax2tf.convert(lambda x: fn(variables, x), with_gradient=False, native_serialization_platforms=('cpu',))
     spec = tf.TensorSpec((batch_size, size, size, 3), tf.float32, name='images')
@@ -187,11 +212,12 @@ def export_tensorrt(
     return output
 
 
-def tflite_detections(pred: np.ndarray, cfg: pp.PostprocessConfig, orig_sizes: np.ndarray) -> dict[str, np.ndarray]:
-    """Host post-processing of a TFLite file's output: pred (B, N, 5 + C) for images of original (h, w)
-    `orig_sizes` (B, 2) → {'boxes' (B, K, 4) xyxy original pixels, 'scores', 'classes', 'count'}."""
+def tflite_detections(raw: np.ndarray, cfg: pp.PostprocessConfig, orig_sizes: np.ndarray) -> dict[str, np.ndarray]:
+    """Host post-processing of a TFLite file's output: raw (B, N, 5 + C) (`raw_fn`) for images of original (h, w)
+    `orig_sizes` (B, 2) → {'boxes' (B, K, 4) xyxy original pixels, 'scores', 'classes', 'count'}: decoding,
+    undoing the letterbox, threshold and NMS exactly as the JAX path (postprocess.postprocess_decoded)."""
     resize = pp.resize_params_batch(np.asarray(orig_sizes), cfg.input_size, cfg.resize_mode)
-    det = jax.device_get(pp.postprocess_decoded(jnp.asarray(pred), resize, orig_sizes, cfg))
+    det = jax.device_get(pp.postprocess_decoded(decode_raw(raw, cfg), resize, orig_sizes, cfg))
     return {'boxes': det.boxes, 'scores': det.scores, 'classes': det.classes, 'count': det.valid.sum(axis=1)}
 
 
@@ -221,8 +247,9 @@ def metadata_changes(fmt: str, cfg: pp.PostprocessConfig, *, quantize: str = 'no
     s = cfg.input_size
     return {
         'input': f'images: float32 ({batch_size}, {s}, {s}, 3) RGB in [0, 1], letterboxed (data/letterbox.py)',
-        'outputs': {TFLITE_OUTPUT: '(batch, N, 5 + C) float32: x, y, w, h (box centre and size, input pixels), '
-                                   'objectness, C class probabilities; then postprocess.postprocess_decoded'},
+        'outputs': {TFLITE_OUTPUT: '(batch, N, 5 + C) float32: the raw maps (t_x, t_y, t_w, t_h, objectness '
+                                   'logit, class logits) flattened scale by scale (strides ascending, then rows, '
+                                   'columns, anchors); then runtimes.tflite_detections'},
         'quantize': quantize, 'batch_size': batch_size, 'anchors': [list(map(list, a)) for a in cfg.anchors],
         'strides': list(cfg.strides),
     }
