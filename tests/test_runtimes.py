@@ -1,20 +1,19 @@
 """yolo_jax.export --format=tflite|openvino|tensorrt: the runtimes users deploy to give JAX's detections.
 
-Model: a random-weights YOLOv3-tiny (10 classes) at 96 px, He-initialised with the output convs at a fifth of
-He's scale (raw maps of order 1, as a trained net's). Each file is run in a fresh Python process that never
-imports yolo_jax: TFLite with ai-edge-litert (TF's tf.lite.Interpreter when it is absent), OpenVINO with
-`openvino`. References: inference.predict on the host letterbox (detect.prepare_image) for detections, and the
-network + decoding in JAX (runtimes.decoded_fn) for TFLite's raw output.
+Model: a random-weights YOLOv3-tiny (10 classes) at 96 px, He-initialised with the output convs at half He's
+scale. Each file is run in a fresh Python process that never imports yolo_jax: TFLite with ai-edge-litert (TF's
+tf.lite.Interpreter when it is absent), OpenVINO with `openvino`. References: inference.predict on the host
+letterbox (detect.prepare_image) for detections, and the network in JAX (runtimes.raw_fn) for TFLite's raw maps.
 
-Tolerances (measured maxima in brackets, this machine):
-  * TFLite float32: decoded boxes 1e-3 px, probabilities 1e-5; detections after the host NMS: boxes 1e-3 px,
-    scores 1e-4, classes and counts exact.
-  * OpenVINO float32 (its CPU plugin fuses and reorders ops): detections boxes 1e-2 px, scores 1e-4, classes and
-    counts exact.
-  * TFLite float16 weights: decoded boxes 0.5 px, probabilities 5e-3 (no detection equality: a different rank
-    among near-equal scores is not an error of the file).
-  * int8: the file runs and gives (B, N, 5 + C) finite candidates; its accuracy (mAP@0.5 change on MNIST quick)
-    is in benchmarks/README.md.
+Tolerances:
+  * TFLite float32: raw maps (logits of order 1) 1e-4; detections after the host decoding + NMS
+    (runtimes.tflite_detections): boxes 1e-3 px, scores 1e-4, classes and counts exact.
+  * OpenVINO float32: detections boxes 1e-2 px (its CPU plugin fuses and reorders ops; the ONNX file itself is
+    held to 1e-3 px by test_export.py), scores 1e-4, classes and counts exact.
+  * TFLite float16 weights: raw maps 2e-2, and they must differ from float32's (no detection equality: a
+    different rank among near-equal scores is not an error of the file).
+  * int8: the file runs and gives (B, N, 5 + C) finite maps; its accuracy (mAP@0.5 change on MNIST quick) is in
+    benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -208,7 +207,6 @@ def test_command_tflite_and_tensorrt(tmp_path):
     config = get_config('tiny,smoke')
     config.model.input_size = SIZE
     model, variables = inference.load_variables(config, None, weights, fold=True)
-    cfg = pp.PostprocessConfig.from_spec(spec_of(config), config.eval, config.data.resize)
     canvas = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
     got = _run_fresh('tflite', tmp_path / 'out' / 'model.tflite', {'x': canvas}, tmp_path)['x']
     want = np.asarray(jax.jit(runtimes.raw_fn(model))(variables, canvas))
