@@ -4,9 +4,11 @@
     python -m yolo_jax.export ... --format=openvino --output=model.xml
     python -m yolo_jax.export ... --format=tensorrt --output=model.engine   (on a machine with an NVIDIA GPU)
 
-* tflite: the network only. TFLite's converter legalises the StableHLO of `jax2tf` to builtin ops, but not the
-  post-processing: argmax is a variadic `reduce` and the NMS a `while` loop, both "failed to legalize"; and int8
-  ruins a calibrated decoding (see `raw_fn`). So the file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1]
+* tflite: the network only. TFLite's converter legalises the StableHLO of `jax2tf` to builtin ops; with symbolic
+  shapes (the SavedModel's serving function) it cannot ("failed to legalize operation 'mhlo.reduce'" for the
+  post-processing's argmax, `dynamic_gather` for a symbolic batch), so the file has a fixed batch and input size;
+  with static shapes decoding and NMS would convert, but int8 ruins a calibrated decoding (see `raw_fn`).
+  So the file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1]
   (data/letterbox.py, or `export.letterbox_images`) to 'raw' (B, N, 5 + C), the raw maps flattened (N = sum over
   scales of cells x anchors); the host runs `tflite_detections` (decode, undo the letterbox, threshold, per-class
   NMS: the JAX path's own code) or its own. The batch
