@@ -45,7 +45,7 @@ import numpy as np
 from yolo_jax import postprocess as pp
 from yolo_jax import runtimes as runtimes_lib
 
-FORMATS = ('savedmodel', 'onnx', 'stablehlo', 'tflite', 'openvino', 'tensorrt')
+FORMATS = ('savedmodel', 'onnx', 'stablehlo')  # the serving function's own files (runtimes.FORMATS: the others)
 OUTPUT_NAMES = ('boxes', 'scores', 'classes', 'count')
 PAD_VALUE = 128.0  # data/letterbox.py's grey
 PLATFORMS = ('cpu', 'cuda')  # SavedModel / StableHLO run on CPU or NVIDIA GPUs, wherever they were exported
@@ -228,7 +228,7 @@ def export_model(
         meta_path = Path(f'{path}.json')
         meta.update(runtimes_lib.metadata_changes(fmt, cfg, **runtime_options))
     else:
-        raise ValueError(f'--format: unknown format {fmt!r}; expected one of {FORMATS}')
+        raise ValueError(f'--format: unknown format {fmt!r}; expected one of {FORMATS + runtimes_lib.FORMATS}')
     meta_path.write_text(json.dumps(meta, indent=1) + '\n')
     return path
 
@@ -263,7 +263,7 @@ def _define_flags() -> None:
 
     flags.DEFINE_string('workdir', None, 'Training directory whose best checkpoint is exported.')
     flags.DEFINE_string('weights', None, 'A Darknet .weights file to export instead of a checkpoint.')
-    flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
+    flags.DEFINE_enum('format', 'savedmodel', list(FORMATS + runtimes_lib.FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
     flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
     runtimes_lib.define_flags()

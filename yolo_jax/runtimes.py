@@ -7,12 +7,10 @@
 * tflite: the network only. TFLite's converter legalises the StableHLO of `jax2tf` to builtin ops; with symbolic
   shapes (the SavedModel's serving function) it cannot ("failed to legalize operation 'mhlo.reduce'" for the
   post-processing's argmax, `dynamic_gather` for a symbolic batch), so the file has a fixed batch and input size;
-  with static shapes decoding and NMS would convert, but int8 ruins a calibrated decoding (see `raw_fn`).
-  So the file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1]
-  (data/letterbox.py, or `export.letterbox_images`) to 'raw' (B, N, 5 + C), the raw maps flattened (N = sum over
-  scales of cells x anchors); the host runs `tflite_detections` (decode, undo the letterbox, threshold, per-class
-  NMS: the JAX path's own code) or its own. The batch
-  is fixed (--batch_size): with a symbolic batch the converter meets `dynamic_gather`, which it cannot legalise.
+  with static shapes decoding and NMS would convert, but int8 ruins a calibrated decoding (see `raw_fn`). So the
+  file maps a letterboxed float32 canvas (B, S, S, 3) in [0, 1] (data/letterbox.py, or `export.letterbox_images`)
+  to 'raw' (B, N, 5 + C), the raw maps flattened (N = sum over scales of cells x anchors); the host runs
+  `tflite_detections` (decode, undo the letterbox, threshold, per-class NMS: the JAX path's own code) or its own.
   --quantize=float16 stores float16 weights (computes in float32); int8 is full-integer post-training quantisation
   (float input and output) calibrated on letterboxed training images (--calibration_images).
 * openvino: the ONNX graph of yolo_jax/onnx_export.py (letterbox, network, NMS) converted by
