@@ -23,6 +23,8 @@ Formats:
     file; `jax.export.deserialize(open(f, 'rb').read()).call(images)` runs it without this package.
   * onnx: see yolo_jax/onnx_export.py (ONNX built from the network's jaxpr plus standard ONNX pre- and
     post-processing ops); hard NMS only.
+  * tflite (float32, --quantize=float16|int8), openvino, tensorrt: see yolo_jax/runtimes.py (TFLite holds the
+    network + decoding only: NMS runs on the host).
 
 Beside each model: `<output>.json` (or PATH/export.json for a SavedModel directory) with the class names,
 input size, thresholds and output names.
@@ -42,8 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolo_jax import postprocess as pp
+from yolo_jax import runtimes as runtimes_lib
 
-FORMATS = ('savedmodel', 'onnx', 'stablehlo')
+FORMATS = ('savedmodel', 'onnx', 'stablehlo')  # the serving function's own files (runtimes.FORMATS: the others)
 OUTPUT_NAMES = ('boxes', 'scores', 'classes', 'count')
 PAD_VALUE = 128.0  # data/letterbox.py's grey
 PLATFORMS = ('cpu', 'cuda')  # SavedModel / StableHLO run on CPU or NVIDIA GPUs, wherever they were exported
@@ -201,13 +204,15 @@ def export_stablehlo(
 
 def export_model(
     model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, output: str | Path,
-    class_names: Sequence[str], platforms: Sequence[str] = PLATFORMS,
+    class_names: Sequence[str], platforms: Sequence[str] = PLATFORMS, **runtime_options: Any,
 ) -> Path:
     """Writes `model` (+ folded `variables`) in `fmt` to `output` and its metadata JSON; returns the model path.
 
     SavedModel: a directory, metadata in PATH/export.json; ONNX / StableHLO: a file, metadata in PATH.json.
     `platforms`: what the SavedModel / StableHLO are lowered for (ONNX is platform-neutral).
+    `runtime_options`: tflite's quantize, batch_size, calibration (runtimes.export_tflite).
     """
+    meta = metadata(cfg, class_names, fmt)
     if fmt == 'savedmodel':
         path = export_savedmodel(model, variables, cfg, output, platforms)
         meta_path = path / 'export.json'
@@ -219,9 +224,13 @@ def export_model(
 
         path = onnx_export.export_onnx(model, variables, cfg, output)
         meta_path = Path(f'{path}.json')
+    elif fmt in runtimes_lib.FORMATS:
+        path = runtimes_lib.export_runtime(model, variables, cfg, fmt, output, **runtime_options)
+        meta_path = Path(f'{path}.json')
+        meta.update(runtimes_lib.metadata_changes(fmt, cfg, **runtime_options))
     else:
-        raise ValueError(f'--format: unknown format {fmt!r}; expected one of {FORMATS}')
-    meta_path.write_text(json.dumps(metadata(cfg, class_names, fmt), indent=1) + '\n')
+        raise ValueError(f'--format: unknown format {fmt!r}; expected one of {FORMATS + runtimes_lib.FORMATS}')
+    meta_path.write_text(json.dumps(meta, indent=1) + '\n')
     return path
 
 
@@ -248,7 +257,9 @@ def main() -> None:
         check_images = parity.prepare_check(flags_.check, flags_.format, platforms)
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
-    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms)
+    options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in runtimes_lib.FORMATS else {}
+    path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms,
+                        **options)
     print(f'exported {flags_.format} → {path}')
     if check_images is not None and not parity.report_check(model, variables, cfg, flags_.format, path,
                                                             check_images):
@@ -261,11 +272,12 @@ def _define_flags() -> None:
 
     flags.DEFINE_string('workdir', None, 'Training directory whose best checkpoint is exported.')
     flags.DEFINE_string('weights', None, 'A Darknet .weights file to export instead of a checkpoint.')
-    flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'Export format.')
+    flags.DEFINE_enum('format', 'savedmodel', list(FORMATS + runtimes_lib.FORMATS), 'Export format.')
     flags.DEFINE_string('output', None, 'Output path (SavedModel: a directory; onnx/stablehlo: a file).')
     flags.DEFINE_string('platforms', ','.join(PLATFORMS), 'savedmodel/stablehlo: XLA platforms to lower for.')
     flags.DEFINE_string('check', None, 'Images (a file, directory or glob) to run the written file on, in its own '
                         'runtime in a fresh process, against JAX; exit 1 when they differ (yolo_jax/parity.py).')
+    runtimes_lib.define_flags()
     flags.mark_flags_as_required(['output'])
 
 
