@@ -12,8 +12,10 @@ file: from scratch, with a warning). Settings for a few hundred images: batch 8,
 2-epoch warm-up, an EMA of the weights, BatchNorm statistics recalibrated on 20 batches at each epoch's end, mAP
 every 5 epochs.
 
-Variants after a colon (defaults.VARIANTS, applied after these settings): `smoke` (seconds-long runs at 64 px:
-tests), `small` (width 0.25 at 256 px, from scratch: CPU-sized), `quick` (256 px, 10 epochs), `tiny`,
+Variants after a colon (defaults.VARIANTS, applied after these settings): `topdown` (pictures without an "up":
+microscope slides, aerial views; each training image also mirrored top-bottom and transposed; BCCD:
+experiments/bccd), `smoke` (seconds-long runs at 64 px: tests), `small` (width 0.25 at 256 px, from scratch:
+CPU-sized), `quick` (256 px, 10 epochs), `tiny`,
 `yolov4_tiny` (transfer from weights/yolov4-tiny.weights), `yolov4`... Darknet's weights exist only for the
 published widths: a variant that narrows the network trains it from scratch.
 """

@@ -270,6 +270,14 @@ def _make_quick(config: ml_collections.ConfigDict) -> None:
     config.train.ema_tau = 125.0  # one epoch of warm-up: the first epochs' average forgets the fresh heads
 
 
+def _make_topdown(config: ml_collections.ConfigDict) -> None:
+    """Pictures without an "up" (microscope slides, aerial and satellite views): every training image may also be
+    mirrored top-bottom and have its axes swapped (with `augment`'s left-right flip: all 8 rotations and mirror
+    images). On BCCD (experiments/bccd) +0.008 VOC mAP@0.5 and +0.013 COCO AP at 15 epochs, every class up."""
+    config.data.vertical_flip = 0.5
+    config.data.transpose = 0.5
+
+
 def _switch_model(config: ml_collections.ConfigDict, name: str) -> None:
     """Replaces config.model by `name`'s block, keeping the class count, input size, BN, width, dtype and init."""
     m = model_config(name, num_classes=config.model.num_classes, input_size=config.model.input_size)
@@ -314,7 +322,7 @@ def _make_smoke(config: ml_collections.ConfigDict) -> None:
 
 VARIANTS = {
     '': lambda c: None, 'quick': _make_quick, 'small': _make_small, 'transfer': _make_transfer, 'tiny': _make_tiny,
-    'smoke': _make_smoke,
+    'smoke': _make_smoke, 'topdown': _make_topdown,
     'yolov4': _make_v4('yolov4', 0.213), 'yolov4_tiny': _make_v4('yolov4_tiny', 1.0),
 }
 
