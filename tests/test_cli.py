@@ -131,7 +131,7 @@ CASES = {
     'main: bad --mode': Case('main', _main('--mode=predict'), '--mode=predict'),
     'main: detect without --images': Case('main', _main('--mode=detect'), '--mode=detect needs --images'),
     'main: positional argument': Case('main', _main('train'), "unexpected arguments 'train'"),
-    'export: bad --format': Case('export', _export('--format=tflite'), '--format=tflite'),
+    'export: bad --format': Case('export', _export('--format=coreml'), '--format=coreml'),
     'export: --output missing': Case('export', lambda tmp: [f'--config={SMOKE}', f'--workdir={tmp}'], '--output'),
     'export: neither --workdir nor --weights': Case(
         'export', lambda tmp: [f'--config={SMOKE}', f'--output={tmp / "m.onnx"}'], '--workdir=DIR'),
