@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -428,6 +430,35 @@ COORDINATOR_LOST = ('F1204 client.h:80] Terminating process because the JAX dist
 NEVER_CONNECTED = ('F1204 client.h:80] Terminating process because the JAX distributed service detected fatal errors. '
                    'absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded\n\nRPC: /xla.coordination.CoordinationService/'
                    'RegisterTask\n')
+
+
+def _orbax_commit_error(cause: BaseException) -> logging.LogRecord:
+    """The record orbax's background commit thread logs (logging.error(msg, exc_info=True)) when `cause` ends its
+    barrier wait: a TimeoutError raised from `cause`, as in CI's log of a worker killed mid-save."""
+    try:
+        try:
+            raise cause
+        except BaseException as e:
+            raise TimeoutError('Timed out while waiting for async_commit_complete barrier.') from e
+    except TimeoutError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord('absl', logging.ERROR, '/site-packages/orbax/checkpoint/async_checkpointer.py', 264,
+                             '[process=%s] Failed to run 4 Handler Commit operations', (0,), exc_info)
+
+
+def test_a_lost_peer_mid_save_logs_one_line_and_other_errors_keep_their_traceback():
+    from yolo_jax import supervise
+
+    lost = _orbax_commit_error(RuntimeError('INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: '
+                                            'Task 1 heartbeat timeout. This indicates that\nthe remote task failed'))
+    supervise.shorten_peer_failure(lost)
+    text = logging.Formatter().format(lost)
+    assert text == ('[process=0] Failed to run 4 Handler Commit operations (RuntimeError: INTERNAL: Barrier failed '
+                    'because: task is set to ERROR: UNAVAILABLE: Task 1 heartbeat timeout. This indicates that)')
+    disk = _orbax_commit_error(OSError(28, 'No space left on device'))
+    supervise.shorten_peer_failure(disk)
+    text = logging.Formatter().format(disk)
+    assert 'Traceback (most recent call last)' in text and 'No space left on device' in text
 
 
 def test_supervisor_names_the_lost_process(tmp_path):

@@ -48,10 +48,14 @@ flags.mark_flags_as_required(['workdir'])  # --config and --verbose: cli.define_
 
 
 class _QuietLibraries:
-    """absl log filter: drops INFO chatter of orbax (tens of lines per checkpoint); keeps its warnings."""
+    """absl log filter: drops INFO chatter of orbax (tens of lines per checkpoint); keeps its warnings, with the
+    traceback of an error a lost peer caused cut to one line (supervise.shorten_peer_failure)."""
 
-    def filter(self, record) -> bool:
-        return record.levelno >= pylogging.WARNING or 'orbax' not in record.pathname
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if 'orbax' not in record.pathname:
+            return True
+        supervise.shorten_peer_failure(record)
+        return record.levelno >= pylogging.WARNING
 
 
 def main() -> None:

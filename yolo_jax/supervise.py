@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import logging
 import os
 import re
 import signal
@@ -137,3 +138,22 @@ def await_verdict(error: BaseException, heartbeat_timeout_s: int) -> None:
     print(f'{COLLECTIVE_FAILED} {first}', file=sys.stderr, flush=True)
     time.sleep(heartbeat_timeout_s + 30)
     os._exit(3)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions it was raised from or during (explicit and implicit chaining)."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def shorten_peer_failure(record: logging.LogRecord) -> None:
+    """A log record whose exception a lost peer caused (e.g. orbax's background commit thread, whose barrier fails
+    when a peer dies mid-save) keeps one line, without the traceback: the run's one `error:` line names the peer."""
+    chain = _chain(record.exc_info[1]) if record.exc_info and record.exc_info[1] else []
+    cause = next((e for e in chain if is_peer_failure(e)), None)
+    if cause is not None:
+        first = (str(cause).strip().splitlines() or [''])[0][:300]
+        record.msg = f'{record.getMessage()} ({type(cause).__name__}: {first})'
+        record.args, record.exc_info, record.exc_text = (), None, None
