@@ -254,7 +254,7 @@ def main() -> None:
     if flags_.check:  # images and runtime checked before the (long) export
         from yolo_jax import parity  # noqa: PLC0415
 
-        check_images = parity.prepare_check(flags_.check, flags_.format, platforms)
+        check_images = parity.prepare_check(flags_.check, flags_.format, platforms, flags_.quantize)
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
     options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in runtimes_lib.FORMATS else {}
@@ -262,7 +262,7 @@ def main() -> None:
                         **options)
     print(f'exported {flags_.format} → {path}')
     if check_images is not None and not parity.report_check(model, variables, cfg, flags_.format, path,
-                                                            check_images):
+                                                            check_images, flags_.quantize):
         sys.exit(1)  # a file that differs from JAX: not a user mistake (those exit 2)
 
 

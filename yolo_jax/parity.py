@@ -1,9 +1,19 @@
 """Parity of exported files with the JAX model: `python -m yolo_jax.export ... --check=IMAGES`.
 
 The written file is run in its own runtime in a fresh Python process that never imports yolo_jax
-(`parity_runner.py`: numpy + TensorFlow / ONNX Runtime / jax.export, as a deployment loads it) on uint8 images of
-their original sizes, and its detections are compared with the JAX model's on the same images: the detect path
-(data/letterbox.py's TF resize on the host + inference.predict with the same PostprocessConfig), both on the CPU.
+(`parity_runner.py`: numpy + TensorFlow / ONNX Runtime / jax.export / OpenVINO / LiteRT, as a deployment loads it)
+on uint8 images of their original sizes, and its detections are compared with the JAX model's on the same images:
+the detect path (data/letterbox.py's TF resize on the host + inference.predict with the same PostprocessConfig),
+both on the CPU.
+
+TFLite files hold the network only (runtimes.py: a fixed batch, a letterboxed float32 canvas in, the raw maps
+(B, N, 5 + C) out), so for them the fresh process runs the file on the canvases this process letterboxes (the very
+inputs of the JAX reference) and returns the raw maps; this process then applies `runtimes.tflite_detections` (the
+project's host decoding, un-letterboxing and NMS, which a deployment of the file calls too) with the same
+PostprocessConfig and compares those detections. What the check covers there is the file and its runtime; the host
+code is the JAX path's own (tests/test_runtimes.py holds it equal to inference.predict). int8 files are not checked
+for parity (quantisation changes scores by far more than any tolerance that would still catch a broken file):
+their accuracy is an mAP change on a labelled split, benchmarks/quantization.py.
 
 Detections are matched per image, not by slot: each JAX detection (best score first) takes the unmatched exported
 detection of the same class with the highest IoU >= MATCH_IOU. Equal-score candidates may come out in either order
@@ -33,10 +43,15 @@ from yolo_jax import postprocess as pp
 
 BOX_TOL = 1e-3  # pixels of the original image
 SCORE_TOL = 1e-4
+# TFLite with float16 weights (computing in float32): weights rounded to 11 significant bits move the raw logits
+# by ~1e-3 (MEASURED), so scores and boxes by far more than float32's tolerances; these are MEASURED x MARGIN.
+BOX_TOL_FLOAT16 = 0.5
+SCORE_TOL_FLOAT16 = 5e-3
 MATCH_IOU = 0.5
 MAX_BATCH = 8  # images of one size are checked together, up to this many per call
 RUNNER = Path(__file__).with_name('parity_runner.py')
-RUNTIME_MODULES = {'savedmodel': 'tensorflow', 'onnx': 'onnxruntime', 'stablehlo': 'jax'}
+RUNTIME_MODULES = {'savedmodel': 'tensorflow', 'onnx': 'onnxruntime', 'stablehlo': 'jax', 'openvino': 'openvino',
+                   'tflite': 'tensorflow'}  # tflite: ai_edge_litert when installed, else TF's own interpreter
 OUTPUTS = ('boxes', 'scores', 'classes', 'count')
 
 
@@ -136,24 +151,38 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], cfg: pp.Post
     return total
 
 
-def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray) -> dict[str, np.ndarray]:
-    """JAX's detections of uint8 images (B, H, W, 3) on the CPU: the detect path, i.e. the input pipeline's
-    letterbox on the host (as detect.prepare_image; data/letterbox.py) + inference.predict; {'boxes' (B, K, 4)
-    xyxy original px, 'scores', 'classes', 'count' (B,)}."""
+def letterboxed(images: np.ndarray, cfg: pp.PostprocessConfig) -> np.ndarray:
+    """uint8 images (B, H, W, 3) → float32 canvases (B, S, S, 3) in [0, 1]: the input pipeline's letterbox on the
+    host (data/letterbox.py, as detect.prepare_image)."""
     import tensorflow as tf  # noqa: PLC0415  (the host letterbox)
 
-    from yolo_jax import inference  # noqa: PLC0415
     from yolo_jax.data import letterbox  # noqa: PLC0415
 
-    cpu = jax.devices('cpu')[0]
     no_boxes = tf.zeros((0, 4), tf.float32)
-    inputs = np.stack([letterbox.resize_image_and_boxes(tf.constant(im), no_boxes, cfg.input_size,
-                                                        cfg.resize_mode)[0].numpy() for im in images])
+    return np.stack([letterbox.resize_image_and_boxes(tf.constant(im), no_boxes, cfg.input_size,
+                                                      cfg.resize_mode)[0].numpy() for im in images])
+
+
+def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray) -> dict[str, np.ndarray]:
+    """JAX's detections of uint8 images (B, H, W, 3) on the CPU: the detect path, i.e. the input pipeline's
+    letterbox on the host (`letterboxed`) + inference.predict; {'boxes' (B, K, 4) xyxy original px, 'scores',
+    'classes', 'count' (B,)}."""
+    from yolo_jax import inference  # noqa: PLC0415
+
+    cpu = jax.devices('cpu')[0]
+    inputs = letterboxed(images, cfg)
     sizes = np.tile(np.asarray(images.shape[1:3]), (len(images), 1))
     with jax.default_device(cpu):
         det = jax.device_get(inference.predict(model, jax.device_put(variables, cpu), inputs, sizes, cfg))
     return {'boxes': det.boxes, 'scores': det.scores, 'classes': det.classes,
             'count': det.valid.sum(axis=1).astype(np.int32)}
+
+
+def tolerances(fmt: str, quantize: str = 'none') -> tuple[float, float]:
+    """(box px, score) tolerances of a file: BOX_TOL, SCORE_TOL, or the float16 ones for float16 TFLite weights."""
+    if fmt == 'tflite' and quantize == 'float16':
+        return BOX_TOL_FLOAT16, SCORE_TOL_FLOAT16
+    return BOX_TOL, SCORE_TOL
 
 
 def runner_env() -> dict[str, str]:
@@ -203,26 +232,36 @@ def load_images(spec: str) -> list[np.ndarray]:
 
 
 def check_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, path: str | Path,
-               images: Sequence[np.ndarray]) -> tuple[Comparison, str | None]:
+               images: Sequence[np.ndarray], score_tol: float = SCORE_TOL) -> tuple[Comparison, str | None]:
     """(comparison, None) of the exported `path` (format `fmt`) against JAX on `images`, or (empty comparison,
-    the runtime's one-line error) when the file does not load or run in its runtime."""
+    the runtime's one-line error) when the file does not load or run in its runtime. TFLite: the runner gets the
+    letterboxed canvases and returns the raw maps, decoded here by runtimes.tflite_detections (module docstring).
+    `score_tol`: the borderline margin of `compare`."""
+    from yolo_jax import runtimes  # noqa: PLC0415
+
     grouped = batches(images)
     keys = [f'batch_{i:03d}' for i in range(len(grouped))]
+    inputs = [letterboxed(x, cfg) for x in grouped] if fmt == 'tflite' else grouped
     with tempfile.TemporaryDirectory(prefix='yolo_jax_parity_') as tmp:
         results, errors = run_exported([{'name': fmt, 'format': fmt, 'path': str(Path(path).resolve()),
-                                         'inputs': keys}], dict(zip(keys, grouped, strict=True)), tmp)
+                                         'inputs': keys}], dict(zip(keys, inputs, strict=True)), tmp)
     if fmt in errors:
         return Comparison(), errors[fmt]
     total = Comparison()
     for key, x in zip(keys, grouped, strict=True):
-        got = {k: results[f'{fmt}/{key}/{k}'] for k in OUTPUTS}
-        total = total.merge(compare(reference(model, variables, cfg, x), got, cfg))
+        if fmt == 'tflite':
+            sizes = np.tile(np.asarray(x.shape[1:3]), (len(x), 1))
+            got = runtimes.tflite_detections(results[f'{fmt}/{key}/{runtimes.TFLITE_OUTPUT}'], cfg, sizes)
+        else:
+            got = {k: results[f'{fmt}/{key}/{k}'] for k in OUTPUTS}
+        total = total.merge(compare(reference(model, variables, cfg, x), got, cfg, score_tol))
     return total, None
 
 
-def prepare_check(spec: str, fmt: str, platforms: Sequence[str]) -> list[np.ndarray]:
+def prepare_check(spec: str, fmt: str, platforms: Sequence[str], quantize: str = 'none') -> list[np.ndarray]:
     """--check=IMAGES validated before the export starts: the images (MissingFileError / DataError name the file),
-    the runtime installed, and a CPU lowering to run on. Raises FlagError otherwise."""
+    the runtime installed, a CPU lowering to run on, and a file that parity can judge (not int8). Raises FlagError
+    otherwise."""
     import importlib.util  # noqa: PLC0415
 
     from yolo_jax.errors import FlagError  # noqa: PLC0415
@@ -230,26 +269,32 @@ def prepare_check(spec: str, fmt: str, platforms: Sequence[str]) -> list[np.ndar
     module = RUNTIME_MODULES.get(fmt)
     if module is None:
         raise FlagError(f'--check: no parity runner for --format={fmt} (it checks {", ".join(RUNTIME_MODULES)})')
+    if fmt == 'tflite' and quantize == 'int8':
+        raise FlagError('--check: an int8 file is not equal to JAX by design; its accuracy is an mAP change on a '
+                        'labelled split: python benchmarks/quantization.py --config=... --workdir=...')
     if importlib.util.find_spec(module) is None:
-        raise FlagError(f'--check: running a {fmt} file needs {module}: pip install \'yolo_jax[export]\'')
-    if fmt != 'onnx' and 'cpu' not in platforms:
+        extra = {'openvino': 'openvino'}.get(fmt, 'export')
+        raise FlagError(f'--check: running a {fmt} file needs {module}: pip install \'yolo_jax[{extra}]\'')
+    if fmt in ('savedmodel', 'stablehlo') and 'cpu' not in platforms:
         raise FlagError(f'--check runs the file on the CPU: add cpu to --platforms={",".join(platforms)}')
     return load_images(spec)
 
 
 def report_check(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str, path: str | Path,
-                 images: Sequence[np.ndarray]) -> bool:
+                 images: Sequence[np.ndarray], quantize: str = 'none') -> bool:
     """Runs check_file and prints the result: one `parity ...: ok` line on stdout, or one `parity check failed:`
-    line on stderr (the caller exits 1: a failed check is not a user mistake). Returns whether it passed."""
-    result, error = check_file(model, variables, cfg, fmt, path, images)
+    line on stderr (the caller exits 1: a failed check is not a user mistake). Returns whether it passed.
+    `quantize`: the TFLite file's (`tolerances`)."""
+    box_tol, score_tol = tolerances(fmt, quantize)
+    result, error = check_file(model, variables, cfg, fmt, path, images, score_tol)
     if error is not None:
         print(f'parity check failed: {fmt} file {path} does not run in its runtime: {error}', file=sys.stderr)
         return False
-    problems = result.failures()
+    problems = result.failures(box_tol, score_tol)
     if problems:
         print(f'parity check failed: {fmt} vs JAX: {"; ".join(problems)} ({result.summary()})', file=sys.stderr)
         return False
-    print(f'parity {fmt} vs JAX: ok, {result.summary()} (tolerances {BOX_TOL:g} px, {SCORE_TOL:g})')
+    print(f'parity {fmt} vs JAX: ok, {result.summary()} (tolerances {box_tol:g} px, {score_tol:g})')
     if result.jax_detections == 0:
         print('warning: no detections on these images, so only their absence was compared; lower '
               '--config.eval.score_threshold or pass other images', file=sys.stderr)

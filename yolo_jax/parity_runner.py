@@ -4,21 +4,23 @@
 
 (run by path with -P, so neither the yolo_jax package nor its folder is on sys.path; yolo_jax.parity starts it in
 a fresh process). MANIFEST: {"images": "in.npz", "output": "out.npz", "jobs": [{"name": N, "format":
-"savedmodel"|"onnx"|"stablehlo", "path": P, "inputs": [keys of in.npz]}]}; each input is uint8 (B, H, W, 3).
-Writes out.npz with '{name}/{input}/{boxes|scores|classes|count}' and out.npz.json {"errors": {name: message}}
-for jobs whose file did not load or run (the others still run). Loaders:
+"savedmodel"|"onnx"|"stablehlo"|"openvino"|"tflite", "path": P, "inputs": [keys of in.npz]}]}; each input is uint8
+(B, H, W, 3), for tflite float32 letterboxed canvases (B, S, S, 3) in [0, 1]. Writes out.npz with
+'{name}/{input}/{output}' for each output the file gives (boxes, scores, classes, count; tflite: raw) and
+out.npz.json {"errors": {name: message}} for jobs whose file did not load or run (the others still run). Loaders:
 
 * savedmodel: tf.saved_model.load(P).signatures['serving_default'](images=...) (TF's CPU, GPUs hidden);
 * onnx: onnxruntime.InferenceSession(P, providers=['CPUExecutionProvider']);
-* stablehlo: jax.export.deserialize(bytes).call(images) (jax on the CPU: JAX_PLATFORMS=cpu from the caller).
+* stablehlo: jax.export.deserialize(bytes).call(images) (jax on the CPU: JAX_PLATFORMS=cpu from the caller);
+* openvino: openvino.Core().compile_model(P, 'CPU') (the .xml, its .bin beside it);
+* tflite: ai_edge_litert's Interpreter (TF's tf.lite.Interpreter when it is absent); the file's batch is fixed,
+  so the canvases run in chunks of that batch, the last one padded with copies of its first image (dropped after).
 """
 
 import json
 import sys
 
 import numpy as np
-
-OUTPUTS = ('boxes', 'scores', 'classes', 'count')
 
 
 def load_savedmodel(path):
@@ -51,7 +53,48 @@ def load_stablehlo(path):
     return lambda x: {k: np.asarray(v) for k, v in exported.call(x).items()}
 
 
-LOADERS = {'savedmodel': load_savedmodel, 'onnx': load_onnx, 'stablehlo': load_stablehlo}
+def load_openvino(path):
+    """fn(uint8 images) → {output: array} of an OpenVINO IR compiled for the CPU plugin."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, 'CPU')
+
+    def run(x):  # every name of each output port: get_any_name() may give a converter-made one ('pad_316')
+        res = compiled(x)
+        return {name: np.asarray(res[port]) for port in compiled.outputs for name in port.get_names()}
+
+    return run
+
+
+def load_tflite(path):
+    """fn(float32 canvases (n, S, S, 3)) → {'raw': (n, N, 5 + C)} of a TFLite file with a fixed batch b: chunks
+    of b, the last padded with its first canvas."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    it = Interpreter(model_path=path)
+    it.allocate_tensors()
+    (inp,), (res,) = it.get_input_details(), it.get_output_details()
+    b = int(inp['shape'][0])
+
+    def run(x):
+        outs = []
+        for start in range(0, len(x), b):
+            chunk = x[start:start + b]
+            pad = np.repeat(chunk[:1], b - len(chunk), axis=0)
+            it.set_tensor(inp['index'], np.concatenate([chunk, pad]).astype(np.float32))
+            it.invoke()
+            outs.append(it.get_tensor(res['index'])[:len(chunk)].copy())
+        return {'raw': np.concatenate(outs)}
+
+    return run
+
+
+LOADERS = {'savedmodel': load_savedmodel, 'onnx': load_onnx, 'stablehlo': load_stablehlo,
+           'openvino': load_openvino, 'tflite': load_tflite}
 
 
 def _one_line(error):
@@ -70,8 +113,8 @@ def main(manifest_path):
             run = LOADERS[job['format']](job['path'])
             for key in job['inputs']:
                 res = run(images[key])
-                for k in OUTPUTS:
-                    out[f'{name}/{key}/{k}'] = np.asarray(res[k])
+                for k, v in res.items():
+                    out[f'{name}/{key}/{k}'] = np.asarray(v)
         except Exception as e:  # noqa: BLE001 - a file that does not load or run is reported, not fatal
             errors[name] = _one_line(e)
     leaked = sorted(m for m in sys.modules if m == 'yolo_jax' or m.startswith('yolo_jax.'))
