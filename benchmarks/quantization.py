@@ -1,7 +1,7 @@
 """mAP@0.5 of a checkpoint's TFLite exports: float32, float16 weights, int8 post-training quantisation.
 
     python benchmarks/quantization.py --config=configs/mnist.py:quick --workdir=/tmp/track_quick \
-        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=300] [--batch_size=8]
+        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=1000] [--batch_size=8]
 
 Each TFLite file (yolo_jax.runtimes.export_tflite: network + decoding) runs with ai-edge-litert (TF's
 interpreter without it) on the test split's letterboxed images; its output goes through the same host
@@ -30,7 +30,7 @@ from yolo_jax.evaluation import metrics, runner  # noqa: E402
 config_flags.DEFINE_config_file('config', 'configs/mnist.py:quick', 'Config of the checkpoint.')
 flags.DEFINE_string('workdir', '/tmp/track_quick', 'Training directory (read only).')
 flags.DEFINE_string('out', 'benchmarks/results/quantization_mnist_quick.json', 'JSON output.')
-flags.DEFINE_integer('calibration_images', 300, 'int8: training images that calibrate the quantisation.')
+flags.DEFINE_integer('calibration_images', 1000, 'int8: training images that calibrate the quantisation.')
 flags.DEFINE_integer('batch_size', 8, 'Batch of the TFLite files and of evaluation.')
 
 
