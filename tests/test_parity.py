@@ -6,7 +6,9 @@ yolo_jax.parity.run_exported, which fails if the runner imported it). Networks h
 convolutions and each output convolution rescaled so that its raw map has unit spread on random images (Flax's
 default initialisation gives maps of ~0.01, i.e. ties of every score at 0.25; He's alone maps of hundreds in the deep
 networks, i.e. saturated scores), at a quarter of the published width and 64 px input so that the full YOLOv3 and
-YOLOv4 graphs (every layer, narrower) stay cheap. Tolerances: parity.BOX_TOL px, parity.SCORE_TOL, classes exact.
+YOLOv4 graphs (every layer, narrower) stay cheap. Tolerances: parity.BOX_TOL px, parity.SCORE_TOL, classes exact
+(TFLite float16 weights: parity.BOX_TOL_FLOAT16, parity.SCORE_TOL_FLOAT16). `--check` of OpenVINO and TFLite files
+runs through the real command, and fails on a file written from tampered weights.
 """
 
 from __future__ import annotations
@@ -365,14 +367,16 @@ def test_openvino_letterbox_of_a_tall_image(tmp_path):
     assert result.failures() == [], result.summary()
 
 
-@pytest.mark.parametrize('fmt', ['tflite', pytest.param('openvino', marks=needs_openvino)])
-def test_check_flag_fails_on_a_tampered_file(tmp_path, fmt):
+@pytest.mark.parametrize('fmt,quantize', [('tflite', 'none'), ('tflite', 'float16'),
+                                          pytest.param('openvino', 'none', marks=needs_openvino)])
+def test_check_flag_fails_on_a_tampered_file(tmp_path, fmt, quantize):
     """A file written from other weights (one output conv x 1.05) than the model it is checked against: exit 1
-    with one `parity check failed:` line naming the difference, no traceback."""
+    with one `parity check failed:` line naming the difference, no traceback; float16's looser tolerances too."""
     weights, photos = _tiny_weights(tmp_path), _photos(tmp_path)
     out = tmp_path / ('bad.tflite' if fmt == 'tflite' else 'bad.xml')
     proc = subprocess.run([sys.executable, '-c', TAMPER_RUNTIME,
-                           *_export_cmd(weights, fmt, out, f'--check={photos / "[ab].png"}')],
+                           *_export_cmd(weights, fmt, out, f'--check={photos / "[ab].png"}',
+                                        *[f'--quantize={quantize}'] * (fmt == 'tflite'))],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('parity check failed:')]

@@ -46,10 +46,12 @@ SCORE_TOL = 1e-4
 # TFLite with float16 weights (computing in float32): weights rounded to 11 significant bits move every layer's
 # output by ~1e-3 relative, so detections differ from JAX's by far more than float32's tolerances. Measured with
 # --check: MNIST quick (trained, 256 px, 8 test images) 0.0168 px and 2.15e-3 in score; the random 64 px tiny
-# network of tests/test_parity.py 0.0266 px and 1.6e-4. Set with margin (scores ~5x, boxes ~20x, as boxes in
-# original pixels grow with the image): a broken file (e.g. one conv's weights 5% off) moves them by far more.
+# network of tests/test_parity.py 0.0266 px and 1.6e-4; that network's file written with one output conv's kernel
+# x 1.05 (the tampered file of the tests) differs by 1.18e-2 in score. The score tolerance sits between (2.3x the
+# noise, 1/2.4 of the tamper): float16 parity catches a few-percent error in a layer, not a subtler one. Boxes:
+# ~20x the noise, as boxes in original pixels grow with the image.
 BOX_TOL_FLOAT16 = 0.5  # pixels of the original image
-SCORE_TOL_FLOAT16 = 1e-2
+SCORE_TOL_FLOAT16 = 5e-3
 MATCH_IOU = 0.5
 MAX_BATCH = 8  # images of one size are checked together, up to this many per call
 RUNNER = Path(__file__).with_name('parity_runner.py')
