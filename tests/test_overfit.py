@@ -34,7 +34,7 @@ def test_overfit_four_images_finds_digits(tmp_path):
     batch = next(data.eval_batches(4, 'train'))
     feed = {k: batch[k] for k in train.STEP_KEYS}
     losses = []
-    for _ in range(300):
+    for _ in range(150):
         state, metrics = step(state, feed)
         losses.append(float(metrics['total']))
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10]), (losses[:3], losses[-3:])

@@ -2,18 +2,16 @@
 
 - mesh and pmap on 4 devices match a 1-device run on the same global batch: per-step losses, validation loss, mAP.
 - Two processes x 2 devices on localhost (`jax.distributed`, explicit coordinator flags), mesh: identical losses in
-  both, one checkpoint set, mAP over the whole test split equal to a single-process evaluation of the same weights;
-  a killed process stops the other with an error (no hang), and the run then resumes.
+  both, one checkpoint set, mAP over the whole test split equal to a single-process evaluation of the same weights
+  (a killed process and the resume: test_reliability.py::test_lost_peer_is_one_error_line).
 """
 
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +105,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_and_survive_a_kill(tmp_path, data_dir):
+def test_two_processes_train_as_one(tmp_path, data_dir):
     workdir = tmp_path / 'two'
     codes = _wait(_start_pair(workdir, data_dir), timeout=900)
     assert codes == [0, 0], _log(workdir, 0)[-3000:] + _log(workdir, 1)[-3000:]
@@ -126,23 +124,7 @@ def test_two_processes_train_as_one_and_survive_a_kill(tmp_path, data_dir):
     assert single['num_images'] == 8 and single['num_detections'] == train_map['num_detections']
     assert single['map50'] == pytest.approx(train_map['map50'], abs=1e-6)
     assert single['coco_map'] == pytest.approx(train_map['coco_map'], abs=1e-6)
-
-    # Kill process 1 mid-run: process 0 must stop with an error, not hang; then the pair resumes and finishes.
-    killed = tmp_path / 'killed'
-    procs = _start_pair(killed, data_dir, '--config.train.epochs=3')
-    deadline = time.monotonic() + 600
-    while not re.search(r'epoch: 1 step', _log(killed, 0)) and time.monotonic() < deadline:
-        assert procs[0].poll() is None and procs[1].poll() is None, _log(killed, 0)[-3000:]
-        time.sleep(0.2)
-    procs[1].send_signal(signal.SIGKILL)
-    t0 = time.monotonic()
-    code = _wait(procs[:1], timeout=300)[0]  # the hang guard: the heartbeat timeout is 10 s
-    assert code != 0, _log(killed, 0)[-3000:]
-    print(f'process 0 stopped {time.monotonic() - t0:.1f} s after the kill')
-    codes = _wait(_start_pair(killed, data_dir, '--config.train.epochs=3'), timeout=900)
-    assert codes == [0, 0], _log(killed, 0)[-3000:]
-    assert re.search(r'Resumed from \S+ at step [1-9]', _log(killed, 0))
-    assert _records(killed, 'train')[-1]['step'] == 12
+    # A killed process and the resume: test_reliability.py::test_lost_peer_is_one_error_line.
 
 
 def test_batch_must_divide_devices():

@@ -390,15 +390,20 @@ def test_worker_without_coordinator_gives_up(tmp_path):
 @pytest.mark.parametrize('killed', [1, 0])
 def test_lost_peer_is_one_error_line(tmp_path, killed):
     """A process is killed mid-run (a worker, or the coordinator): the survivor ends with one error line naming
-    the lost process and the checkpoint to resume from, without a native abort's dump."""
+    the lost process and the checkpoint to resume from, without a native abort's dump; started again (after the
+    worker's loss), the pair resumes from that checkpoint and finishes the run."""
     from test_parallel import _env, _free_port
 
     repo = Path(__file__).resolve().parents[1]
-    workdir, address = tmp_path / 'run', f'127.0.0.1:{_free_port()}'
-    logs = [tmp_path / f'{pid}.log' for pid in range(2)]
-    procs = [subprocess.Popen(_pair_cmd(workdir, tmp_path / 'tfds', address, pid, '--config.train.epochs=50'),
-                              cwd=repo, env=_env(1), stdout=subprocess.DEVNULL, stderr=logs[pid].open('w'))
-             for pid in range(2)]
+    workdir = tmp_path / 'run'
+
+    def start(tag: str) -> tuple[list[subprocess.Popen], list[Path], str]:
+        address, logs = f'127.0.0.1:{_free_port()}', [tmp_path / f'{tag}{pid}.log' for pid in range(2)]
+        return [subprocess.Popen(_pair_cmd(workdir, tmp_path / 'tfds', address, pid, '--config.train.epochs=3'),
+                                 cwd=repo, env=_env(1), stdout=subprocess.DEVNULL, stderr=logs[pid].open('w'))
+                for pid in range(2)], logs, address
+
+    procs, logs, address = start('first')
     try:
         deadline = time.monotonic() + 600
         while not re.search(r'epoch: *1 step', logs[0].read_text()) and time.monotonic() < deadline:
@@ -415,6 +420,19 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
     _assert_one_clean_error(stderr, code, rf'^error: process {1 - killed} of 2: {lost}; this process stopped too\. '
                             'Start the same commands again to resume from the last checkpoint: '
                             rf'{re.escape(str(workdir))}/checkpoints/\d+$')
+    if killed == 1:
+        resumed = re.search(r'checkpoints/(\d+)$', stderr.strip()).group(1)
+        procs, logs, _ = start('again')
+        try:
+            codes = [p.wait(timeout=900) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert codes == [0, 0], logs[0].read_text()[-3000:]
+        assert re.search(rf'Resumed from \S+ at step {resumed}\b', logs[0].read_text()), logs[0].read_text()[-3000:]
+        steps = [r['step'] for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
+                 if r['kind'] == 'train']
+        assert steps[-1] == 12 and 0 < int(resumed) < 12, (resumed, steps)
 
 
 # The coordination service's messages as this jaxlib printed them in the runs above (a worker killed; the
