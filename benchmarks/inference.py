@@ -14,6 +14,10 @@ with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved
   jax          jit(export.serving_fn), the function every export contains;
   savedmodel   the jax2tf SavedModel (export.export_savedmodel) through TF's serving signature;
   onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session;
+  openvino     the OpenVINO IR converted from that ONNX graph (runtimes.export_openvino), OpenVINO's CPU plugin;
+  tflite       the network as a float32 .tflite file at a fixed batch in ai-edge-litert's interpreter, plus the
+               host decode + NMS (runtimes.tflite_detections' code, jitted); tflite_int8: that file quantised to
+               int8, calibrated on the timed images (a speed figure only; accuracy: benchmarks/quantization.py);
   opencv-dnn   OpenCV's DNN module on the Darknet .cfg + .weights (blobFromImages, forward, NMSBoxesBatched):
                an outside anchor, only where the .cfg is available (--darknet-dir; YOLOv3-tiny in shared/data).
 With --darknet-dir holding yolov3-tiny.cfg/.weights all four run the official COCO weights; YOLOv3 runs with
@@ -176,8 +180,52 @@ def _opencv_runner(cfg_path: Path, weights_path: Path, score_threshold: float, i
     return run
 
 
+def _optional_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, args) -> dict:
+    """OpenVINO (`--extra-runtimes` openvino): the ONNX graph (letterbox, network, NMS) converted by
+    runtimes.export_openvino, compiled for the CPU with OpenVINO's defaults (latency hint)."""
+    runners = {}
+    if 'openvino' in args.extra_runtimes.split(','):
+        import openvino as ov  # noqa: PLC0415
+
+        from yolo_jax import runtimes  # noqa: PLC0415
+
+        compiled = ov.Core().compile_model(str(runtimes.export_openvino(model, folded, cfg, tmp / 'model.xml')),
+                                           'CPU')
+        runners['openvino'] = lambda x, c=compiled: c({'images': x})
+    return runners
+
+
+def _tflite_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, batch: int, quantize: str,
+                   images: np.ndarray):
+    """TFLite (`--extra-runtimes` tflite, tflite_int8) at a fixed batch: uint8 → float canvas on the host (the images
+    are already 416x416, so the letterbox is the identity), the network in ai-edge-litert's interpreter (all CPU
+    threads), then the host decode + NMS that a deployment of the file runs (runtimes.tflite_detections' code,
+    jitted). int8: full-integer post-training quantisation calibrated on the timed images themselves (a speed
+    figure only; its accuracy is measured by benchmarks/quantization.py)."""
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    from yolo_jax import runtimes  # noqa: PLC0415
+
+    calibration = (lambda: iter([images.astype(np.float32) / 255.0] * 4)) if quantize == 'int8' else None
+    path = runtimes.export_tflite(model, folded, cfg, tmp / f'b{batch}_{quantize}.tflite', quantize=quantize,
+                                  batch_size=batch, calibration=calibration)
+    it = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]['index'], it.get_output_details()[0]['index']
+    sizes = np.full((batch, 2), SIZE, np.int32)
+    resize = pp.resize_params_batch(sizes, cfg.input_size, cfg.resize_mode)
+    host = jax.jit(lambda raw: pp.postprocess_decoded(runtimes.decode_raw(raw, cfg), resize, sizes, cfg))
+
+    def run(images: np.ndarray):
+        it.set_tensor(inp, images.astype(np.float32) / 255.0)
+        it.invoke()
+        return host(it.get_tensor(out))
+
+    return run
+
+
 def side_by_side(args) -> list[dict]:
-    """Interleaved timing of the four runtimes (module docstring) for each model and batch size."""
+    """Interleaved timing of the runtimes (module docstring) for each model and batch size."""
     import tempfile  # noqa: PLC0415
 
     import onnxruntime as ort  # noqa: PLC0415
@@ -213,10 +261,15 @@ def side_by_side(args) -> list[dict]:
         session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
                                        providers=['CPUExecutionProvider'])
         runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
+        runners.update(_optional_runners(model, folded, cfg, Path(tmp), args))
         if cfg_path.is_file() and weights_path.is_file():
             runners['opencv-dnn'] = _opencv_runner(cfg_path, weights_path, cfg.score_threshold, cfg.iou_threshold)
         for batch in (int(b) for b in args.runtime_batches.split(',')):
             images = _street_images(batch, darknet_dir)
+            for quantize in ('none', 'int8'):  # the files have a fixed batch
+                runtime = 'tflite' if quantize == 'none' else f'tflite_{quantize}'
+                if runtime in args.extra_runtimes.split(','):
+                    runners[runtime] = _tflite_runner(model, folded, cfg, Path(tmp), batch, quantize, images)
             for fn in runners.values():  # warm-up: compile / first-call allocations
                 jax.block_until_ready(fn(images))
             times = {k: [] for k in runners}
@@ -240,6 +293,15 @@ def side_by_side(args) -> list[dict]:
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; ratios against OpenCV differ between AMD and Intel machines)."""
+    try:
+        lines = Path('/proc/cpuinfo').read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((ln.split(':', 1)[1].strip() for ln in lines if ln.startswith('model name')), platform.processor())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'inference.json'))
@@ -252,6 +314,9 @@ def main() -> None:
     parser.add_argument('--runtime-batches', default='1,8')
     parser.add_argument('--darknet-dir', default=str(REPO.parent / 'shared' / 'data' / 'darknet'),
                         help='folder with <model>.cfg/.weights (yolov3-tiny, yolov3) for the OpenCV DNN rows')
+    parser.add_argument('--extra-runtimes', default='openvino,tflite,tflite_int8',
+                        help='also time these in --mode=runtimes (installed separately: pip install -e .[openvino], '
+                        '.[tflite]); empty for none')
     parser.add_argument('--runtimes-out', default=str(REPO / 'benchmarks' / 'results' / 'inference_runtimes.json'))
     parser.add_argument('--ynn', action='store_true',
                         help=f'set {cpu_env.YNN_DOT_FLAG} (as main.py does for float32) for JAX and TF XLA alike')
@@ -265,8 +330,9 @@ def main() -> None:
         rows = side_by_side(args)
         meta = dict(input_size=SIZE, num_classes=80, dtype='float32', cpus=os.cpu_count(), jax=jax.__version__,
                     onnxruntime=ort.__version__, opencv=cv2.__version__, opencv_threads=cv2.getNumThreads(),
-                    machine=platform.processor() or platform.machine(), xla_flags=os.environ.get('XLA_FLAGS', ''),
-                    seconds=args.seconds, interleaved=True)
+                    machine=platform.processor() or platform.machine(), cpu_model=cpu_model(),
+                    xla_flags=os.environ.get('XLA_FLAGS', ''), seconds=args.seconds, interleaved=True,
+                    command=' '.join(sys.argv))
         out = Path(args.runtimes_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + '\n')
