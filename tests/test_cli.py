@@ -96,6 +96,8 @@ CASES = {
     'main: unknown flag': Case('main', _main('--bogus'), "Unknown command line flag 'bogus'"),
     'main: config field typo': Case('main', _main('--config.train.epoch=3'),
                                     'unknown config field config.train.epoch; did you mean config.train.epochs?'),
+    'main: anchors not (w, h) pairs': Case('main', _main('--config.model.anchors=abc'),
+                                           "config.model.anchors=('abc',): expected (w, h) pixel pairs per scale"),
     'export: unknown flag': Case('export', _export('--bogus'), "Unknown command line flag 'bogus'"),
     'export: config field typo': Case('export', _export('--config.eval.score_treshold=0.1'),
                                       'unknown config field config.eval.score_treshold; did you mean '

@@ -108,13 +108,23 @@ def check_num_classes(config_num_classes: int, class_names: Sequence[str], sourc
             f'set --config.model.num_classes={len(class_names)}')
 
 
+def parse_anchors(value: Any) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """config.model.anchors as ((w, h) pixels per anchor) per scale; ConfigError showing the expected form when
+    it is not one (e.g. `--config.model.anchors=abc`: ml_collections passes a string through)."""
+    try:
+        return tuple(tuple((float(w), float(h)) for w, h in scale) for scale in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f'config.model.anchors={value!r}: expected (w, h) pixel pairs per scale, e.g. '
+                          "--config.model.anchors='(((10,13),(16,30),(33,23)),((30,61),(62,45),(59,119)))'") from None
+
+
 def build_spec(model_config: ml_collections.ConfigDict, class_names: Sequence[str], source: str) -> DetectionSpec:
     """The spec for `model_config` and the data set's `class_names` (`source` names where they came from)."""
     check_num_classes(model_config.num_classes, class_names, source)
     return DetectionSpec(
         input_size=int(model_config.input_size),
         strides=tuple(int(s) for s in model_config.strides),
-        anchors=tuple(tuple((float(w), float(h)) for w, h in scale) for scale in model_config.anchors),
+        anchors=parse_anchors(model_config.anchors),
         class_names=tuple(str(n) for n in class_names),
         scale_xy=tuple(float(k) for k in model_config.scale_xy),
     )
