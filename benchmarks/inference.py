@@ -235,6 +235,10 @@ def side_by_side(args) -> list[dict]:
 
     tf.config.set_visible_devices([], 'GPU')
     darknet_dir = Path(args.darknet_dir)
+
+    def wanted(runtime: str) -> bool:  # --only: these runtimes (and OpenCV DNN, the anchor) in this process
+        return not args.only or runtime in args.only.split(',')
+
     rows = []
     for name in args.models.split(','):
         tmp = tempfile.mkdtemp(prefix='yolo_export_bench_')
@@ -254,27 +258,33 @@ def side_by_side(args) -> list[dict]:
         model, folded = fold_variables(mc, {'params': variables['params'], 'batch_stats': variables['batch_stats']})
         cfg = pp.PostprocessConfig(input_size=SIZE, strides=tuple(mc.strides), anchors=tuple(
             tuple(tuple(float(v) for v in a) for a in s) for s in mc.anchors))
-        runners = {'jax': functools.partial(jax.jit(export.serving_fn(model, cfg)), folded)}
-        saved = tf.saved_model.load(str(export.export_savedmodel(model, folded, cfg, Path(tmp) / 'sm')))
-        signature = saved.signatures['serving_default']
-        runners['savedmodel'] = lambda x, f=signature: {k: v.numpy() for k, v in f(images=tf.constant(x)).items()}
-        session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
-                                       providers=['CPUExecutionProvider'])
-        runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
-        runners.update(_optional_runners(model, folded, cfg, Path(tmp), args))
+        runners = {}
+        if wanted('jax'):
+            runners['jax'] = functools.partial(jax.jit(export.serving_fn(model, cfg)), folded)
+        if wanted('savedmodel'):
+            saved = tf.saved_model.load(str(export.export_savedmodel(model, folded, cfg, Path(tmp) / 'sm')))
+            signature = saved.signatures['serving_default']
+            runners['savedmodel'] = lambda x, f=signature: {k: v.numpy()
+                                                            for k, v in f(images=tf.constant(x)).items()}
+        if wanted('onnxruntime'):
+            session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
+                                           providers=['CPUExecutionProvider'])
+            runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
+        if wanted('openvino'):
+            runners.update(_optional_runners(model, folded, cfg, Path(tmp), args))
         if cfg_path.is_file() and weights_path.is_file():
             runners['opencv-dnn'] = _opencv_runner(cfg_path, weights_path, cfg.score_threshold, cfg.iou_threshold)
         for batch in (int(b) for b in args.runtime_batches.split(',')):
             images = _street_images(batch, darknet_dir)
             for quantize in ('none', 'int8'):  # the files have a fixed batch
                 runtime = 'tflite' if quantize == 'none' else f'tflite_{quantize}'
-                if runtime in args.extra_runtimes.split(','):
+                if runtime in args.extra_runtimes.split(',') and wanted(runtime):
                     runners[runtime] = _tflite_runner(model, folded, cfg, Path(tmp), batch, quantize, images)
             for fn in runners.values():  # warm-up: compile / first-call allocations
                 jax.block_until_ready(fn(images))
             times = {k: [] for k in runners}
             start = time.perf_counter()
-            while (len(times['jax']) < args.min_repeats
+            while (min(len(v) for v in times.values()) < args.min_repeats
                    or time.perf_counter() - start < args.seconds * len(runners)):
                 for k, fn in runners.items():
                     t = time.perf_counter()
@@ -317,6 +327,9 @@ def main() -> None:
     parser.add_argument('--extra-runtimes', default='openvino,tflite,tflite_int8',
                         help='also time these in --mode=runtimes (installed separately: pip install -e .[openvino], '
                         '.[tflite]); empty for none')
+    parser.add_argument('--only', default='',
+                        help='--mode=runtimes: time only these runtimes (comma list) beside OpenCV DNN, e.g. one per '
+                        'process: in one process the runtimes\' thread pools may slow each other')
     parser.add_argument('--runtimes-out', default=str(REPO / 'benchmarks' / 'results' / 'inference_runtimes.json'))
     parser.add_argument('--ynn', action='store_true',
                         help=f'set {cpu_env.YNN_DOT_FLAG} (as main.py does for float32) for JAX and TF XLA alike')
