@@ -16,7 +16,7 @@ with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved
   onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session;
   openvino     the OpenVINO IR converted from that ONNX graph (runtimes.export_openvino), OpenVINO's CPU plugin;
   tflite       the network as a float32 .tflite file at a fixed batch in ai-edge-litert's interpreter, plus the
-               host decode + NMS (runtimes.tflite_detections' code, jitted); tflite_int8: that file quantised to
+               host decode + NMS (runtimes.tflite_detections, jitted); tflite_int8: that file quantised to
                int8, calibrated on the timed images (a speed figure only; accuracy: benchmarks/quantization.py);
   opencv-dnn   OpenCV's DNN module on the Darknet .cfg + .weights (blobFromImages, forward, NMSBoxesBatched):
                an outside anchor, only where the .cfg is available (--darknet-dir; YOLOv3-tiny in shared/data).
@@ -199,7 +199,7 @@ def _tflite_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, ba
                    images: np.ndarray):
     """TFLite (`--extra-runtimes` tflite, tflite_int8) at a fixed batch: uint8 → float canvas on the host (the images
     are already 416x416, so the letterbox is the identity), the network in ai-edge-litert's interpreter (all CPU
-    threads), then the host decode + NMS that a deployment of the file runs (runtimes.tflite_detections' code,
+    threads), then the host decode + NMS that a deployment of the file runs (runtimes.tflite_detections,
     jitted). int8: full-integer post-training quantisation calibrated on the timed images themselves (a speed
     figure only; its accuracy is measured by benchmarks/quantization.py)."""
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
@@ -213,13 +213,11 @@ def _tflite_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, ba
     it.allocate_tensors()
     inp, out = it.get_input_details()[0]['index'], it.get_output_details()[0]['index']
     sizes = np.full((batch, 2), SIZE, np.int32)
-    resize = pp.resize_params_batch(sizes, cfg.input_size, cfg.resize_mode)
-    host = jax.jit(lambda raw: pp.postprocess_decoded(runtimes.decode_raw(raw, cfg), resize, sizes, cfg))
 
     def run(images: np.ndarray):
         it.set_tensor(inp, images.astype(np.float32) / 255.0)
         it.invoke()
-        return host(it.get_tensor(out))
+        return runtimes.tflite_detections(it.get_tensor(out), cfg, sizes)
 
     return run
 

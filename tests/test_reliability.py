@@ -355,8 +355,6 @@ def test_resume_continues_from_the_newest_complete_step(tmp_path):
 
 
 def _pair_cmd(workdir: Path, data_dir: Path, address: str, pid: int, *extra: str) -> list[str]:
-    import sys
-
     return [sys.executable, '-m', 'yolo_jax.main', '--nojemalloc', f'--config={SMOKE}', *MNIST,
             f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', f'--coordinator_address={address}',
             '--num_processes=2', f'--process_id={pid}', '--heartbeat_timeout_seconds=10', *extra]

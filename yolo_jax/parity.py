@@ -168,14 +168,15 @@ def letterboxed(images: np.ndarray, cfg: pp.PostprocessConfig) -> np.ndarray:
                                                       cfg.resize_mode)[0].numpy() for im in images])
 
 
-def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray) -> dict[str, np.ndarray]:
+def reference(model: Any, variables: dict, cfg: pp.PostprocessConfig, images: np.ndarray,
+              canvases: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """JAX's detections of uint8 images (B, H, W, 3) on the CPU: the detect path, i.e. the input pipeline's
-    letterbox on the host (`letterboxed`) + inference.predict; {'boxes' (B, K, 4) xyxy original px, 'scores',
-    'classes', 'count' (B,)}."""
+    letterbox on the host (`letterboxed`, or the given `canvases` of these images) + inference.predict;
+    {'boxes' (B, K, 4) xyxy original px, 'scores', 'classes', 'count' (B,)}."""
     from yolo_jax import inference  # noqa: PLC0415
 
     cpu = jax.devices('cpu')[0]
-    inputs = letterboxed(images, cfg)
+    inputs = letterboxed(images, cfg) if canvases is None else canvases
     sizes = np.tile(np.asarray(images.shape[1:3]), (len(images), 1))
     with jax.default_device(cpu):
         det = jax.device_get(inference.predict(model, jax.device_put(variables, cpu), inputs, sizes, cfg))
@@ -246,20 +247,21 @@ def check_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str,
 
     grouped = batches(images)
     keys = [f'batch_{i:03d}' for i in range(len(grouped))]
-    inputs = [letterboxed(x, cfg) for x in grouped] if fmt == 'tflite' else grouped
+    canvases = [letterboxed(x, cfg) for x in grouped]  # JAX's inputs, and a TFLite file's
+    inputs = canvases if fmt == 'tflite' else grouped
     with tempfile.TemporaryDirectory(prefix='yolo_jax_parity_') as tmp:
         results, errors = run_exported([{'name': fmt, 'format': fmt, 'path': str(Path(path).resolve()),
                                          'inputs': keys}], dict(zip(keys, inputs, strict=True)), tmp)
     if fmt in errors:
         return Comparison(), errors[fmt]
     total = Comparison()
-    for key, x in zip(keys, grouped, strict=True):
+    for key, x, canvas in zip(keys, grouped, canvases, strict=True):
         if fmt == 'tflite':
             sizes = np.tile(np.asarray(x.shape[1:3]), (len(x), 1))
             got = runtimes.tflite_detections(results[f'{fmt}/{key}/{runtimes.TFLITE_OUTPUT}'], cfg, sizes)
         else:
             got = {k: results[f'{fmt}/{key}/{k}'] for k in OUTPUTS}
-        total = total.merge(compare(reference(model, variables, cfg, x), got, cfg, score_tol))
+        total = total.merge(compare(reference(model, variables, cfg, x, canvas), got, cfg, score_tol))
     return total, None
 
 

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import tempfile
@@ -217,8 +218,14 @@ def tflite_detections(raw: np.ndarray, cfg: pp.PostprocessConfig, orig_sizes: np
     `orig_sizes` (B, 2) → {'boxes' (B, K, 4) xyxy original pixels, 'scores', 'classes', 'count'}: decoding,
     undoing the letterbox, threshold and NMS exactly as the JAX path (postprocess.postprocess_decoded)."""
     resize = pp.resize_params_batch(np.asarray(orig_sizes), cfg.input_size, cfg.resize_mode)
-    det = jax.device_get(pp.postprocess_decoded(decode_raw(raw, cfg), resize, orig_sizes, cfg))
+    det = jax.device_get(_decode_and_nms(raw, resize, np.asarray(orig_sizes), cfg))
     return {'boxes': det.boxes, 'scores': det.scores, 'classes': det.classes, 'count': det.valid.sum(axis=1)}
+
+
+@functools.partial(jax.jit, static_argnames='cfg')
+def _decode_and_nms(raw: jax.Array, resize: jax.Array, orig_sizes: jax.Array, cfg: pp.PostprocessConfig):
+    """tflite_detections' device part, compiled once per config and shape (eagerly, NMS ran op by op)."""
+    return pp.postprocess_decoded(decode_raw(raw, cfg), resize, orig_sizes, cfg)
 
 
 FORMATS = ('tflite', 'openvino', 'tensorrt')

@@ -134,10 +134,14 @@ def is_peer_failure(error: BaseException) -> bool:
 def await_verdict(error: BaseException, heartbeat_timeout_s: int) -> None:
     """In the child, after a collective failed: one line instead of a traceback, then wait for the coordination
     service to abort this process (the supervisor reports it); exit 3 if it never does."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-    print(f'{COLLECTIVE_FAILED} {first}', file=sys.stderr, flush=True)
+    print(f'{COLLECTIVE_FAILED} {_first_line(error)}', file=sys.stderr, flush=True)
     time.sleep(heartbeat_timeout_s + 30)
     os._exit(3)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), or its type's name when it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -154,6 +158,5 @@ def shorten_peer_failure(record: logging.LogRecord) -> None:
     chain = _chain(record.exc_info[1]) if record.exc_info and record.exc_info[1] else []
     cause = next((e for e in chain if is_peer_failure(e)), None)
     if cause is not None:
-        first = (str(cause).strip().splitlines() or [''])[0][:300]
-        record.msg = f'{record.getMessage()} ({type(cause).__name__}: {first})'
+        record.msg = f'{record.getMessage()} ({type(cause).__name__}: {_first_line(cause)})'
         record.args, record.exc_info, record.exc_text = (), None, None
