@@ -134,6 +134,10 @@ CASES = {
     'main: detect without --images': Case('main', _main('--mode=detect'), '--mode=detect needs --images'),
     'main: positional argument': Case('main', _main('train'), "unexpected arguments 'train'"),
     'export: bad --format': Case('export', _export('--format=coreml'), '--format=coreml'),
+    'export: float16 onnx': Case('export', _export('--quantize=float16'),
+                                 '--quantize=float16 does not apply to --format=onnx'),
+    'export: int8 savedmodel': Case('export', _export('--format=savedmodel', '--quantize=int8'),
+                                    '--quantize=int8 does not apply to --format=savedmodel'),
     'export: --output missing': Case('export', lambda tmp: [f'--config={SMOKE}', f'--workdir={tmp}'], '--output'),
     'export: neither --workdir nor --weights': Case(
         'export', lambda tmp: [f'--config={SMOKE}', f'--output={tmp / "m.onnx"}'], '--workdir=DIR'),

@@ -14,6 +14,7 @@ runs through the real command, and fails on a file written from tampered weights
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -262,19 +263,80 @@ def test_check_flag_passes_on_a_true_export_and_fails_on_a_tampered_one(tmp_path
 
 def test_check_flag_user_mistakes_are_one_error_line(tmp_path):
     """Missing images: exit 2 before anything is exported; a StableHLO without a CPU lowering cannot be checked; an
-    int8 TFLite file is judged by mAP, not parity (the error names the benchmark that measures it)."""
+    int8 TFLite or ONNX file is judged by mAP, not parity (the error names the benchmark that measures it)."""
     weights = _tiny_weights(tmp_path)
     photos = _photos(tmp_path)
     for fmt, extra, needle in (
             ('stablehlo', [f'--check={tmp_path / "nothing*.png"}'], 'no file, directory or glob match'),
             ('stablehlo', [f'--check={photos}', '--platforms=cuda'], 'add cpu to --platforms'),
-            ('tflite', [f'--check={photos}', '--quantize=int8'], 'benchmarks/quantization.py')):
+            ('tflite', [f'--check={photos}', '--quantize=int8'], 'benchmarks/quantization.py'),
+            ('onnx', [f'--check={photos}', '--quantize=int8'], 'benchmarks/quantization.py')):
         out = tmp_path / f'm.{fmt}'
         cmd = [sys.executable, '-m', 'yolo_jax.export', *_export_cmd(weights, fmt, out, *extra)]
         proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
         assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
         assert 'Traceback' not in proc.stderr and not out.exists()
+
+
+# ONNX int8 against float32 (the random tiny network, 64 px, the 16 MNIST smoke training images that also
+# calibrated it): measured per image, the float file's best detection is found in the int8 file's (same class) with
+# IoU >= 0.918 (median 0.97) and a score within 0.0099, and the best scores agree within 0.0099 (one uint8 step of
+# the [0, 1] input is 0.004, and each 8-bit layer adds its rounding); the digits' boxes are apart, so a wrong box
+# overlaps far less. Tolerances: ~2.5x the measured score noise, and an IoU only the same box reaches.
+INT8_MIN_IOU, INT8_SCORE_TOL = 0.85, 0.025
+
+
+@needs_onnx
+def test_command_onnx_int8_agrees_with_float32(tmp_path):
+    """--format=onnx --quantize=int8 through the command: a QDQ file with int8 convolution weights, calibrated on
+    the run's training split (MNIST smoke from the bundled digits), whose detections of those images (as uint8
+    S x S images, the calibration's own inputs) agree with the float32 ONNX file's within the loose tolerances
+    above; both files run in one fresh process without yolo_jax."""
+    import onnx  # noqa: PLC0415
+
+    from configs.mnist import get_config  # noqa: PLC0415
+    from yolo_jax import inference, runtimes  # noqa: PLC0415
+
+    weights = _tiny_weights(tmp_path)
+    data = [f'--config.data.data_dir={tmp_path / "tfds"}', '--config.data.digit_source=sklearn']
+    proc = subprocess.run([sys.executable, '-m', 'yolo_jax.export',
+                           *_export_cmd(weights, 'onnx', tmp_path / 'int8.onnx', '--quantize=int8',
+                                        '--calibration_images=16', *data)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / 'int8.onnx.json').read_text())
+    assert meta['format'] == 'onnx' and meta['quantize'] == 'int8' and meta['score_threshold'] == 0.4
+    proto = onnx.load(str(tmp_path / 'int8.onnx'))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count('QuantizeLinear') >= ops.count('Conv') > 0 and 'DequantizeLinear' in ops, ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer), 'no int8 weights'
+
+    config = get_config('tiny,smoke')
+    config.eval.score_threshold = 0.4  # as _export_cmd
+    config.data.update(data_dir=str(tmp_path / 'tfds'), digit_source='sklearn')
+    model, variables = inference.load_variables(config, None, weights, fold=True)
+    spec = build_spec(config.model, [str(i) for i in range(10)], 'a test')
+    cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)  # as export.main
+    export.export_model(model, variables, cfg, 'onnx', tmp_path / 'float.onnx', spec.class_names)
+    assert (tmp_path / 'int8.onnx').stat().st_size < 0.5 * (tmp_path / 'float.onnx').stat().st_size
+    canvases = np.concatenate(list(runtimes.calibration_canvases(config, 16, 16)()))
+    images = np.round(canvases * 255).astype(np.uint8)  # S x S: the file's letterbox is the identity
+    jobs = [{'name': n, 'format': 'onnx', 'path': str(tmp_path / f'{n}.onnx'), 'inputs': ['x']}
+            for n in ('float', 'int8')]
+    results, errors = parity.run_exported(jobs, {'x': images}, tmp_path)
+    assert not errors, errors
+    f, q = ({k: results[f'{n}/x/{k}'] for k in parity.OUTPUTS} for n in ('float', 'int8'))
+    assert (f['count'] > 0).all() and (q['count'] > 0).all()
+    assert not np.array_equal(f['scores'], q['scores']), 'quantisation should change the numbers a little'
+    np.testing.assert_allclose(q['scores'][:, 0], f['scores'][:, 0], rtol=0, atol=INT8_SCORE_TOL)
+    for b in range(len(images)):
+        n = q['count'][b]
+        iou = np.where(q['classes'][b, :n] == f['classes'][b, 0], parity._iou(f['boxes'][b, 0], q['boxes'][b, :n]),
+                       0.0)
+        j = int(np.argmax(iou))
+        assert iou[j] > INT8_MIN_IOU, (b, iou[j])
+        assert abs(q['scores'][b, j] - f['scores'][b, 0]) < INT8_SCORE_TOL, (b, q['scores'][b, j], f['scores'][b, 0])
 
 
 @needs_onnx

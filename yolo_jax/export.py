@@ -22,12 +22,14 @@ Formats:
   * stablehlo: `jax.export` of serving_fn with the weights as constants, symbolic (b, h, w), serialised to one
     file; `jax.export.deserialize(open(f, 'rb').read()).call(images)` runs it without this package.
   * onnx: see yolo_jax/onnx_export.py (ONNX built from the network's jaxpr plus standard ONNX pre- and
-    post-processing ops); hard NMS only.
+    post-processing ops); hard NMS only. --quantize=int8: the same graph with its convolutions quantised for ONNX
+    Runtime (runtimes.quantize_onnx_int8, calibrated on --calibration_images training images); same input and
+    outputs, not parity-checked (--check refuses it: its accuracy is an mAP change, benchmarks/quantization.py).
   * tflite (float32, --quantize=float16|int8), openvino, tensorrt: see yolo_jax/runtimes.py (TFLite holds the
     network + decoding only: NMS runs on the host).
 
 Beside each model: `<output>.json` (or PATH/export.json for a SavedModel directory) with the class names,
-input size, thresholds and output names.
+input size, thresholds and output names (ONNX, TFLite: also `quantize`).
 """
 
 from __future__ import annotations
@@ -210,7 +212,8 @@ def export_model(
 
     SavedModel: a directory, metadata in PATH/export.json; ONNX / StableHLO: a file, metadata in PATH.json.
     `platforms`: what the SavedModel / StableHLO are lowered for (ONNX is platform-neutral).
-    `runtime_options`: tflite's quantize, batch_size, calibration (runtimes.export_tflite).
+    `runtime_options`: tflite's quantize, batch_size, calibration (runtimes.export_tflite); onnx's quantize and
+    calibration (runtimes.export_onnx).
     """
     meta = metadata(cfg, class_names, fmt)
     if fmt == 'savedmodel':
@@ -220,10 +223,9 @@ def export_model(
         path = export_stablehlo(model, variables, cfg, output, platforms)
         meta_path = Path(f'{path}.json')
     elif fmt == 'onnx':
-        from yolo_jax import onnx_export  # noqa: PLC0415
-
-        path = onnx_export.export_onnx(model, variables, cfg, output)
+        path = runtimes_lib.export_onnx(model, variables, cfg, output, **runtime_options)
         meta_path = Path(f'{path}.json')
+        meta.update(runtimes_lib.metadata_changes(fmt, cfg, **runtime_options))
     elif fmt in runtimes_lib.FORMATS:
         path = runtimes_lib.export_runtime(model, variables, cfg, fmt, output, **runtime_options)
         meta_path = Path(f'{path}.json')
@@ -250,6 +252,7 @@ def main() -> None:
     platforms = [p.strip() for p in flags_.platforms.split(',') if p.strip()]
     if not platforms:
         raise FlagError(f'--platforms={flags_.platforms!r}: name at least one XLA platform, e.g. cpu,cuda')
+    runtimes_lib.check_quantize(flags_.format, flags_.quantize)  # before the (long) load and export
     check_images = None
     if flags_.check:  # images and runtime checked before the (long) export
         from yolo_jax import parity  # noqa: PLC0415
@@ -257,7 +260,8 @@ def main() -> None:
         check_images = parity.prepare_check(flags_.check, flags_.format, platforms, flags_.quantize)
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
-    options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in runtimes_lib.FORMATS else {}
+    with_options = runtimes_lib.FORMATS + ('onnx',)
+    options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in with_options else {}
     path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms,
                         **options)
     print(f'exported {flags_.format} → {path}')

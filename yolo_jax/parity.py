@@ -11,8 +11,8 @@ TFLite files hold the network only (runtimes.py: a fixed batch, a letterboxed fl
 inputs of the JAX reference) and returns the raw maps; this process then applies `runtimes.tflite_detections` (the
 project's host decoding, un-letterboxing and NMS, which a deployment of the file calls too) with the same
 PostprocessConfig and compares those detections. What the check covers there is the file and its runtime; the host
-code is the JAX path's own (tests/test_runtimes.py holds it equal to inference.predict). int8 files are not checked
-for parity (quantisation changes scores by far more than any tolerance that would still catch a broken file):
+code is the JAX path's own (tests/test_runtimes.py holds it equal to inference.predict). int8 files (TFLite, ONNX) are
+not checked for parity (quantisation changes scores by far more than any tolerance that would still catch a broken file):
 their accuracy is an mAP change on a labelled split, benchmarks/quantization.py.
 
 Detections are matched per image, not by slot: each JAX detection (best score first) takes the unmatched exported
@@ -276,9 +276,9 @@ def prepare_check(spec: str, fmt: str, platforms: Sequence[str], quantize: str =
     module = RUNTIME_MODULES.get(fmt)
     if module is None:
         raise FlagError(f'--check: no parity runner for --format={fmt} (it checks {", ".join(RUNTIME_MODULES)})')
-    if fmt == 'tflite' and quantize == 'int8':
-        raise FlagError('--check: an int8 file is not equal to JAX by design; its accuracy is an mAP change on a '
-                        'labelled split: python benchmarks/quantization.py --config=... --workdir=...')
+    if quantize == 'int8':
+        raise FlagError(f'--check: an int8 {fmt} file is not equal to JAX by design; its accuracy is an mAP change '
+                        'on a labelled split: python benchmarks/quantization.py --config=... --workdir=...')
     if importlib.util.find_spec(module) is None:
         extra = {'openvino': 'openvino'}.get(fmt, 'export')
         raise FlagError(f'--check: running a {fmt} file needs {module}: pip install \'yolo_jax[{extra}]\'')
