@@ -13,7 +13,9 @@ Side by side (`--mode=runtimes`, or `all`): the whole detector on uint8 RGB 416x
 with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved round by round in one process:
   jax          jit(export.serving_fn), the function every export contains;
   savedmodel   the jax2tf SavedModel (export.export_savedmodel) through TF's serving signature;
-  onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session;
+  onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session; onnxruntime_int8: that
+               file with its convolutions quantised to int8 (runtimes.export_onnx, QDQ), calibrated on the timed
+               images (a speed figure only; accuracy: benchmarks/quantization.py);
   openvino     the OpenVINO IR converted from that ONNX graph (runtimes.export_openvino), OpenVINO's CPU plugin;
   tflite       the network as a float32 .tflite file at a fixed batch in ai-edge-litert's interpreter, plus the
                host decode + NMS (runtimes.tflite_detections, jitted); tflite_int8: that file quantised to
@@ -195,6 +197,22 @@ def _optional_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path,
     return runners
 
 
+def _onnx_int8_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, images: np.ndarray):
+    """ONNX Runtime on the int8 ONNX file (`--extra-runtimes` onnxruntime_int8): the export command's
+    runtimes.export_onnx(quantize='int8'), calibrated on `images` (uint8 (B, 416, 416, 3), the timed ones: a speed
+    figure only), in a CPU session like the float32 file's. The file takes any batch: built once per model."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    from yolo_jax import runtimes  # noqa: PLC0415
+
+    def calibration():  # float32 canvases in [0, 1]: 416x416 images letterbox to themselves
+        return iter([images.astype(np.float32) / 255.0] * 4)
+
+    path = runtimes.export_onnx(model, folded, cfg, tmp / 'int8.onnx', quantize='int8', calibration=calibration)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return lambda x: session.run(None, {'images': x})
+
+
 def _tflite_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, batch: int, quantize: str,
                    images: np.ndarray):
     """TFLite (`--extra-runtimes` tflite, tflite_int8) at a fixed batch: uint8 → float canvas on the host (the images
@@ -268,6 +286,9 @@ def side_by_side(args) -> list[dict]:
             session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
                                            providers=['CPUExecutionProvider'])
             runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
+        if 'onnxruntime_int8' in args.extra_runtimes.split(',') and wanted('onnxruntime_int8'):
+            runners['onnxruntime_int8'] = _onnx_int8_runner(model, folded, cfg, Path(tmp),
+                                                            _street_images(1, darknet_dir))
         if wanted('openvino'):
             runners.update(_optional_runners(model, folded, cfg, Path(tmp), args))
         if cfg_path.is_file() and weights_path.is_file():
@@ -322,7 +343,7 @@ def main() -> None:
     parser.add_argument('--runtime-batches', default='1,8')
     parser.add_argument('--darknet-dir', default=str(REPO.parent / 'shared' / 'data' / 'darknet'),
                         help='folder with <model>.cfg/.weights (yolov3-tiny, yolov3) for the OpenCV DNN rows')
-    parser.add_argument('--extra-runtimes', default='openvino,tflite,tflite_int8',
+    parser.add_argument('--extra-runtimes', default='openvino,tflite,tflite_int8,onnxruntime_int8',
                         help='also time these in --mode=runtimes (installed separately: pip install -e .[openvino], '
                         '.[tflite]); empty for none')
     parser.add_argument('--only', default='',

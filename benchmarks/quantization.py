@@ -1,13 +1,21 @@
-"""mAP@0.5 of a checkpoint's TFLite exports: float32, float16 weights, int8 post-training quantisation.
+"""mAP@0.5 of a checkpoint's quantised exports: TFLite float32 / float16 weights / int8, ONNX float32 / int8.
 
     python benchmarks/quantization.py --config=configs/mnist.py:quick --workdir=/tmp/track_quick \
-        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=1000] [--batch_size=8]
+        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=1000] [--batch_size=8] \
+        [--formats=tflite,onnx] [--onnx_variants=minmax+full_range,entropy,...]
 
 Each TFLite file (yolo_jax.runtimes.export_tflite: network + decoding) runs with ai-edge-litert (TF's
 interpreter without it) on the test split's letterboxed images; its output goes through the same host
 post-processing (`runtimes.tflite_detections` with the mAP settings, postprocess.map_postprocess_config) and the
 same VOC mAP@0.5 as `--mode=eval` (evaluation/runner.collect_detections gives the JAX reference and the ground
-truth). int8 is calibrated on the first --calibration_images training images. Prints and writes JSON; no timings.
+truth). int8 is calibrated on the first --calibration_images training images.
+
+The ONNX files (export.export_model: letterbox + network + decode + NMS in the graph; int8: runtimes.export_onnx,
+Conv quantised by ONNX Runtime) are exported with the mAP settings as their thresholds (the command would take
+them as --config.eval.score_threshold / max_detections; checked against the file's JSON) and run in ONNX
+Runtime on the same letterboxed canvases, as uint8 S x S images (`onnx_detections`). --onnx_variants adds int8
+files calibrated otherwise (runtimes.quantize_onnx_int8's method, per-tensor weights). Prints and writes JSON; no
+timings.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from yolo_jax import inference, input_pipeline, run_config, runtimes  # noqa: E402
+from yolo_jax import export, inference, input_pipeline, run_config, runtimes  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.evaluation import metrics, runner  # noqa: E402
 
@@ -32,6 +40,12 @@ flags.DEFINE_string('workdir', '/tmp/track_quick', 'Training directory (read onl
 flags.DEFINE_string('out', 'benchmarks/results/quantization_mnist_quick.json', 'JSON output.')
 flags.DEFINE_integer('calibration_images', 1000, 'int8: training images that calibrate the quantisation.')
 flags.DEFINE_integer('batch_size', 8, 'Batch of the TFLite files and of evaluation.')
+flags.DEFINE_list('formats', ['tflite', 'onnx'], 'Which files to measure: tflite, onnx.')
+flags.DEFINE_list('onnx_variants', [], 'Extra ONNX int8 files: a calibration method (minmax, entropy, percentile; '
+                  'entropy / percentile hold every calibration activation in memory) with options joined by +: '
+                  'average (minmax: mean of the images\' ranges, not their extremes), per_tensor (one weight scale '
+                  'per tensor, not per output channel), full_range (8-bit, not 7-bit int8 weights), u8_weights '
+                  '(uint8 weights), e.g. minmax+full_range.')
 
 
 def _interpreter(path: Path):
@@ -56,13 +70,65 @@ def _tflite_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfi
         it.invoke()
         sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
         det = runtimes.tflite_detections(it.get_tensor(out['index']), cfg, sizes)
-        for b in range(len(sizes)):
-            if batch['valid'][b] > 0:
-                keep = np.arange(det['boxes'].shape[1]) < det['count'][b]
-                detections.append({'boxes': det['boxes'][b][keep].astype(np.float64),
-                                   'scores': det['scores'][b][keep].astype(np.float64),
-                                   'classes': det['classes'][b][keep].astype(np.int64)})
+        detections += [_detections(det, b) for b in range(len(sizes)) if batch['valid'][b] > 0]
     return detections
+
+
+def _detections(det: dict, b: int) -> dict:
+    """Image b's valid detections of a {'boxes', 'scores', 'classes', 'count'} batch, in collect_detections' form."""
+    keep = np.arange(det['boxes'].shape[1]) < det['count'][b]
+    return {'boxes': det['boxes'][b][keep].astype(np.float64), 'scores': det['scores'][b][keep].astype(np.float64),
+            'classes': det['classes'][b][keep].astype(np.int64)}
+
+
+def onnx_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
+    """Detections (original pixels) of an ONNX file over eval batches, in runner.collect_detections' order.
+
+    The file gets each letterboxed canvas (B, S, S, 3) as a uint8 S x S image (round(x * 255): the canvases'
+    bilinear values rounded to the file's input type): its letterbox of an S x S image is the identity, so its
+    boxes are xyxy canvas (input) pixels, mapped here to the original image as the JAX path does (x - dw) / scale_x,
+    (y - dh) / scale_y (data/letterbox.py's geometry of orig_size) and clipped to the image. Thresholds and NMS ran
+    in canvas pixels: the same sets as in original pixels for the letterbox (one scale for x and y)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    detections = []
+    for batch in batches:
+        images = runtimes.canvas_images(batch['image'])
+        det = dict(zip(names, session.run(None, {'images': images}), strict=True))
+        sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
+        resize = pp.resize_params_batch(sizes, cfg.input_size, cfg.resize_mode).astype(np.float64)
+        boxes = det['boxes'].astype(np.float64)
+        for i in range(2):  # x (scale_x, dw), then y (scale_y, dh)
+            boxes[..., i::2] = (boxes[..., i::2] - resize[:, None, None, 2 + i]) / resize[:, None, None, i]
+            limit = sizes[:, None, None, 1 - i].astype(np.float64)  # w for x, h for y
+            boxes[..., i::2] = np.clip(boxes[..., i::2], 0, limit)
+        det['boxes'] = boxes
+        detections += [_detections(det, b) for b in range(len(sizes)) if batch['valid'][b] > 0]
+    return detections
+
+
+def _onnx_files(model, variables, cfg, spec, config, folder: Path, calibration_images: int) -> dict[str, Path]:
+    """{row name: ONNX file}: float32 and int8 as the export command writes them (export.export_model with the
+    mAP thresholds, checked in the written JSON), then the --onnx_variants calibrations of the float32 file."""
+    calibration = runtimes.calibration_canvases(config, calibration_images, runtimes.ONNX_CALIBRATION_BATCH)
+    files = {}
+    for quantize in ('none', 'int8'):
+        name = {'none': 'onnx_float32'}.get(quantize, f'onnx_{quantize}')
+        files[name] = export.export_model(model, variables, cfg, 'onnx', folder / f'{name}.onnx', spec.class_names,
+                                          quantize=quantize, calibration=calibration)
+        meta = json.loads(Path(f'{files[name]}.json').read_text())
+        written = (meta['score_threshold'], meta['max_detections'], meta['iou_threshold'], meta['input_size'])
+        assert written == (cfg.score_threshold, cfg.max_detections, cfg.iou_threshold, cfg.input_size), written
+    for variant in flags.FLAGS.onnx_variants:
+        method, *options = variant.split('+')
+        files[f'onnx_int8_{variant}'] = runtimes.quantize_onnx_int8(
+            files['onnx_float32'], folder / f'{variant}.onnx', calibration, method=method,
+            average_ranges='average' in options,
+            per_channel='per_tensor' not in options, reduce_range='full_range' not in options,
+            weights='uint8' if 'u8_weights' in options else 'int8')
+    return files
 
 
 def main(_) -> None:
@@ -74,22 +140,33 @@ def main(_) -> None:
     batches = list(data.eval_batches(f.batch_size, split='test'))
     reference, ground_truth = runner.collect_detections(cfg, model, variables, batches)
     results = {'jax_float32': metrics.voc_map(reference, ground_truth, spec.num_classes)['map']}
-    calibration = runtimes.calibration_canvases(config, f.calibration_images, f.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        for quantize in runtimes.QUANTIZE:
-            path = runtimes.export_tflite(model, variables, cfg, Path(tmp) / f'{quantize}.tflite', quantize=quantize,
-                                          batch_size=f.batch_size, calibration=calibration)
-            dets = _tflite_detections(path, batches, cfg)
-            for d, r in zip(dets, reference, strict=True):
-                d['image_id'] = r['image_id']
-            name = {'none': 'tflite_float32'}.get(quantize, f'tflite_{quantize}')
-            results[name] = metrics.voc_map(dets, ground_truth, spec.num_classes)['map']
-            results[f'{name}_file_bytes'] = path.stat().st_size
-            print(f'{name}: mAP@0.5 {results[name]:.4f} ({path.stat().st_size / 1e6:.2f} MB)', flush=True)
     report = {'config': sys.argv[1:], 'workdir': f.workdir, 'test_images': len(ground_truth),
-              'calibration_images': f.calibration_images, 'map50': results,
-              'int8_minus_float32': results['tflite_int8'] - results['tflite_float32'],
-              'float16_minus_float32': results['tflite_float16'] - results['tflite_float32']}
+              'calibration_images': f.calibration_images, 'map50': results}
+
+    def record(name: str, dets: list[dict], path: Path) -> None:
+        for d, r in zip(dets, reference, strict=True):
+            d['image_id'] = r['image_id']
+        results[name] = metrics.voc_map(dets, ground_truth, spec.num_classes)['map']
+        results[f'{name}_file_bytes'] = path.stat().st_size
+        print(f'{name}: mAP@0.5 {results[name]:.4f} ({path.stat().st_size / 1e6:.2f} MB)', flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if 'tflite' in f.formats:
+            calibration = runtimes.calibration_canvases(config, f.calibration_images, f.batch_size)
+            for quantize in runtimes.QUANTIZE:
+                path = runtimes.export_tflite(model, variables, cfg, Path(tmp) / f'{quantize}.tflite',
+                                              quantize=quantize, batch_size=f.batch_size, calibration=calibration)
+                record({'none': 'tflite_float32'}.get(quantize, f'tflite_{quantize}'),
+                       _tflite_detections(path, batches, cfg), path)
+            report['int8_minus_float32'] = results['tflite_int8'] - results['tflite_float32']
+            report['float16_minus_float32'] = results['tflite_float16'] - results['tflite_float32']
+        if 'onnx' in f.formats:
+            for name, path in _onnx_files(model, variables, cfg, spec, config, Path(tmp),
+                                          f.calibration_images).items():
+                record(name, onnx_detections(path, batches, cfg), path)
+            report['onnx_int8_minus_float32'] = {
+                name: results[name] - results['onnx_float32'] for name in results
+                if name.startswith('onnx_int8') and not name.endswith('_file_bytes')}
     print(json.dumps(report, indent=1))
     Path(f.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f.out).write_text(json.dumps(report, indent=1) + '\n')

@@ -280,11 +280,12 @@ def test_check_flag_user_mistakes_are_one_error_line(tmp_path):
 
 
 # ONNX int8 against float32 (the random tiny network, 64 px, the 16 MNIST smoke training images that also
-# calibrated it): measured per image, the float file's best detection is found in the int8 file's (same class) with
-# IoU >= 0.918 (median 0.97) and a score within 0.0099, and the best scores agree within 0.0099 (one uint8 step of
-# the [0, 1] input is 0.004, and each 8-bit layer adds its rounding); the digits' boxes are apart, so a wrong box
-# overlaps far less. Tolerances: ~2.5x the measured score noise, and an IoU only the same box reaches.
-INT8_MIN_IOU, INT8_SCORE_TOL = 0.85, 0.025
+# calibrated it). Measured per image: the float file's best detection is found in the int8 file's (same class) with
+# IoU >= 0.898 (median 0.95) and a score within 0.018, and the best scores agree within 0.018 (7-bit weights and
+# 8-bit activations, each layer adding its rounding). The same file quantised with one weight scale per tensor
+# (a degraded quantisation) moves that box to IoU 0.18 and a score by 0.058. Tolerances: ~2x the measured noise,
+# both failing on the per-tensor file.
+INT8_MIN_IOU, INT8_SCORE_TOL = 0.8, 0.04
 
 
 @needs_onnx

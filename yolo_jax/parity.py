@@ -11,9 +11,9 @@ TFLite files hold the network only (runtimes.py: a fixed batch, a letterboxed fl
 inputs of the JAX reference) and returns the raw maps; this process then applies `runtimes.tflite_detections` (the
 project's host decoding, un-letterboxing and NMS, which a deployment of the file calls too) with the same
 PostprocessConfig and compares those detections. What the check covers there is the file and its runtime; the host
-code is the JAX path's own (tests/test_runtimes.py holds it equal to inference.predict). int8 files (TFLite, ONNX) are
-not checked for parity (quantisation changes scores by far more than any tolerance that would still catch a broken file):
-their accuracy is an mAP change on a labelled split, benchmarks/quantization.py.
+code is the JAX path's own (tests/test_runtimes.py holds it equal to inference.predict). int8 files (TFLite, ONNX)
+are not checked for parity (quantisation changes scores by far more than any tolerance that would still catch a
+broken file): their accuracy is an mAP change on a labelled split, benchmarks/quantization.py.
 
 Detections are matched per image, not by slot: each JAX detection (best score first) takes the unmatched exported
 detection of the same class with the highest IoU >= MATCH_IOU. Equal-score candidates may come out in either order

@@ -17,9 +17,9 @@ and int8 ONNX (ONNX Runtime's post-training quantisation).
   (float input and output) calibrated on letterboxed training images (--calibration_images).
 * onnx --quantize=int8: the ONNX file of yolo_jax/onnx_export.py (same input and outputs: uint8 images of any
   size → detections in original pixels) with its Conv nodes quantised by `onnxruntime.quantization` in QDQ form
-  (`quantize_onnx_int8`): int8 weights per output channel, uint8 activations calibrated (min/max) on letterboxed
-  training images (--calibration_images); letterbox, decoding and NMS stay float32. Conv is ~91% of ONNX
-  Runtime's CPU time for YOLOv3-tiny; quantising every op type was not faster. For ONNX Runtime on x86 CPUs.
+  (`quantize_onnx_int8`): 7-bit int8 weights per output channel, uint8 activations calibrated (min/max) on
+  letterboxed training images (--calibration_images); letterbox, decoding and NMS stay float32. Made for ONNX
+  Runtime's CPU provider (Conv is ~91% of its time for YOLOv3-tiny).
 * openvino: the ONNX graph of yolo_jax/onnx_export.py (letterbox, network, NMS) converted by
   `openvino.convert_model` and saved as model.xml + model.bin with float32 weights (OpenVINO's default would
   compress them to float16).
@@ -49,7 +49,6 @@ from yolo_jax.errors import FlagError
 QUANTIZE = ('none', 'float16', 'int8')
 QUANTIZE_BY_FORMAT = {'tflite': QUANTIZE, 'onnx': ('none', 'int8')}  # every other format: 'none' only
 ONNX_CALIBRATION_BATCH = 1  # the ONNX graph takes any batch; 1 needs no padding images (eval_batches pads)
-ONNX_CALIBRATION_FLUSH = 64  # MinMax calibration folds the collected activations into ranges every this many batches
 TFLITE_OUTPUT = 'raw'
 
 
@@ -249,7 +248,7 @@ def check_quantize(fmt: str, quantize: str) -> None:
                         'none)')
 
 
-def _canvas_images(canvas: np.ndarray) -> np.ndarray:
+def canvas_images(canvas: np.ndarray) -> np.ndarray:
     """float32 canvases (B, S, S, 3) in [0, 1] → uint8 images (B, S, S, 3): the ONNX graph letterboxes an S x S
     image to itself (scale 1, no bands), so these reach its network as the canvases, up to the uint8 rounding."""
     return np.round(np.clip(np.asarray(canvas, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -257,18 +256,25 @@ def _canvas_images(canvas: np.ndarray) -> np.ndarray:
 
 def quantize_onnx_int8(
     float_model: str | Path, output: str | Path, calibration: Callable[[], Iterator[np.ndarray]], *,
-    method: str = 'minmax', per_channel: bool = True,
+    method: str = 'minmax', average_ranges: bool = False, per_channel: bool = True, reduce_range: bool = True,
+    weights: str = 'int8',
 ) -> Path:
     """Writes `float_model` (an onnx_export.build_onnx file: 'images' uint8 (B, H, W, 3) → boxes, scores, classes,
-    count) as `output` with its Conv nodes quantised by ONNX Runtime (QDQ format: QuantizeLinear /
+    count, unchanged) as `output` with its Conv nodes quantised by ONNX Runtime in QDQ format (QuantizeLinear /
     DequantizeLinear pairs around each Conv, which ONNX Runtime's CPU provider fuses into integer convolutions).
 
-    Weights int8 (per output channel when `per_channel`), activations uint8 with ranges calibrated on
-    `calibration` (a callable yielding float32 canvases (B, S, S, 3) in [0, 1], fed as uint8 S x S images) by
-    `method` ('minmax', 'entropy', 'percentile': onnxruntime.quantization.CalibrationMethod). Why Conv only: Conv
-    is ~91% of ONNX Runtime's CPU time for YOLOv3-tiny, and quantising every op type (the resize, the
-    decoding's elementwise math) was not faster, while it would put box coordinates and probabilities through
-    8-bit steps. Written atomically (a temporary file in output's folder, then renamed).
+    Weights int8 per output channel (`per_channel`; `weights`='uint8' for uint8), activations uint8 with ranges
+    calibrated on `calibration` (a callable yielding float32 canvases (B, S, S, 3) in [0, 1], fed as uint8 S x S
+    images) by `method` ('minmax', 'entropy', 'percentile': onnxruntime.quantization.CalibrationMethod; min/max
+    keeps two numbers per tensor and batch, the histogram methods every activation of every batch in memory);
+    `average_ranges` (minmax): the mean of the batches' minima and maxima instead of the extremes.
+    Choices, measured on MNIST quick (benchmarks/README.md):
+      * Conv only: Conv is ~91% of ONNX Runtime's CPU time for YOLOv3-tiny, and quantising every op type (the
+        resize, the decoding's elementwise math) was not faster;
+      * `reduce_range` (7-bit int8 weights): ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2,
+        AVX-512 without VNNI) add pairs of products in int16, which saturates with full 8-bit weights (mAP@0.5
+        0.91 → 0.40); 7-bit weights cannot saturate and run as fast; uint8 weights run no faster than float32.
+    Written atomically (a temporary file in output's folder, then renamed).
     """
     from onnxruntime import quantization as q  # noqa: PLC0415
 
@@ -283,7 +289,7 @@ def quantize_onnx_int8(
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             canvas = next(self.batches, None)
-            return None if canvas is None else {'images': _canvas_images(canvas)}
+            return None if canvas is None else {'images': canvas_images(canvas)}
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -296,10 +302,12 @@ def quantize_onnx_int8(
         os.close(fd)
         try:
             q.quantize_static(str(prepared), partial, Canvases(), quant_format=q.QuantFormat.QDQ,
-                              op_types_to_quantize=['Conv'], activation_type=q.QuantType.QUInt8,
-                              weight_type=q.QuantType.QInt8, per_channel=per_channel,
+                              op_types_to_quantize=['Conv'],
+                              activation_type=q.QuantType.QUInt8, reduce_range=reduce_range,
+                              weight_type={'int8': q.QuantType.QInt8, 'uint8': q.QuantType.QUInt8}[weights],
+                              per_channel=per_channel,
                               calibrate_method=methods[method],
-                              extra_options={'CalibMaxIntermediateOutputs': ONNX_CALIBRATION_FLUSH})
+                              extra_options={'CalibMovingAverage': average_ranges})
             os.chmod(partial, 0o644)  # mkstemp creates 0600; a model file is an ordinary file
             os.replace(partial, output)
         except BaseException:
@@ -348,9 +356,9 @@ def metadata_changes(fmt: str, cfg: pp.PostprocessConfig, *, quantize: str = 'no
     was quantised)."""
     if fmt == 'onnx':
         return {'quantize': quantize} if quantize == 'none' else {
-            'quantize': quantize, 'quantization': 'ONNX Runtime QDQ: Conv weights int8 per output channel, Conv '
-                                                  'inputs uint8 calibrated (min/max) on training images; the rest '
-                                                  'float32'}
+            'quantize': quantize, 'quantization': 'ONNX Runtime QDQ: Conv weights int8 (7-bit range) per output '
+                                                  'channel, Conv activations uint8 calibrated (min/max) on training '
+                                                  'images; letterbox, decoding and NMS float32'}
     if fmt != 'tflite':
         return {}
     s = cfg.input_size
