@@ -1,14 +1,15 @@
 """mAP@0.5 of a checkpoint's quantised exports: TFLite float32 / float16 weights / int8, ONNX float32 / int8.
 
     python benchmarks/quantization.py --config=configs/mnist.py:quick --workdir=/tmp/track_quick \
-        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=1000] [--batch_size=8] \
+        --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=N] [--batch_size=8] \
         [--formats=tflite,onnx] [--onnx_variants=minmax+full_range,entropy,...]
 
 Each TFLite file (yolo_jax.runtimes.export_tflite: network + decoding) runs with ai-edge-litert (TF's
 interpreter without it) on the test split's letterboxed images; its output goes through the same host
 post-processing (`runtimes.tflite_detections` with the mAP settings, postprocess.map_postprocess_config) and the
 same VOC mAP@0.5 as `--mode=eval` (evaluation/runner.collect_detections gives the JAX reference and the ground
-truth). int8 is calibrated on the first --calibration_images training images.
+truth). int8 is calibrated on the first --calibration_images training images (default: the export command's,
+runtimes.CALIBRATION_IMAGES: 1000 for TFLite, 200 for ONNX).
 
 The ONNX files (export.export_model: letterbox + network + decode + NMS in the graph; int8: runtimes.export_onnx,
 Conv quantised by ONNX Runtime) are exported with the mAP settings as their thresholds (the command would take
@@ -38,7 +39,8 @@ from yolo_jax.evaluation import metrics, runner  # noqa: E402
 config_flags.DEFINE_config_file('config', 'configs/mnist.py:quick', 'Config of the checkpoint.')
 flags.DEFINE_string('workdir', '/tmp/track_quick', 'Training directory (read only).')
 flags.DEFINE_string('out', 'benchmarks/results/quantization_mnist_quick.json', 'JSON output.')
-flags.DEFINE_integer('calibration_images', 1000, 'int8: training images that calibrate the quantisation.')
+flags.DEFINE_integer('calibration_images', None, 'int8: training images that calibrate the quantisation (default: '
+                     'runtimes.CALIBRATION_IMAGES of each format).')
 flags.DEFINE_integer('batch_size', 8, 'Batch of the TFLite files and of evaluation.')
 flags.DEFINE_list('formats', ['tflite', 'onnx'], 'Which files to measure: tflite, onnx.')
 flags.DEFINE_list('onnx_variants', [], 'Extra ONNX int8 files: a calibration method (minmax, entropy, percentile; '
@@ -140,8 +142,10 @@ def main(_) -> None:
     batches = list(data.eval_batches(f.batch_size, split='test'))
     reference, ground_truth = runner.collect_detections(cfg, model, variables, batches)
     results = {'jax_float32': metrics.voc_map(reference, ground_truth, spec.num_classes)['map']}
+    images = {fmt: runtimes.CALIBRATION_IMAGES[fmt] if f.calibration_images is None else f.calibration_images
+              for fmt in f.formats}
     report = {'config': sys.argv[1:], 'workdir': f.workdir, 'test_images': len(ground_truth),
-              'calibration_images': f.calibration_images, 'map50': results}
+              'calibration_images': images, 'map50': results}
 
     def record(name: str, dets: list[dict], path: Path) -> None:
         for d, r in zip(dets, reference, strict=True):
@@ -152,7 +156,7 @@ def main(_) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if 'tflite' in f.formats:
-            calibration = runtimes.calibration_canvases(config, f.calibration_images, f.batch_size)
+            calibration = runtimes.calibration_canvases(config, images['tflite'], f.batch_size)
             for quantize in runtimes.QUANTIZE:
                 path = runtimes.export_tflite(model, variables, cfg, Path(tmp) / f'{quantize}.tflite',
                                               quantize=quantize, batch_size=f.batch_size, calibration=calibration)
@@ -162,7 +166,7 @@ def main(_) -> None:
             report['float16_minus_float32'] = results['tflite_float16'] - results['tflite_float32']
         if 'onnx' in f.formats:
             for name, path in _onnx_files(model, variables, cfg, spec, config, Path(tmp),
-                                          f.calibration_images).items():
+                                          images['onnx']).items():
                 record(name, onnx_detections(path, batches, cfg), path)
             report['onnx_int8_minus_float32'] = {
                 name: results[name] - results['onnx_float32'] for name in results

@@ -2,7 +2,7 @@
 and int8 ONNX (ONNX Runtime's post-training quantisation).
 
     python -m yolo_jax.export ... --format=tflite --quantize=none|float16|int8 [--batch_size=1]
-    python -m yolo_jax.export ... --format=onnx --quantize=int8 [--calibration_images=1000]
+    python -m yolo_jax.export ... --format=onnx --quantize=int8 [--calibration_images=200]
     python -m yolo_jax.export ... --format=openvino --output=model.xml
     python -m yolo_jax.export ... --format=tensorrt --output=model.engine   (on a machine with an NVIDIA GPU)
 
@@ -48,6 +48,10 @@ from yolo_jax.errors import FlagError
 
 QUANTIZE = ('none', 'float16', 'int8')
 QUANTIZE_BY_FORMAT = {'tflite': QUANTIZE, 'onnx': ('none', 'int8')}  # every other format: 'none' only
+# --calibration_images' default per format, measured on MNIST quick (benchmarks/README.md): TFLite int8 lost less
+# with 1000 images than 300; ONNX int8 (min/max ranges, which only widen with more images) lost 0.0018 / 0.0063 /
+# 0.0100 / 0.0121 mAP@0.5 with 100 / 200 / 500 / 1000.
+CALIBRATION_IMAGES = {'tflite': 1000, 'onnx': 200}
 ONNX_CALIBRATION_BATCH = 1  # the ONNX graph takes any batch; 1 needs no padding images (eval_batches pads)
 TFLITE_OUTPUT = 'raw'
 
@@ -380,9 +384,9 @@ def define_flags() -> None:
                       'int8 post-training quantisation calibrated on training images; onnx: none or int8 (its Conv '
                       'nodes, for ONNX Runtime).')
     flags.DEFINE_integer('batch_size', 1, 'tflite: the fixed batch of the file.')
-    flags.DEFINE_integer('calibration_images', 1000, 'int8 (tflite, onnx): training images that calibrate the '
-                         'quantisation (MNIST quick, tflite: 1000 lose 0.0096 mAP@0.5, 300 lose 0.0102; '
-                         'benchmarks/README.md).')
+    flags.DEFINE_integer('calibration_images', None, 'int8: training images that calibrate the quantisation; '
+                         'default 1000 for tflite, 200 for onnx (runtimes.CALIBRATION_IMAGES: measured on MNIST '
+                         'quick, benchmarks/README.md).')
 
 
 def options_from_flags(flags_: Any, config: Any) -> dict[str, Any]:
@@ -392,8 +396,10 @@ def options_from_flags(flags_: Any, config: Any) -> dict[str, Any]:
         raise FlagError(f'--batch_size={flags_.batch_size}: must be at least 1')
     options: dict[str, Any] = {'quantize': flags_.quantize, 'batch_size': flags_.batch_size}
     if flags_.quantize == 'int8':
-        if flags_.calibration_images < 1:
-            raise FlagError(f'--calibration_images={flags_.calibration_images}: int8 needs at least 1')
+        count = flags_.calibration_images
+        count = CALIBRATION_IMAGES[flags_.format] if count is None else count
+        if count < 1:
+            raise FlagError(f'--calibration_images={count}: int8 needs at least 1')
         batch = flags_.batch_size if flags_.format == 'tflite' else ONNX_CALIBRATION_BATCH
-        options['calibration'] = calibration_canvases(config, flags_.calibration_images, batch)
+        options['calibration'] = calibration_canvases(config, count, batch)
     return options
