@@ -277,7 +277,8 @@ def quantize_onnx_int8(
         resize, the decoding's elementwise math) was not faster;
       * `reduce_range` (7-bit int8 weights): ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2,
         AVX-512 without VNNI) add pairs of products in int16, which saturates with full 8-bit weights (mAP@0.5
-        0.91 → 0.38); 7-bit weights cannot saturate and run as fast; uint8 weights run no faster than float32.
+        0.91 → 0.38); 7-bit weights cannot saturate and ran as fast in a short check, uint8 weights no faster
+        than float32 (benchmarks/README.md).
     Written atomically (a temporary file in output's folder, then renamed).
     """
     from onnxruntime import quantization as q  # noqa: PLC0415
