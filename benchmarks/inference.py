@@ -197,11 +197,21 @@ def _optional_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path,
     return runners
 
 
+def ort_session(model: str | bytes):
+    """An ONNX Runtime CPU session whose worker threads sleep between runs instead of spinning (its default): a
+    spinning pool takes the cores from the runtimes interleaved with it, OpenCV DNN included (measured: OpenCV's
+    YOLOv3-tiny rate fell from ~22 to ~14-16 img/s beside a spinning session), which flattered ONNX Runtime's ratios."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+
+
 def _onnx_int8_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, images: np.ndarray):
     """ONNX Runtime on the int8 ONNX file (`--extra-runtimes` onnxruntime_int8): the export command's
     runtimes.export_onnx(quantize='int8'), calibrated on `images` (uint8 (B, 416, 416, 3), the timed ones: a speed
     figure only), in a CPU session like the float32 file's. The file takes any batch: built once per model."""
-    import onnxruntime as ort  # noqa: PLC0415
 
     from yolo_jax import runtimes  # noqa: PLC0415
 
@@ -209,7 +219,7 @@ def _onnx_int8_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path,
         return iter([images.astype(np.float32) / 255.0] * 4)
 
     path = runtimes.export_onnx(model, folded, cfg, tmp / 'int8.onnx', quantize='int8', calibration=calibration)
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    session = ort_session(str(path))
     return lambda x: session.run(None, {'images': x})
 
 
@@ -244,7 +254,6 @@ def side_by_side(args) -> list[dict]:
     """Interleaved timing of the runtimes (module docstring) for each model and batch size."""
     import tempfile  # noqa: PLC0415
 
-    import onnxruntime as ort  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     from yolo_jax import onnx_export  # noqa: PLC0415
@@ -283,8 +292,7 @@ def side_by_side(args) -> list[dict]:
             runners['savedmodel'] = lambda x, f=signature: {k: v.numpy()
                                                             for k, v in f(images=tf.constant(x)).items()}
         if wanted('onnxruntime'):
-            session = ort.InferenceSession(onnx_export.build_onnx(model, folded, cfg).SerializeToString(),
-                                           providers=['CPUExecutionProvider'])
+            session = ort_session(onnx_export.build_onnx(model, folded, cfg).SerializeToString())
             runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
         if 'onnxruntime_int8' in args.extra_runtimes.split(',') and wanted('onnxruntime_int8'):
             runners['onnxruntime_int8'] = _onnx_int8_runner(model, folded, cfg, Path(tmp),

@@ -1,4 +1,5 @@
-"""Process-level CPU settings that speed up JAX training here: the allocator and XLA's YNN dot/reduce fusions.
+"""Process-level CPU settings that speed up JAX training here: the allocator and XLA's YNN dot/reduce fusions; and
+TensorFlow's import without the eager load of Keras (`import_tensorflow`), ~3 s of every command's start.
 
 The allocator is jemalloc when installed (a restart with LD_PRELOAD), else glibc malloc tuned by `mallopt` to
 keep freed memory. Both must be in place before JAX's backend starts (the XLA flags too), so `main.py` and
@@ -8,6 +9,7 @@ the benchmarks call these first. Measured on 2-core AMD EPYC machines (benchmark
 import ctypes
 import os
 import sys
+from types import ModuleType
 
 from absl import logging
 
@@ -28,6 +30,9 @@ _REEXEC_MARK = 'YOLO_JAX_REEXEC'
 # no mmap for large blocks (each would be unmapped on free and page-faulted in again on the next step), and
 # neither trimming the heap's top (threshold: C int max, ~2 GiB) nor growing it by less than 1 GiB at a time.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+# What TensorFlow's __init__ imports eagerly (inside `try: ... except ImportError: pass`) so that Keras 3 registers
+# its optimizers for loading Keras SavedModels: all of Keras, ~3 of the ~8 s of CPU of `import tensorflow` here.
+_KERAS_EAGER_IMPORT = 'keras.src.optimizers'
 GLIBC_MALLOC_TUNING = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 1 << 30))
 
 
@@ -84,3 +89,19 @@ def set_ynn_dot_flag(enabled: bool) -> None:
     current = os.environ.get('XLA_FLAGS', '')
     if enabled and 'ynn_fusion_type' not in current:
         os.environ['XLA_FLAGS'] = f'{current} {YNN_DOT_FLAG}'.strip()
+
+
+def import_tensorflow() -> ModuleType:
+    """`import tensorflow` without its eager import of Keras (nothing here loads Keras models; TF only feeds the
+    input pipeline and exports). A None entry in sys.modules makes that one import raise ImportError, which TF's
+    __init__ catches; the entry is removed at once, so `tf.keras` still loads Keras on first use. A no-op when
+    TensorFlow is already imported."""
+    if 'tensorflow' not in sys.modules and _KERAS_EAGER_IMPORT not in sys.modules:
+        sys.modules[_KERAS_EAGER_IMPORT] = None  # type: ignore[assignment]
+        try:
+            import tensorflow  # noqa: F401, PLC0415
+        finally:
+            del sys.modules[_KERAS_EAGER_IMPORT]
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf

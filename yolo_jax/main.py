@@ -77,8 +77,7 @@ def main() -> None:
     logging.get_absl_logger().addFilter(_QuietLibraries())  # orbax logs through absl's logger
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     # TF only feeds the input pipeline: keep it off the accelerators that JAX uses.
-    import tensorflow as tf  # noqa: PLC0415
-
+    tf = cpu_env.import_tensorflow()
     tf.config.set_visible_devices([], 'GPU')
     config = FLAGS.config
     # Before JAX starts its backend; YNN's bfloat16 dots are slower than XLA's, so float32 only.
