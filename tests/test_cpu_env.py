@@ -112,3 +112,16 @@ def test_glibc_malloc_tuning_keeps_large_blocks_on_the_heap(mode):
         assert not got['tuned'] and got['mmapped'] >= 64 << 20 and got['heap_growth_kept'] == 0
     else:
         assert got['tuned'] and got['mmapped'] == 0 and got['heap_growth_kept'] >= 64 << 20
+
+
+def test_tensorflow_imports_without_keras_and_tf_keras_still_loads_it():
+    """cpu_env.import_tensorflow skips TF's eager import of Keras (~3 s of every command's start) and leaves nothing
+    behind: a later `tf.keras` use imports Keras as usual (TensorBoard's hparams plugin, under clu, does so)."""
+    script = ('import sys\nfrom yolo_jax import cpu_env\ntf = cpu_env.import_tensorflow()\n'
+              "before = sorted(m for m in sys.modules if m == 'keras' or m.startswith('keras.'))\n"
+              'layer = tf.keras.layers.Dense(2)\n'
+              "print(before, 'keras.src.optimizers' in sys.modules, type(layer).__module__)\n")
+    out = subprocess.run([sys.executable, '-c', script], env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['[]', 'True', 'keras.src.layers.core.dense'], out.stdout

@@ -240,6 +240,9 @@ def main() -> None:
     """`python -m yolo_jax.export --config=... --workdir=DIR|--weights=F --format=... --output=P` (cli.run)."""
     from absl import flags  # noqa: PLC0415
 
+    from yolo_jax import cpu_env  # noqa: PLC0415
+
+    cpu_env.import_tensorflow()  # first, so that no later import pulls in Keras with it
     from yolo_jax import inference  # noqa: PLC0415
     from yolo_jax.errors import FlagError  # noqa: PLC0415
 
