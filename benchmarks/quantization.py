@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from yolo_jax import export, inference, input_pipeline, run_config, runtimes  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
+from yolo_jax.data import letterbox  # noqa: E402
 from yolo_jax.evaluation import metrics, runner  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/mnist.py:quick', 'Config of the checkpoint.')
@@ -88,8 +89,8 @@ def onnx_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig) 
 
     The file gets each letterboxed canvas (B, S, S, 3) as a uint8 S x S image (round(x * 255): the canvases'
     bilinear values rounded to the file's input type): its letterbox of an S x S image is the identity, so its
-    boxes are xyxy canvas (input) pixels, mapped here to the original image as the JAX path does (x - dw) / scale_x,
-    (y - dh) / scale_y (data/letterbox.py's geometry of orig_size) and clipped to the image. Thresholds and NMS ran
+    boxes are xyxy canvas (input) pixels, mapped here to the original image by data/letterbox.unletterbox_boxes
+    (the geometry of orig_size the JAX path uses) and clipped to the image. Thresholds and NMS ran
     in canvas pixels: the same sets as in original pixels for the letterbox (one scale for x and y)."""
     import onnxruntime as ort  # noqa: PLC0415
 
@@ -100,13 +101,8 @@ def onnx_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig) 
         images = runtimes.canvas_images(batch['image'])
         det = dict(zip(names, session.run(None, {'images': images}), strict=True))
         sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
-        resize = pp.resize_params_batch(sizes, cfg.input_size, cfg.resize_mode).astype(np.float64)
-        boxes = det['boxes'].astype(np.float64)
-        for i in range(2):  # x (scale_x, dw), then y (scale_y, dh)
-            boxes[..., i::2] = (boxes[..., i::2] - resize[:, None, None, 2 + i]) / resize[:, None, None, i]
-            limit = sizes[:, None, None, 1 - i].astype(np.float64)  # w for x, h for y
-            boxes[..., i::2] = np.clip(boxes[..., i::2], 0, limit)
-        det['boxes'] = boxes
+        det['boxes'] = np.stack([np.clip(letterbox.unletterbox_boxes(boxes, h, w, cfg.input_size, cfg.resize_mode),
+                                         0, [w, h, w, h]) for boxes, (h, w) in zip(det['boxes'], sizes, strict=True)])
         detections += [_detections(det, b) for b in range(len(sizes)) if batch['valid'][b] > 0]
     return detections
 

@@ -263,8 +263,7 @@ def main() -> None:
         check_images = parity.prepare_check(flags_.check, flags_.format, platforms, flags_.quantize)
     model, variables, spec = inference.load_detector(config, flags_.workdir, flags_.weights, fold=True)
     cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
-    with_options = runtimes_lib.FORMATS + ('onnx',)
-    options = runtimes_lib.options_from_flags(flags_, config) if flags_.format in with_options else {}
+    options = runtimes_lib.options_from_flags(flags_, config)  # savedmodel and stablehlo take none of them
     path = export_model(model, variables, cfg, flags_.format, flags_.output, spec.class_names, platforms=platforms,
                         **options)
     print(f'exported {flags_.format} → {path}')
