@@ -182,7 +182,9 @@ def annotation_records_dataset(records: Sequence[AnnotationRecord]) -> tf.data.D
         }
 
     ds = tf.data.Dataset.from_tensor_slices(table)
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Traced as written (no AutoGraph conversion: input_pipeline._no_autograph says why).
+    return ds.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
 
 
 def _pil_decode(path: bytes) -> np.ndarray:

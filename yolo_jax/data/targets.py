@@ -221,9 +221,9 @@ def make_encoder(params: TargetParams, *, batched: bool = True):
     """A `tf.function` wrapping the encoder with a shape-polymorphic input signature (traced once)."""
     if batched:
         sig = [tf.TensorSpec([None, None, 4], tf.float32), tf.TensorSpec([None, None], tf.int32)]
-        return tf.function(lambda b, c: encode_targets_batch(b, c, params), input_signature=sig)
+        return tf.function(lambda b, c: encode_targets_batch(b, c, params), input_signature=sig, autograph=False)
     sig = [tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)]
-    return tf.function(lambda b, c: encode_targets(b, c, params), input_signature=sig)
+    return tf.function(lambda b, c: encode_targets(b, c, params), input_signature=sig, autograph=False)
 
 
 def grid_shapes(params: TargetParams) -> Sequence[tuple[int, int, int, int]]:

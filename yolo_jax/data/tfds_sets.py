@@ -139,7 +139,7 @@ def _converter(rules: TfdsRules, *, round_boxes: bool) -> Callable[[dict], dict]
             example, image_id_key=rules.image_id, flag_key=rules.flag, round_boxes=round_boxes
         )
 
-    return convert
+    return tf.autograph.experimental.do_not_convert(convert)  # see input_pipeline._no_autograph
 
 
 @dataclasses.dataclass(frozen=True)
