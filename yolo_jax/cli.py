@@ -27,12 +27,17 @@ Flags are parsed here and nowhere else; this module computes nothing else.
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import importlib.util
 import inspect
+import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import ml_collections
 from absl import app, flags
@@ -201,4 +206,23 @@ def run(main_fn: Callable[[], None], define_flags: Callable[[], None] | None = N
         except app.UsageError as e:
             errors.report_and_exit(e, verbose=flags.FLAGS.verbose or errors.show_traceback(), message=_one_line(e))
 
-    app.run(entry, flags_parser=lambda argv: parse_flags(argv, config=config, training_modes=training_modes))
+    try:
+        app.run(entry, flags_parser=lambda argv: parse_flags(argv, config=config, training_modes=training_modes))
+    except SystemExit as e:  # success, or a user mistake reported above (an unexpected exception is not caught)
+        exit_now(e.code)
+
+
+def exit_now(code: int | str | None) -> NoReturn:
+    """Ends the process as Python's own exit does (non-daemon threads joined, atexit handlers run, output
+    flushed), then skips the interpreter's teardown of TensorFlow's and JAX's modules and native state: ~1.4 s
+    of every command's end on this machine's CPUs, with nothing left to write by then."""
+    if isinstance(code, str):  # sys.exit('message'): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # logging.shutdown, jax.distributed's shutdown, orbax, ...
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

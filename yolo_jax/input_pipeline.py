@@ -489,6 +489,7 @@ class Data:
         check_multi_scale(self.spec, config.train)
         sources.prepare(config)
         self._splits: dict[str, tuple[tf.data.Dataset, Any]] = {}
+        self._eval_datasets: dict[tuple[str, int], tf.data.Dataset] = {}  # built once, iterated per evaluation
 
     def split(self, name: str) -> tuple[tf.data.Dataset, Any]:
         """(this process's decoded shard of split `name`, cached when config.data.cache; its SplitInfo)."""
@@ -548,8 +549,11 @@ class Data:
         source, _ = self.split(split)
         largest_shard = -(-self.num_examples(split) // self.process_count)
         num_batches = -(-largest_shard // batch_size)
+        key = (split, batch_size)
+        if key not in self._eval_datasets:  # tracing its functions costs ~1 s: not again at every evaluation
+            self._eval_datasets[key] = eval_dataset(self.config, self.spec, source, batch_size=batch_size)
         n, last = 0, None
-        for batch in numpy_iterator(eval_dataset(self.config, self.spec, source, batch_size=batch_size)):
+        for batch in numpy_iterator(self._eval_datasets[key]):
             n, last = n + 1, batch
             yield batch
         if last is None and num_batches:

@@ -65,6 +65,10 @@ def main() -> None:
         raise FlagError(f'--save_format={FLAGS.save_format} is for --mode=detect')
     if FLAGS.jemalloc:
         cpu_env.exec_with_jemalloc(['-m', 'yolo_jax.main', *sys.argv[1:]])
+    if FLAGS.mode == 'train':  # counters in the first second, before TensorFlow and JAX load (train checks again)
+        from yolo_jax import config_checks, run_config  # noqa: PLC0415
+
+        config_checks.check_train_config(run_config.complete(FLAGS.config))
     if (FLAGS.coordinator_address or FLAGS.distributed) and not supervise.is_child():
         # A lost peer or coordinator ends JAX processes by a native abort: run the work in a child and report it
         # as one error line (supervise.py explains).

@@ -92,19 +92,27 @@ def fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.Con
     return added
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
-    WORKDIR/split.json for a user's own folder (data/own_data.py) when '' (and `workdir` is given),
-    config.model.num_classes = the data set's class count when 0 ("from the data"), and the fields a config lacks
-    (a WORKDIR/config.py written before they existed) from defaults.default_config(), logged. Returns `config`
-    (changed in place: the one place a config is completed after loading)."""
-    from yolo_jax.data import own_data, sources  # noqa: PLC0415  (TensorFlow: only when a command runs)
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` (in place) with the fields it lacks (a WORKDIR/config.py written before they existed) from
+    defaults.default_config(), logged; cheap (no TensorFlow), so a command can check fields before its imports."""
     from yolo_jax.defaults import default_config  # noqa: PLC0415
 
     added = fill_missing(config, default_config())
     if added:  # a workdir's config.py written by an older yolo_jax: its run had none of these (new fields are off)
         logging.warning('the config has no %s (written before they existed): their defaults are used',
                         ', '.join(f'config.{k}' for k in added))
+    return config
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """What the commands (main, anchors, export) fill in before a run, once, logged: config.data.split_file =
+    WORKDIR/split.json for a user's own folder (data/own_data.py) when '' (and `workdir` is given),
+    config.model.num_classes = the data set's class count when 0 ("from the data"), and the fields a config lacks
+    (a WORKDIR/config.py written before they existed) from defaults.default_config(), logged. Returns `config`
+    (changed in place: the one place a config is completed after loading; `complete` is its first part)."""
+    from yolo_jax.data import own_data, sources  # noqa: PLC0415  (TensorFlow: only when a command runs)
+
+    complete(config)
     if workdir and str(config.data.dataset) in own_data.DATASETS and not config.data.split_file:
         config.data.split_file = str(Path(workdir) / 'split.json')
     if int(config.model.num_classes) == 0:
