@@ -219,9 +219,7 @@ def exit_now(code: int | str | None) -> NoReturn:
     if isinstance(code, str):  # sys.exit('message'): printed, exit status 1
         print(code, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what the interpreter's exit does first: stops thread pools, joins non-daemon threads
     atexit._run_exitfuncs()  # logging.shutdown, jax.distributed's shutdown, orbax, ...
     sys.stdout.flush()
     sys.stderr.flush()
