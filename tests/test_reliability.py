@@ -389,7 +389,9 @@ def test_worker_without_coordinator_gives_up(tmp_path):
 def test_lost_peer_is_one_error_line(tmp_path, killed):
     """A process is killed mid-run (a worker, or the coordinator): the survivor ends with one error line naming
     the lost process and the checkpoint to resume from, without a native abort's dump; started again (after the
-    worker's loss), the pair resumes from that checkpoint and finishes the run."""
+    worker's loss), the pair (2 processes x 2 devices, mesh) resumes from that checkpoint and finishes the run as
+    one: the same losses in both processes, one checkpoint set, mAP over the whole test split equal to a
+    single-process evaluation of the same weights."""
     from test_parallel import _env, _free_port
 
     repo = Path(__file__).resolve().parents[1]
@@ -397,8 +399,9 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
 
     def start(tag: str) -> tuple[list[subprocess.Popen], list[Path], str]:
         address, logs = f'127.0.0.1:{_free_port()}', [tmp_path / f'{tag}{pid}.log' for pid in range(2)]
-        return [subprocess.Popen(_pair_cmd(workdir, tmp_path / 'tfds', address, pid, '--config.train.epochs=3'),
-                                 cwd=repo, env=_env(1), stdout=subprocess.DEVNULL, stderr=logs[pid].open('w'))
+        return [subprocess.Popen(_pair_cmd(workdir, tmp_path / 'tfds', address, pid, '--config.train.epochs=3',
+                                           '--config.train.map_every_epochs=1'),
+                                 cwd=repo, env=_env(2), stdout=subprocess.DEVNULL, stderr=logs[pid].open('w'))
                 for pid in range(2)], logs, address
 
     procs, logs, address = start('first')
@@ -428,9 +431,30 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
                 p.kill()
         assert codes == [0, 0], logs[0].read_text()[-3000:]
         assert re.search(rf'Resumed from \S+ at step {resumed}\b', logs[0].read_text()), logs[0].read_text()[-3000:]
-        steps = [r['step'] for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
-                 if r['kind'] == 'train']
+        records = [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+        steps = [r['step'] for r in records if r['kind'] == 'train']
         assert steps[-1] == 12 and 0 < int(resumed) < 12, (resumed, steps)
+        _assert_pair_ran_as_one(workdir, [log.read_text() for log in logs], records, steps_run=12 - int(resumed))
+
+
+def _assert_pair_ran_as_one(workdir: Path, logs: list[str], records: list[dict], steps_run: int) -> None:
+    """Two processes x 2 devices trained one run: both saw the same global steps, wrote one checkpoint set, and
+    their mAP over the whole test split equals a single-process evaluation of the checkpoint eval serves."""
+    from test_parallel import _console_losses
+
+    assert all('on 4 device(s) in 2 process(es), mode mesh' in text for text in logs), logs[0][-3000:]
+    losses = [_console_losses(text) for text in logs]
+    assert len(losses[0]) == steps_run and losses[0] == losses[1]  # both processes see the same global steps
+    assert all(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())  # one set, no per-process copies
+    proc = run_cli([f'--workdir={workdir}', '--mode=eval', '--config.eval.fold_batchnorm=False'], {})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = int(re.search(r'Loaded checkpoint \S+ \(step (\d+)\)', proc.stderr).group(1))  # the best one
+    train_map = [r for r in records if r['kind'] == 'map' and r['step'] == step]
+    assert len(train_map) == 1 and train_map[0]['num_images'] == 8, (step, records)  # not one process's half
+    metrics = json.loads((workdir / 'eval' / 'metrics.json').read_text())['metrics']
+    assert metrics['num_images'] == 8 and metrics['num_detections'] == train_map[0]['num_detections']
+    assert metrics['map50'] == pytest.approx(train_map[0]['map50'], abs=1e-6)
+    assert metrics['coco_map'] == pytest.approx(train_map[0]['coco_map'], abs=1e-6)
 
 
 # The coordination service's messages as this jaxlib printed them in the runs above (a worker killed; the
