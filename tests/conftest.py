@@ -40,3 +40,10 @@ def shared_compilation_cache(tmp_path_factory) -> Path:
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
     return cache
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `slow` first, each group in its usual order: xdist hands them out early (with --dist
+    worksteal, pyproject.toml), so a run does not end on one worker finishing a two-minute test while the
+    other idles."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)

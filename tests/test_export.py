@@ -131,6 +131,7 @@ def mnist_config(score_threshold: float = 0.1):
     return config
 
 
+@pytest.mark.slow
 def test_mnist_checkpoint_exports_match_jax(mnist_workdir, tmp_path):
     config = mnist_config()
     model, variables, spec = inference.load_detector(config, mnist_workdir, fold=True)
@@ -227,6 +228,7 @@ def test_stretch_resize_exports(mnist_workdir):
     _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax stretch')
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_yolov4_onnx_matches_jax():
     """YOLOv4's mish (x * tanh(softplus(x)), softplus traced as logaddexp: ne, abs, neg, exp, log1p, select)

@@ -57,6 +57,7 @@ def _console_losses(stderr: str) -> list[float]:
     return [float(x) for x in re.findall(r'total_loss:\s*([-\d.]+)', stderr)]
 
 
+@pytest.mark.slow
 def test_mesh_and_pmap_match_one_device(tmp_path, data_dir):
     base = tmp_path / 'one'
     _run(base, data_dir, 1)

@@ -118,6 +118,7 @@ def test_compare_matches_by_class_and_iou_not_slot():
 # ------------------------------------------------------------------------------------ every network x format
 
 
+@pytest.mark.slow
 def test_every_network_every_format_equals_jax(tmp_path):
     """YOLOv3, YOLOv3-tiny, YOLOv4, YOLOv4-tiny x SavedModel, ONNX, StableHLO, at batch 1 and 3, all run in ONE
     fresh process without yolo_jax, equal to JAX's detect path on non-square images (letterbox bands)."""
@@ -239,6 +240,7 @@ def _export_cmd(weights: Path, fmt: str, output: Path, *extra: str) -> list[str]
             f'--format={fmt}', f'--output={output}', *extra]
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_check_flag_passes_on_a_true_export_and_fails_on_a_tampered_one(tmp_path):
     weights, photos = _tiny_weights(tmp_path), _photos(tmp_path)
@@ -261,6 +263,7 @@ def test_check_flag_passes_on_a_true_export_and_fails_on_a_tampered_one(tmp_path
     assert 'onnx vs JAX' in lines[0] and ('difference' in lines[0] or 'no partner' in lines[0])
 
 
+@pytest.mark.slow
 def test_check_flag_user_mistakes_are_one_error_line(tmp_path):
     """Missing images: exit 2 before anything is exported; a StableHLO without a CPU lowering cannot be checked; an
     int8 TFLite or ONNX file is judged by mAP, not parity (the error names the benchmark that measures it)."""
@@ -403,6 +406,7 @@ def test_check_flag_tflite(tmp_path, quantize):
         assert box > parity.BOX_TOL or score > parity.SCORE_TOL, line
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_check_flag_openvino(tmp_path):
     """The OpenVINO IR (uint8 images → detections, like ONNX) run by OpenVINO's CPU plugin in the fresh process,

@@ -227,6 +227,7 @@ def test_command_tflite_and_tensorrt(tmp_path):
         assert 'Traceback' not in proc.stderr and not (tmp_path / 'model.engine').exists()
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_command_openvino(tmp_path):
     weights = _random_weights(tmp_path / 'random.weights')

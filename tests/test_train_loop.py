@@ -57,6 +57,7 @@ def _wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: fl
     raise TimeoutError(f'step {step} not reached in {timeout} s')
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
     # 16 steps: the kill lands mid-run. With an EMA of the weights (validated each epoch): it resumes exactly too.
     epochs = ('--config.train.epochs=4', '--config.train.ema_decay=0.9', '--config.train.ema_tau=4')
@@ -97,6 +98,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, data_dir):
         assert got_val[step] == pytest.approx(loss, rel=1e-6), step
 
 
+@pytest.mark.slow
 def test_divergence_stops_run_and_says_what_was_kept(tmp_path, data_dir):
     workdir = tmp_path / 'nan'
     # A fresh run that diverges at once: no checkpoint exists, and the message says so.
@@ -122,6 +124,7 @@ def test_divergence_stops_run_and_says_what_was_kept(tmp_path, data_dir):
     assert meta['epoch'] == 1 and meta['metrics']['val_total'] > 0
 
 
+@pytest.mark.slow
 def test_freeze_backbone_keeps_params_and_statistics_and_eval_ignores_training_flags(tmp_path, data_dir):
     """freeze=backbone: backbone params AND BatchNorm statistics bit-identical to the transferred start; then eval
     and detect of that checkpoint run without the training-only flags (freeze, grad clipping)."""
@@ -161,6 +164,7 @@ def test_freeze_backbone_keeps_params_and_statistics_and_eval_ignores_training_f
     assert len(json.loads((frozen / 'detect' / 'detections.json').read_text())['images']) == 1
 
 
+@pytest.mark.slow
 def test_ema_run_validates_and_serves_the_ema_weights(tmp_path, data_dir):
     """config.train.ema_decay > 0 end to end: the checkpoint holds the EMA, and what eval/detect/export load
     (inference.load_detector → checkpointing.load_model) is that EMA, bit for bit, not the raw params; --mode=eval
@@ -205,6 +209,7 @@ def jax_leaves(tree) -> list:
     return jax.tree.leaves(tree)
 
 
+@pytest.mark.slow
 def test_multi_scale_run_trains_at_each_steps_size_and_compiles_once_per_size(tmp_path, data_dir):
     """Mesh mode, sizes (32, 64) switching every 2 steps: each logged step was fed its `train_input_size`, both
     sizes occur, and after 8 steps the jitted train step's cache holds exactly 2 programs."""

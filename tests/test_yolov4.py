@@ -391,6 +391,7 @@ def _main(workdir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedPro
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_yolov4_tiny_trains_evaluates_and_detects(tmp_path):
     """:yolov4_tiny,smoke trains (checkpoint written, finite losses), evaluates the checkpoint, and detects with a
     Darknet .weights file of the same network."""
