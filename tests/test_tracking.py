@@ -263,6 +263,32 @@ def test_update_trails_and_counts():
     assert tracking.count_tracks({4: 7}, ['cat', 'dog']) == {'7': 1}  # a class without a name: its id
 
 
+def test_cross_class_duplicates_by_hand():
+    """Greedy in descending score: B (class 1) overlaps the better A (class 0) by IoU 360 / 440 = 0.82: a
+    duplicate at thresholds below that. C (class 0, as A) is not A's duplicate, and B, itself a duplicate, removes
+    nothing; with B kept, C (on B's box) is B's. F overlaps E (another class) by IoU 180 / 620 = 0.29. 1.0 = off."""
+    boxes = np.asarray([box(50, 50), box(52, 50), box(52, 50), box(150, 50), box(80, 50), box(91, 50)], float)
+    scores = np.asarray([0.9, 0.8, 0.7, 0.6, 0.95, 0.5])
+    classes = np.asarray([0, 1, 0, 2, 1, 3])
+    dup = tracking.cross_class_duplicates(boxes, scores, classes, 0.5)
+    assert dup.tolist() == [False, True, False, False, False, False]
+    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.8).tolist() == dup.tolist()
+    # At 0.85 B stays (0.82 is not above), and then C, on B's very box (IoU 1) with another class, goes.
+    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.85).tolist() == [False, False, True, False,
+                                                                                     False, False]
+    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.25).tolist()[4:] == [False, True]  # 0.29 > 0.25
+    assert not tracking.cross_class_duplicates(boxes, scores, classes, 1.0).any()
+
+
+def test_a_second_class_box_on_a_tracked_object_starts_no_track_with_duplicate_iou():
+    """Frames 2-3 add a class-1 box (score 0.7) over a tracked class-0 object (IoU 0.82): 'vote' alone starts a
+    second track from it; with duplicate_iou 0.5 it gets no id and the object keeps one track."""
+    frames = [([box(50 + 2 * t, 50)] + ([box(52 + 2 * t, 50)] if t in (1, 2) else []),
+               [0.9] + ([0.7] if t in (1, 2) else []), [0] + ([1] if t in (1, 2) else [])) for t in range(4)]
+    assert _run(frames, TrackParams()) == [[1], [1, 2], [1, 2], [1]]
+    assert _run(frames, TrackParams(duplicate_iou=0.5)) == [[1], [1, -1], [1, -1], [1]]
+
+
 def test_bad_params_are_config_errors():
     from yolo_jax.errors import ConfigError
 
@@ -274,6 +300,9 @@ def test_bad_params_are_config_errors():
         TrackParams(class_mode='loose')
     with pytest.raises(ConfigError, match='class_penalty'):
         TrackParams(class_penalty=1.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match='duplicate_iou'):
+            TrackParams(duplicate_iou=bad)
 
 
 # --------------------------------------------------------------------------------------------------- MOT files

@@ -19,6 +19,9 @@ explicit, immutable `TrackerState`:
   detections with low_score <= score < high_score are then matched (IoU >= low_match_iou) to the tracks still
   unmatched that were seen in the previous frame (an object whose score drops while it is partly occluded keeps
   its track). Unmatched high detections with score >= new_track_score start tracks.
+- **Duplicates** (config.track.duplicate_iou, off at 1.0): a box that overlaps a higher-scored box of another
+  class by more than this IoU is the same object seen as two classes (per-class NMS keeps one box per class):
+  it takes no part in the association or in births and gets no id.
 - **SORT**: one stage with the detections of score >= high_score, each unmatched one starts a track.
 - **Birth and death**: a new track is tentative until it has `min_hits` matched frames (in the first min_hits
   frames of a sequence every track is confirmed at once, as SORT does); a tentative track that misses a frame
@@ -67,6 +70,7 @@ class TrackParams:
     trail: int = 16
     class_mode: str = 'vote'
     class_penalty: float = 0.3
+    duplicate_iou: float = 1.0
 
     def __post_init__(self):
         if self.method not in TRACKERS:
@@ -79,6 +83,8 @@ class TrackParams:
                               f'{", ".join(CLASS_MODES)}')
         if not 0 <= self.class_penalty <= 1:
             raise ConfigError(f'config.track.class_penalty: need 0 <= class_penalty <= 1, got {self.class_penalty}')
+        if not 0 < self.duplicate_iou <= 1:
+            raise ConfigError(f'config.track.duplicate_iou: need 0 < duplicate_iou <= 1, got {self.duplicate_iou}')
         if self.min_hits < 1 or self.max_age < 0:
             raise ConfigError(f'config.track: need min_hits >= 1 and max_age >= 0, got {self.min_hits}, '
                               f'{self.max_age}')
@@ -193,6 +199,23 @@ def associate(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray, 
     return (matches, np.setdiff1d(np.arange(t), matches[:, 0]), np.setdiff1d(np.arange(d), matches[:, 1]))
 
 
+def cross_class_duplicates(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                           iou_threshold: float) -> np.ndarray:
+    """(D,) bool: detections that overlap a higher-scored kept detection of another class by IoU > iou_threshold
+    (one ambiguous object that per-class NMS kept once per class), greedily in descending score (ties: the
+    earlier row wins). boxes (D, 4) xyxy pixels. iou_threshold >= 1: none."""
+    duplicate = np.zeros(len(boxes), bool)
+    if iou_threshold >= 1 or len(boxes) < 2:
+        return duplicate
+    iou = iou_matrix(boxes, boxes)
+    for i in np.argsort(-scores, kind='stable'):
+        if not duplicate[i]:
+            hit = (iou[i] > iou_threshold) & (classes != classes[i]) & (scores <= scores[i])
+            hit[i] = False
+            duplicate |= hit
+    return duplicate
+
+
 def class_affinity(iou: np.ndarray, track_cls: np.ndarray, det_cls: np.ndarray, params: TrackParams) -> np.ndarray:
     """The (T, D) matrix `associate` maximises, from the IoU of tracks and detections and their classes.
 
@@ -292,12 +315,14 @@ def track_step(
     track_cls = np.asarray([t.cls for t in tracks], np.int64)
     det_track = np.full(len(boxes), -1, np.int64)  # index into `tracks` per detection
 
-    high = np.flatnonzero(scores >= params.high_score)
+    # An object detected as two classes at once takes part once, with its best-scored box; the others get no id.
+    single = ~cross_class_duplicates(boxes, scores, classes, params.duplicate_iou)
+    high = np.flatnonzero(single & (scores >= params.high_score))
     matches, free_tracks, _ = associate(
         class_affinity(iou_matrix(track_boxes, boxes[high]), track_cls, classes[high], params), params.match_iou)
     det_track[high[matches[:, 1]]] = matches[:, 0]
     if params.method == 'bytetrack':  # second stage: low-score boxes against the tracks seen last frame
-        low = np.flatnonzero((scores >= params.low_score) & (scores < params.high_score))
+        low = np.flatnonzero(single & (scores >= params.low_score) & (scores < params.high_score))
         recent = free_tracks[[tracks[i].misses == 0 for i in free_tracks]] if len(free_tracks) else free_tracks
         m2, _, _ = associate(
             class_affinity(iou_matrix(track_boxes[recent], boxes[low]), track_cls[recent], classes[low], params),
@@ -329,7 +354,7 @@ def track_step(
         elif t.id and t.misses + 1 <= params.max_age:  # confirmed and not too long unseen: coast on the prediction
             kept.append(dataclasses.replace(t, mean=mean[i], cov=cov[i], misses=t.misses + 1))
         # else: a tentative track that missed, or a confirmed one unseen for more than max_age frames: dropped
-    births = [d for d in range(len(boxes)) if det_track[d] < 0 and scores[d] >= new_score]
+    births = [d for d in range(len(boxes)) if det_track[d] < 0 and single[d] and scores[d] >= new_score]
     if births:
         m0, c0 = kalman_init(xyxy_to_xyah(boxes[births]), params)
         for j, d in enumerate(births):
