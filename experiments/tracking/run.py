@@ -10,8 +10,9 @@
    frames (video.detect_video with our ByteTrack, as `--mode=detect --track` runs it), then the logged
    detections (scores down to track.low_score) fed to our ByteTrack and SORT with class_mode 'vote' (the
    default) and 'strict', to our ByteTrack with the classes ignored (class-agnostic, as supervision's is), to
-   supervision's ByteTrack, and to our ByteTrack with this detector's thresholds (TUNED) and over a range of
-   class_penalty values; the last --held_out sequences are also evaluated alone. With --from_logs the
+   supervision's ByteTrack, and to our ByteTrack with this detector's thresholds (TUNED, also with
+   DUPLICATES) and over a range of class_penalty and duplicate_iou values (on the tuning sequences); the last
+   --held_out sequences are also evaluated alone. With --from_logs the
    detections an earlier run logged under --tmp are reused (the trackers alone take a minute or two).
 Every tracker gets the same detections; metrics by yolo_jax.track_eval (motmetrics, IoU >= 0.5). Writes
 results.json and crossing.png (a strip of a crossing with our ids) into --out.
@@ -95,9 +96,14 @@ TRACKERS = {'ours_bytetrack': lambda f: ours(f, 'bytetrack'),
 # probability), chosen on the detector's seeds 0-4 and checked on seeds 5-9 (--held_out); as CLI flags:
 # --config.track.high_score=0.3 --config.track.low_match_iou=0.4.
 TUNED = {'high_score': 0.3, 'low_match_iou': 0.4}
+# config.track.duplicate_iou for this detector (per-class NMS keeps an ambiguous digit once per class), chosen on
+# seeds 0-4 (DUPLICATE_IOUS, TUNED thresholds); as a CLI flag: --config.track.duplicate_iou=0.8.
+DUPLICATES = {'duplicate_iou': 0.8}
 TRACKERS_TUNED = {'ours_bytetrack_tuned': lambda f: ours(f, 'bytetrack', **TUNED),
+                  'ours_bytetrack_tuned_duplicates': lambda f: ours(f, 'bytetrack', **TUNED, **DUPLICATES),
                   'ours_bytetrack_strict_tuned': lambda f: ours(f, 'bytetrack', class_mode='strict', **TUNED)}
 PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # class_penalty of 'vote' (ByteTrack, TUNED thresholds)
+DUPLICATE_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # duplicate_iou (ByteTrack 'vote', TUNED thresholds)
 KEYS = ('idf1', 'mota', 'num_switches', 'num_fragmentations', 'mostly_tracked', 'mostly_lost', 'precision',
         'recall')
 
@@ -232,9 +238,14 @@ def main() -> None:
                      for p in PENALTIES}
             tuning = slice(0, len(chosen) - args.held_out)
             penalties = {k: v['overall'] for k, v in evaluate(chosen[tuning], frames[tuning], sweep).items()}
+            duplicates = {f'duplicate_iou_{d}': lambda f, d=d: ours(f, 'bytetrack', duplicate_iou=d, **TUNED)
+                          for d in DUPLICATE_IOUS}
+            duplicate_sweep = {k: v['overall'] for k, v in evaluate(chosen[tuning], frames[tuning],
+                                                                     duplicates).items()}
             held = slice(len(chosen) - args.held_out, len(chosen))
             held_out = {k: v['overall'] for k, v in evaluate(chosen[held], frames[held], trackers).items()}
             results['detector'][name] = {**evaluate(chosen, frames, trackers), 'class_penalty_sweep': penalties,
+                                         'duplicate_iou_sweep': duplicate_sweep,
                                          'held_out': held_out, 'detect_video': summary}
             print(name, 'detector', {k: v['overall'] for k, v in results['detector'][name].items()
                                      if k in trackers}, flush=True)

@@ -13,5 +13,6 @@ python3 benchmarks/tracking.py --workdir=/tmp/track_quick --repeats=5 --frames=4
 # One sequence by hand: generate, detect and track, evaluate.
 python3 -m yolo_jax.data.mot_sequences --output=/tmp/seq0 --occluders=2 --seed=0
 python3 -m yolo_jax.main --config=configs/mnist.py:quick --workdir=/tmp/track_quick --mode=detect \
-    --images=/tmp/seq0/img1 --track --output=/tmp/seq0/out --config.track.high_score=0.3 --config.track.low_match_iou=0.4
+    --images=/tmp/seq0/img1 --track --output=/tmp/seq0/out --config.track.high_score=0.3 --config.track.low_match_iou=0.4 \
+    --config.track.duplicate_iou=0.8
 python3 -m yolo_jax.track_eval --gt=/tmp/seq0/gt/gt.txt --pred=/tmp/seq0/out/tracks.txt
