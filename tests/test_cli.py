@@ -224,3 +224,38 @@ def test_default_config_takes_the_variants(tmp_path):
     assert proc.returncode == errors.EXIT_CODE and error_lines(proc.stderr) == [
         f'error: --workdir={tmp_path / "run"}: no checkpoint in {tmp_path / "run"} (train first, or pass --weights)'
     ], proc.stderr[-3000:]
+
+
+_EXIT_SCRIPT = """
+import atexit, os, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from yolo_jax import cli
+from yolo_jax.errors import FlagError
+
+def main():
+    out = os.environ['EXIT_TEST_FILE']
+    atexit.register(lambda: print('atexit ran', flush=False))
+    def late():
+        time.sleep(0.3)
+        open(out, 'w').write('thread finished')
+    threading.Thread(target=late).start()  # non-daemon: the exit waits for it
+    ThreadPoolExecutor(1).submit(lambda: None)  # an idle pool must not hang the exit
+    sys.stdout.write('buffered, no newline')
+    if 'fail' in out:
+        raise FlagError('a user mistake')
+
+cli.run(main, config=False)
+"""
+
+
+@pytest.mark.parametrize('fail', [False, True])
+def test_exit_now_finishes_threads_atexit_and_output_first(tmp_path, fail):
+    """cli.exit_now skips the interpreter's teardown only: a non-daemon thread still finishes, atexit handlers run,
+    buffered output is written, an idle thread pool does not hang it, and the exit code is kept."""
+    out = tmp_path / ('fail.txt' if fail else 'ok.txt')
+    proc = subprocess.run([sys.executable, '-c', _EXIT_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, 'PYTHONPATH': str(REPO), 'EXIT_TEST_FILE': str(out)})
+    assert proc.returncode == (errors.EXIT_CODE if fail else 0), proc.stderr[-3000:]
+    assert out.read_text() == 'thread finished'
+    assert proc.stdout.startswith('buffered, no newline') and 'atexit ran' in proc.stdout, proc.stdout
+    assert error_lines(proc.stderr) == (['error: a user mistake'] if fail else []), proc.stderr
