@@ -445,7 +445,8 @@ def _assert_pair_ran_as_one(workdir: Path, logs: list[str], records: list[dict],
     assert all('on 4 device(s) in 2 process(es), mode mesh' in text for text in logs), logs[0][-3000:]
     losses = [_console_losses(text) for text in logs]
     assert len(losses[0]) == steps_run and losses[0] == losses[1]  # both processes see the same global steps
-    assert all(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())  # one set, no per-process copies
+    saved = [p.name for p in (workdir / 'checkpoints').iterdir()]
+    assert all(n.isdigit() for n in saved) and '12' in saved, saved  # one set, no per-process copies or leftovers
     proc = run_cli([f'--workdir={workdir}', '--mode=eval', '--config.eval.fold_batchnorm=False'], {})
     assert proc.returncode == 0, proc.stderr[-3000:]
     step = int(re.search(r'Loaded checkpoint \S+ \(step (\d+)\)', proc.stderr).group(1))  # the best one
