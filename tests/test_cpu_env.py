@@ -114,14 +114,29 @@ def test_glibc_malloc_tuning_keeps_large_blocks_on_the_heap(mode):
         assert got['tuned'] and got['mmapped'] == 0 and got['heap_growth_kept'] >= 64 << 20
 
 
-def test_tensorflow_imports_without_keras_and_tf_keras_still_loads_it():
-    """cpu_env.import_tensorflow skips TF's eager import of Keras (~3 s of every command's start) and leaves nothing
-    behind: a later `tf.keras` use imports Keras as usual (TensorBoard's hparams plugin, under clu, does so)."""
-    script = ('import sys\nfrom yolo_jax import cpu_env\ntf = cpu_env.import_tensorflow()\n'
-              "before = sorted(m for m in sys.modules if m == 'keras' or m.startswith('keras.'))\n"
-              'layer = tf.keras.layers.Dense(2)\n'
-              "print(before, 'keras.src.optimizers' in sys.modules, type(layer).__module__)\n")
+def test_tensorflow_and_clu_import_without_keras_and_tf_keras_still_loads_it(tmp_path):
+    """cpu_env.import_tensorflow skips TF's eager import of Keras (~3 s of every command's start) and
+    import_metric_writers the one of TensorBoard's hparams Keras callback under clu (~2.3 s of training and eval);
+    yolo_jax.train imports without Keras, its writer still writes hyperparameters and scalars (read back from the
+    event file), and nothing is left behind: a later `tf.keras` use imports Keras as usual."""
+    script = f"""
+import glob, sys
+from yolo_jax import cpu_env
+tf = cpu_env.import_tensorflow()
+cpu_env.import_metric_writers()
+from yolo_jax import train  # noqa: clu's writers and periodic actions, as a training run imports them
+writer = train.metric_writers.SummaryWriter({str(tmp_path)!r})
+writer.write_hparams({{'lr': 0.1}})
+writer.write_scalars(3, {{'loss': 2.5}})
+writer.flush()
+before = sorted(m for m in sys.modules if m == 'keras' or m.startswith('keras.'))
+tags = sorted(v.tag for r in tf.data.TFRecordDataset(glob.glob({str(tmp_path / '*')!r}))
+              for v in tf.compat.v1.Event.FromString(r.numpy()).summary.value)
+layer = tf.keras.layers.Dense(2)
+print(before, 'keras.src.optimizers' in sys.modules, type(layer).__module__, ','.join(tags))
+"""
     out = subprocess.run([sys.executable, '-c', script], env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ['[]', 'True', 'keras.src.layers.core.dense'], out.stdout
+    assert out.stdout.split() == ['[]', 'True', 'keras.src.layers.core.dense',
+                                  '_hparams_/session_start_info,loss'], out.stdout

@@ -1,5 +1,6 @@
 """Process-level CPU settings that speed up JAX training here: the allocator and XLA's YNN dot/reduce fusions; and
-TensorFlow's import without the eager load of Keras (`import_tensorflow`), ~3 s of every command's start.
+TensorFlow's and clu's imports without loading Keras (`import_tensorflow`, `import_metric_writers`), ~3 s and
+~2.3 s of a command's start.
 
 The allocator is jemalloc when installed (a restart with LD_PRELOAD), else glibc malloc tuned by `mallopt` to
 keep freed memory. Both must be in place before JAX's backend starts (the XLA flags too), so `main.py` and
@@ -34,6 +35,9 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 # its optimizers for loading Keras SavedModels: all of Keras, ~3 of the ~8 s of CPU of `import tensorflow` here.
 _KERAS_EAGER_IMPORT = 'keras.src.optimizers'
 GLIBC_MALLOC_TUNING = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 1 << 30))
+# TensorBoard's hparams API (imported by clu's SummaryWriter) imports this module, whose Keras callback class
+# subclasses tf.keras.callbacks.Callback at import: all of Keras again, ~2.3 s of every training or eval command.
+_HPARAMS_KERAS = 'tensorboard.plugins.hparams._keras'
 
 
 def find_jemalloc() -> str | None:
@@ -105,3 +109,28 @@ def import_tensorflow() -> ModuleType:
     import tensorflow as tf  # noqa: PLC0415
 
     return tf
+
+
+class _SkippedKerasCallback:
+    """Stands in for TensorBoard's `hparams_api.KerasCallback` in a process that imported clu through
+    `import_metric_writers` (nothing here trains Keras models)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError('TensorBoard\'s hparams KerasCallback was skipped by yolo_jax.cpu_env.import_metric_writers')
+
+
+def import_metric_writers() -> ModuleType:
+    """`clu.metric_writers` without the Keras import of TensorBoard's hparams Keras callback: a stand-in module
+    holds that one import (its `Callback` raises when used) and is removed from sys.modules at once, so a later
+    `tf.keras` use still loads Keras. Call after `import_tensorflow`; a no-op when clu's writers are imported."""
+    if 'clu.metric_writers' not in sys.modules and _HPARAMS_KERAS not in sys.modules:
+        stand_in = ModuleType(_HPARAMS_KERAS)
+        stand_in.Callback = _SkippedKerasCallback  # type: ignore[attr-defined]
+        sys.modules[_HPARAMS_KERAS] = stand_in
+        try:
+            import clu.metric_writers  # noqa: F401, PLC0415
+        finally:
+            del sys.modules[_HPARAMS_KERAS]
+    from clu import metric_writers  # noqa: PLC0415
+
+    return metric_writers

@@ -105,6 +105,8 @@ def main() -> None:
 
 def run_mode(config) -> None:
     """--mode=train, eval or detect with the resolved config."""
+    if FLAGS.mode in ('train', 'eval'):
+        cpu_env.import_metric_writers()  # before yolo_jax.train imports clu's writers: no Keras
     if FLAGS.mode == 'train':
         from yolo_jax import train  # noqa: PLC0415
 
