@@ -16,7 +16,9 @@ with BatchNorm folded, decode, per-class NMS) in each runtime, calls interleaved
   onnxruntime  the ONNX export (onnx_export.build_onnx) in an ONNX Runtime CPU session; onnxruntime_int8: that
                file with its convolutions quantised to int8 (runtimes.export_onnx, QDQ), calibrated on the timed
                images (a speed figure only; accuracy: benchmarks/quantization.py);
-  openvino     the OpenVINO IR converted from that ONNX graph (runtimes.export_openvino), OpenVINO's CPU plugin;
+  openvino     the OpenVINO IR converted from that ONNX graph (runtimes.export_openvino), OpenVINO's CPU plugin
+               with its defaults (bfloat16 on CPUs with AMX / AVX512-BF16); openvino_f32: float32 forced;
+               openvino_int8: the onnxruntime_int8 file in OpenVINO;
   tflite       the network as a float32 .tflite file at a fixed batch in ai-edge-litert's interpreter, plus the
                host decode + NMS (runtimes.tflite_detections, jitted); tflite_int8: that file quantised to
                int8, calibrated on the timed images (a speed figure only; accuracy: benchmarks/quantization.py);
@@ -182,19 +184,30 @@ def _opencv_runner(cfg_path: Path, weights_path: Path, score_threshold: float, i
     return run
 
 
-def _optional_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, args) -> dict:
-    """OpenVINO (`--extra-runtimes` openvino): the ONNX graph (letterbox, network, NMS) converted by
-    runtimes.export_openvino, compiled for the CPU with OpenVINO's defaults (latency hint)."""
+def _openvino_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, names: list[str],
+                      int8_onnx=None) -> dict:
+    """OpenVINO's CPU plugin on the IR of runtimes.export_openvino (the ONNX graph: letterbox, network, NMS):
+      openvino       compiled with OpenVINO's defaults (latency hint); on CPUs with AMX or AVX512-BF16 its default
+                     inference precision is bfloat16 (INFERENCE_PRECISION_HINT), float32 elsewhere;
+      openvino_f32   the same IR with INFERENCE_PRECISION_HINT f32 (what the parity check runs);
+      openvino_int8  the int8 ONNX file (`int8_onnx()`, the onnxruntime_int8 row's QDQ file) read by OpenVINO."""
+    import openvino as ov  # noqa: PLC0415
+
+    from yolo_jax import runtimes  # noqa: PLC0415
+
+    core = ov.Core()
     runners = {}
-    if 'openvino' in args.extra_runtimes.split(','):
-        import openvino as ov  # noqa: PLC0415
-
-        from yolo_jax import runtimes  # noqa: PLC0415
-
-        compiled = ov.Core().compile_model(str(runtimes.export_openvino(model, folded, cfg, tmp / 'model.xml')),
-                                           'CPU')
-        runners['openvino'] = lambda x, c=compiled: c({'images': x})
-    return runners
+    if {'openvino', 'openvino_f32'} & set(names):
+        xml = str(runtimes.export_openvino(model, folded, cfg, tmp / 'model.xml'))
+    if 'openvino' in names:
+        runners['openvino'] = core.compile_model(xml, 'CPU')
+    if 'openvino_f32' in names:
+        runners['openvino_f32'] = core.compile_model(xml, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    if 'openvino_int8' in names:
+        runners['openvino_int8'] = core.compile_model(str(int8_onnx()), 'CPU')
+    for name, compiled in runners.items():
+        print(f'{name}: inference precision {compiled.get_property("INFERENCE_PRECISION_HINT")}', flush=True)
+    return {name: (lambda x, c=compiled: c({'images': x})) for name, compiled in runners.items()}
 
 
 def ort_session(model: str | bytes):
@@ -208,19 +221,16 @@ def ort_session(model: str | bytes):
     return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
-def _onnx_int8_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, images: np.ndarray):
-    """ONNX Runtime on the int8 ONNX file (`--extra-runtimes` onnxruntime_int8): the export command's
-    runtimes.export_onnx(quantize='int8'), calibrated on `images` (uint8 (B, 416, 416, 3), the timed ones: a speed
-    figure only), in a CPU session like the float32 file's. The file takes any batch: built once per model."""
+def _onnx_int8_file(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, images: np.ndarray) -> Path:
+    """The int8 ONNX file of the export command (runtimes.export_onnx(quantize='int8')), calibrated on `images`
+    (uint8 (B, 416, 416, 3), the timed ones: a speed figure only). It takes any batch: built once per model."""
 
     from yolo_jax import runtimes  # noqa: PLC0415
 
     def calibration():  # float32 canvases in [0, 1]: 416x416 images letterbox to themselves
         return iter([images.astype(np.float32) / 255.0] * 4)
 
-    path = runtimes.export_onnx(model, folded, cfg, tmp / 'int8.onnx', quantize='int8', calibration=calibration)
-    session = ort_session(str(path))
-    return lambda x: session.run(None, {'images': x})
+    return runtimes.export_onnx(model, folded, cfg, tmp / 'int8.onnx', quantize='int8', calibration=calibration)
 
 
 def _tflite_runner(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path, batch: int, quantize: str,
@@ -261,6 +271,8 @@ def side_by_side(args) -> list[dict]:
     tf.config.set_visible_devices([], 'GPU')
     darknet_dir = Path(args.darknet_dir)
 
+    extra = args.extra_runtimes.split(',')
+
     def wanted(runtime: str) -> bool:  # --only: these runtimes (and OpenCV DNN, the anchor) in this process
         return not args.only or runtime in args.only.split(',')
 
@@ -294,18 +306,21 @@ def side_by_side(args) -> list[dict]:
         if wanted('onnxruntime'):
             session = ort_session(onnx_export.build_onnx(model, folded, cfg).SerializeToString())
             runners['onnxruntime'] = lambda x, s=session: s.run(None, {'images': x})
-        if 'onnxruntime_int8' in args.extra_runtimes.split(',') and wanted('onnxruntime_int8'):
-            runners['onnxruntime_int8'] = _onnx_int8_runner(model, folded, cfg, Path(tmp),
-                                                            _street_images(1, darknet_dir))
-        if wanted('openvino'):
-            runners.update(_optional_runners(model, folded, cfg, Path(tmp), args))
+        int8_onnx = functools.cache(functools.partial(_onnx_int8_file, model, folded, cfg, Path(tmp),
+                                                      _street_images(1, darknet_dir)))
+        if 'onnxruntime_int8' in extra and wanted('onnxruntime_int8'):
+            session = ort_session(str(int8_onnx()))
+            runners['onnxruntime_int8'] = lambda x, s=session: s.run(None, {'images': x})
+        openvino = [r for r in ('openvino', 'openvino_f32', 'openvino_int8') if r in extra and wanted(r)]
+        if openvino:
+            runners.update(_openvino_runners(model, folded, cfg, Path(tmp), openvino, int8_onnx))
         if cfg_path.is_file() and weights_path.is_file():
             runners['opencv-dnn'] = _opencv_runner(cfg_path, weights_path, cfg.score_threshold, cfg.iou_threshold)
         for batch in (int(b) for b in args.runtime_batches.split(',')):
             images = _street_images(batch, darknet_dir)
             for quantize in ('none', 'int8'):  # the files have a fixed batch
                 runtime = 'tflite' if quantize == 'none' else f'tflite_{quantize}'
-                if runtime in args.extra_runtimes.split(',') and wanted(runtime):
+                if runtime in extra and wanted(runtime):
                     runners[runtime] = _tflite_runner(model, folded, cfg, Path(tmp), batch, quantize, images)
             for fn in runners.values():  # warm-up: compile / first-call allocations
                 jax.block_until_ready(fn(images))
@@ -351,7 +366,8 @@ def main() -> None:
     parser.add_argument('--runtime-batches', default='1,8')
     parser.add_argument('--darknet-dir', default=str(REPO.parent / 'shared' / 'data' / 'darknet'),
                         help='folder with <model>.cfg/.weights (yolov3-tiny, yolov3) for the OpenCV DNN rows')
-    parser.add_argument('--extra-runtimes', default='openvino,tflite,tflite_int8,onnxruntime_int8',
+    parser.add_argument('--extra-runtimes',
+                        default='openvino,openvino_f32,openvino_int8,tflite,tflite_int8,onnxruntime_int8',
                         help='also time these in --mode=runtimes (installed separately: pip install -e .[openvino], '
                         '.[tflite]); empty for none')
     parser.add_argument('--only', default='',

@@ -1,8 +1,9 @@
-"""mAP@0.5 of a checkpoint's quantised exports: TFLite float32 / float16 weights / int8, ONNX float32 / int8.
+"""mAP@0.5 of a checkpoint's quantised exports: TFLite float32 / float16 weights / int8, ONNX float32 / int8, and
+the OpenVINO IR at float32 and at OpenVINO's default precision (bfloat16 on CPUs with AMX or AVX512-BF16).
 
     python benchmarks/quantization.py --config=configs/mnist.py:quick --workdir=/tmp/track_quick \
         --out=benchmarks/results/quantization_mnist_quick.json [--calibration_images=N] [--batch_size=8] \
-        [--formats=tflite,onnx] [--onnx_variants=minmax+full_range,entropy,...]
+        [--formats=tflite,onnx,openvino] [--onnx_variants=minmax+full_range,entropy,...]
 
 Each TFLite file (yolo_jax.runtimes.export_tflite: network + decoding) runs with ai-edge-litert (TF's
 interpreter without it) on the test split's letterboxed images; its output goes through the same host
@@ -15,8 +16,8 @@ The ONNX files (export.export_model: letterbox + network + decode + NMS in the g
 Conv quantised by ONNX Runtime) are exported with the mAP settings as their thresholds (the command would take
 them as --config.eval.score_threshold / max_detections; checked against the file's JSON) and run in ONNX
 Runtime on the same letterboxed canvases, as uint8 S x S images (`onnx_detections`). --onnx_variants adds int8
-files calibrated otherwise (runtimes.quantize_onnx_int8's method, per-tensor weights). Prints and writes JSON; no
-timings.
+files calibrated otherwise (runtimes.quantize_onnx_int8's method, per-tensor weights). The OpenVINO IR
+(runtimes.export_openvino, same graph) runs on the same uint8 canvases. Prints and writes JSON; no timings.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ flags.DEFINE_string('out', 'benchmarks/results/quantization_mnist_quick.json', '
 flags.DEFINE_integer('calibration_images', None, 'int8: training images that calibrate the quantisation (default: '
                      'runtimes.CALIBRATION_IMAGES of each format).')
 flags.DEFINE_integer('batch_size', 8, 'Batch of the TFLite files and of evaluation.')
-flags.DEFINE_list('formats', ['tflite', 'onnx'], 'Which files to measure: tflite, onnx.')
+flags.DEFINE_list('formats', ['tflite', 'onnx'], 'Which files to measure: tflite, onnx, openvino.')
 flags.DEFINE_list('onnx_variants', [], 'Extra ONNX int8 files: a calibration method (minmax, entropy, percentile; '
                   'entropy / percentile hold every calibration activation in memory) with options joined by +: '
                   'average (minmax: mean of the images\' ranges, not their extremes), per_tensor (one weight scale '
@@ -85,21 +86,41 @@ def _detections(det: dict, b: int) -> dict:
 
 
 def onnx_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
-    """Detections (original pixels) of an ONNX file over eval batches, in runner.collect_detections' order.
+    """Detections (original pixels) of an ONNX file in ONNX Runtime over eval batches (graph_detections)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    return graph_detections(lambda x: dict(zip(names, session.run(None, {'images': x}), strict=True)), batches, cfg)
+
+
+def openvino_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig, options: dict) -> tuple[
+        list[dict], str]:
+    """(detections as graph_detections gives them, the inference precision) of an OpenVINO IR compiled for the
+    CPU with `options` ({} = OpenVINO's defaults: bfloat16 on CPUs with AMX or AVX512-BF16)."""
+    import openvino as ov  # noqa: PLC0415
+
+    compiled = ov.Core().compile_model(str(path), 'CPU', options)
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        res = compiled({'images': images})
+        return {name: np.asarray(res[port]) for port in compiled.outputs for name in port.get_names()}
+
+    return graph_detections(run, batches, cfg), str(compiled.get_property('INFERENCE_PRECISION_HINT'))
+
+
+def graph_detections(run, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
+    """Detections (original pixels) of a file holding onnx_export's graph (`run`: uint8 images → {'boxes',
+    'scores', 'classes', 'count'}) over eval batches, in runner.collect_detections' order.
 
     The file gets each letterboxed canvas (B, S, S, 3) as a uint8 S x S image (round(x * 255): the canvases'
     bilinear values rounded to the file's input type): its letterbox of an S x S image is the identity, so its
     boxes are xyxy canvas (input) pixels, mapped here to the original image by data/letterbox.unletterbox_boxes
     (the geometry of orig_size the JAX path uses) and clipped to the image. Thresholds and NMS ran
     in canvas pixels: the same sets as in original pixels for the letterbox (one scale for x and y)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
     detections = []
     for batch in batches:
-        images = runtimes.canvas_images(batch['image'])
-        det = dict(zip(names, session.run(None, {'images': images}), strict=True))
+        det = run(runtimes.canvas_images(batch['image']))
         sizes = np.asarray(batch['orig_size']).reshape(-1, 2)
         det['boxes'] = np.stack([np.clip(letterbox.unletterbox_boxes(boxes, h, w, cfg.input_size, cfg.resize_mode),
                                          0, [w, h, w, h]) for boxes, (h, w) in zip(det['boxes'], sizes, strict=True)])
@@ -167,6 +188,14 @@ def main(_) -> None:
             report['onnx_int8_minus_float32'] = {
                 name: results[name] - results['onnx_float32'] for name in results
                 if name.startswith('onnx_int8') and not name.endswith('_file_bytes')}
+        if 'openvino' in f.formats:  # the IR as exported (float32 weights), at float32 and at OpenVINO's default
+            path = runtimes.export_openvino(model, variables, cfg, Path(tmp) / 'model.xml')
+            precision = {}
+            for name, options in (('openvino_float32', runtimes.OPENVINO_COMPILE), ('openvino_default', {})):
+                dets, precision[name] = openvino_detections(path, batches, cfg, options)
+                record(name, dets, path.with_suffix('.bin'))
+            report['openvino_precision'] = precision
+            report['openvino_default_minus_float32'] = results['openvino_default'] - results['openvino_float32']
     print(json.dumps(report, indent=1))
     Path(f.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f.out).write_text(json.dumps(report, indent=1) + '\n')

@@ -67,7 +67,8 @@ RUNNER = textwrap.dedent('''
             out[key] = it.get_tensor(res['index'])
     else:
         import openvino as ov
-        compiled = ov.Core().compile_model(job['model'], 'CPU')
+        options = json.load(open(job['model'] + '.json'))['compile_options']  # as the metadata tells a deployment
+        compiled = ov.Core().compile_model(job['model'], 'CPU', options)
         for key, x in inputs.items():
             res = compiled(x)
             for port in compiled.outputs:
@@ -234,7 +235,8 @@ def test_command_openvino(tmp_path):
     proc = _export_cmd(weights, 'openvino', tmp_path / 'model.xml')
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / 'model.bin').exists()
-    assert json.loads((tmp_path / 'model.xml.json').read_text())['format'] == 'openvino'
+    meta = json.loads((tmp_path / 'model.xml.json').read_text())
+    assert meta['format'] == 'openvino' and meta['compile_options'] == {'INFERENCE_PRECISION_HINT': 'f32'}
     bad = _export_cmd(weights, 'openvino', tmp_path / 'model.onnx', '--quantize=int8')
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith('error: --quantize=int8')
 

@@ -199,7 +199,8 @@ def runner_env() -> dict[str, str]:
 
 def run_exported(jobs: Sequence[dict[str, Any]], images: dict[str, np.ndarray], workdir: str | Path,
                  timeout: float = 1800) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Runs `jobs` ({'name', 'format', 'path', 'inputs': keys of `images`}) in ONE fresh process
+    """Runs `jobs` ({'name', 'format', 'path', 'inputs': keys of `images`, optional 'options': openvino's compile
+    options}) in ONE fresh process
     (parity_runner.py, without yolo_jax); returns ({'{name}/{input}/{output}': array}, {name: error line}).
 
     Raises RuntimeError when the process itself fails or imported yolo_jax.
@@ -250,8 +251,10 @@ def check_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, fmt: str,
     canvases = [letterboxed(x, cfg) for x in grouped]  # JAX's inputs, and a TFLite file's
     inputs = canvases if fmt == 'tflite' else grouped
     with tempfile.TemporaryDirectory(prefix='yolo_jax_parity_') as tmp:
-        results, errors = run_exported([{'name': fmt, 'format': fmt, 'path': str(Path(path).resolve()),
-                                         'inputs': keys}], dict(zip(keys, inputs, strict=True)), tmp)
+        job = {'name': fmt, 'format': fmt, 'path': str(Path(path).resolve()), 'inputs': keys}
+        if fmt == 'openvino':  # as a deployment compiles it (the metadata's compile_options)
+            job['options'] = runtimes.OPENVINO_COMPILE
+        results, errors = run_exported([job], dict(zip(keys, inputs, strict=True)), tmp)
     if fmt in errors:
         return Comparison(), errors[fmt]
     total = Comparison()

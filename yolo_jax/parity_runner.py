@@ -4,7 +4,8 @@
 
 (run by path with -P, so neither the yolo_jax package nor its folder is on sys.path; yolo_jax.parity starts it in
 a fresh process). MANIFEST: {"images": "in.npz", "output": "out.npz", "jobs": [{"name": N, "format":
-"savedmodel"|"onnx"|"stablehlo"|"openvino"|"tflite", "path": P, "inputs": [keys of in.npz]}]}; each input is uint8
+"savedmodel"|"onnx"|"stablehlo"|"openvino"|"tflite", "path": P, "inputs": [keys of in.npz], "options": {...}
+(optional: the runtime's compile options, openvino only)}]}; each input is uint8
 (B, H, W, 3), for tflite float32 letterboxed canvases (B, S, S, 3) in [0, 1]. Writes out.npz with
 '{name}/{input}/{output}' for each output the file gives (boxes, scores, classes, count; tflite: raw) and
 out.npz.json {"errors": {name: message}} for jobs whose file did not load or run (the others still run). Loaders:
@@ -12,7 +13,8 @@ out.npz.json {"errors": {name: message}} for jobs whose file did not load or run
 * savedmodel: tf.saved_model.load(P).signatures['serving_default'](images=...) (TF's CPU, GPUs hidden);
 * onnx: onnxruntime.InferenceSession(P, providers=['CPUExecutionProvider']);
 * stablehlo: jax.export.deserialize(bytes).call(images) (jax on the CPU: JAX_PLATFORMS=cpu from the caller);
-* openvino: openvino.Core().compile_model(P, 'CPU') (the .xml, its .bin beside it);
+* openvino: openvino.Core().compile_model(P, 'CPU', options) (the .xml, its .bin beside it; options: the
+  metadata's compile_options, {'INFERENCE_PRECISION_HINT': 'f32'});
 * tflite: ai_edge_litert's Interpreter (TF's tf.lite.Interpreter when it is absent); the file's batch is fixed,
   so the canvases run in chunks of that batch, the last one padded with copies of its first image (dropped after).
 """
@@ -53,11 +55,11 @@ def load_stablehlo(path):
     return lambda x: {k: np.asarray(v) for k, v in exported.call(x).items()}
 
 
-def load_openvino(path):
-    """fn(uint8 images) → {output: array} of an OpenVINO IR compiled for the CPU plugin."""
+def load_openvino(path, options):
+    """fn(uint8 images) → {output: array} of an OpenVINO IR compiled for the CPU plugin with `options`."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, 'CPU')
+    compiled = ov.Core().compile_model(path, 'CPU', options)
 
     def run(x):  # every name of each output port: get_any_name() may give a converter-made one ('pad_316')
         res = compiled(x)
@@ -110,7 +112,8 @@ def main(manifest_path):
     for job in manifest['jobs']:
         name = job['name']
         try:
-            run = LOADERS[job['format']](job['path'])
+            options = job.get('options')
+            run = LOADERS[job['format']](job['path'], *([options] if options is not None else []))
             for key in job['inputs']:
                 res = run(images[key])
                 for k, v in res.items():

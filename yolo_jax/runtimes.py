@@ -22,7 +22,10 @@ and int8 ONNX (ONNX Runtime's post-training quantisation).
   Runtime's CPU provider (Conv is ~91% of its time for YOLOv3-tiny).
 * openvino: the ONNX graph of yolo_jax/onnx_export.py (letterbox, network, NMS) converted by
   `openvino.convert_model` and saved as model.xml + model.bin with float32 weights (OpenVINO's default would
-  compress them to float16).
+  compress them to float16). Compile it with `OPENVINO_COMPILE` (recorded in its metadata JSON as
+  `compile_options`; the parity check does): on CPUs with AMX or AVX512-BF16 OpenVINO's CPU plugin otherwise runs
+  float32 models in bfloat16 (measured on an Intel Xeon with AMX: boxes 0.2 px, scores 1.4e-3 from JAX's in
+  tests/test_parity.py's check), and an IR's rt_info cannot carry the precision (the CPU plugin ignores it there).
 * tensorrt: an engine serialised by TensorRT's ONNX parser from the same ONNX graph, for the local GPU (an engine
   only runs on the GPU model it was built for). Without an NVIDIA GPU the command stops with one error line.
 """
@@ -166,6 +169,9 @@ def _onnx_file(model: Any, variables: dict, cfg: pp.PostprocessConfig, folder: P
     from yolo_jax import onnx_export  # noqa: PLC0415
 
     return onnx_export.export_onnx(model, variables, cfg, folder / 'model.onnx')
+
+
+OPENVINO_COMPILE = {'INFERENCE_PRECISION_HINT': 'f32'}  # core.compile_model(xml, 'CPU', OPENVINO_COMPILE)
 
 
 def export_openvino(model: Any, variables: dict, cfg: pp.PostprocessConfig, output: str | Path) -> Path:
@@ -358,12 +364,17 @@ def export_runtime(
 def metadata_changes(fmt: str, cfg: pp.PostprocessConfig, *, quantize: str = 'none', batch_size: int = 1,
                      **_: Any) -> dict[str, Any]:
     """How a file of `fmt` departs from export.metadata's description (TFLite: its input and output; ONNX: how it
-    was quantised)."""
+    was quantised; OpenVINO: the options to compile it with)."""
     if fmt == 'onnx':
         return {'quantize': quantize} if quantize == 'none' else {
             'quantize': quantize, 'quantization': 'ONNX Runtime QDQ: Conv weights int8 (7-bit range) per output '
                                                   'channel, Conv activations uint8 calibrated (min/max) on training '
                                                   'images; letterbox, decoding and NMS float32'}
+    if fmt == 'openvino':
+        return {'compile_options': OPENVINO_COMPILE,
+                'compile_note': "openvino.Core().compile_model(xml, 'CPU', compile_options): float32 as exported; "
+                                "OpenVINO's default on CPUs with AMX or AVX512-BF16 is bfloat16 (faster, boxes "
+                                "~0.2 px and scores ~1e-3 off)"}
     if fmt != 'tflite':
         return {}
     s = cfg.input_size
