@@ -346,12 +346,22 @@ def side_by_side(args) -> list[dict]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo; ratios against OpenCV differ between AMD and Intel machines)."""
+    """The CPU's model name, family / model numbers and the instruction sets that decide the int8 and bfloat16
+    paths (/proc/cpuinfo; ratios against OpenCV differ between AMD and Intel machines, and a VM's name may be as
+    plain as 'Intel(R) Xeon(R) Processor')."""
     try:
         lines = Path('/proc/cpuinfo').read_text().splitlines()
     except OSError:
         return platform.processor()
-    return next((ln.split(':', 1)[1].strip() for ln in lines if ln.startswith('model name')), platform.processor())
+    field = {}
+    for ln in lines:
+        if ':' in ln:
+            key, value = (part.strip() for part in ln.split(':', 1))
+            field.setdefault(key, value)
+    isa = [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
+           if f in field.get('flags', '').split()]
+    return (f'{field.get("model name", platform.processor())} (family {field.get("cpu family", "?")} model '
+            f'{field.get("model", "?")}; {" ".join(isa)})')
 
 
 def main() -> None:

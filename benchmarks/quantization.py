@@ -17,7 +17,8 @@ Conv quantised by ONNX Runtime) are exported with the mAP settings as their thre
 them as --config.eval.score_threshold / max_detections; checked against the file's JSON) and run in ONNX
 Runtime on the same letterboxed canvases, as uint8 S x S images (`onnx_detections`). --onnx_variants adds int8
 files calibrated otherwise (runtimes.quantize_onnx_int8's method, per-tensor weights). The OpenVINO IR
-(runtimes.export_openvino, same graph) runs on the same uint8 canvases. Prints and writes JSON; no timings.
+(runtimes.export_openvino, same graph) runs on the same uint8 canvases, and with onnx the int8 ONNX file runs in
+OpenVINO too. Prints and writes JSON; no timings.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def openvino_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConf
         res = compiled({'images': images})
         return {name: np.asarray(res[port]) for port in compiled.outputs for name in port.get_names()}
 
-    return graph_detections(run, batches, cfg), str(compiled.get_property('INFERENCE_PRECISION_HINT'))
+    return graph_detections(run, batches, cfg), compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()
 
 
 def graph_detections(run, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
@@ -160,7 +161,7 @@ def main(_) -> None:
     reference, ground_truth = runner.collect_detections(cfg, model, variables, batches)
     results = {'jax_float32': metrics.voc_map(reference, ground_truth, spec.num_classes)['map']}
     images = {fmt: runtimes.CALIBRATION_IMAGES[fmt] if f.calibration_images is None else f.calibration_images
-              for fmt in f.formats}
+              for fmt in f.formats if fmt in runtimes.CALIBRATION_IMAGES}  # openvino: no quantised file
     report = {'config': sys.argv[1:], 'workdir': f.workdir, 'test_images': len(ground_truth),
               'calibration_images': images, 'map50': results}
 
@@ -181,9 +182,10 @@ def main(_) -> None:
                        _tflite_detections(path, batches, cfg), path)
             report['int8_minus_float32'] = results['tflite_int8'] - results['tflite_float32']
             report['float16_minus_float32'] = results['tflite_float16'] - results['tflite_float32']
+        onnx_files = {}
         if 'onnx' in f.formats:
-            for name, path in _onnx_files(model, variables, cfg, spec, config, Path(tmp),
-                                          images['onnx']).items():
+            onnx_files = _onnx_files(model, variables, cfg, spec, config, Path(tmp), images['onnx'])
+            for name, path in onnx_files.items():
                 record(name, onnx_detections(path, batches, cfg), path)
             report['onnx_int8_minus_float32'] = {
                 name: results[name] - results['onnx_float32'] for name in results
@@ -194,6 +196,9 @@ def main(_) -> None:
             for name, options in (('openvino_float32', runtimes.OPENVINO_COMPILE), ('openvino_default', {})):
                 dets, precision[name] = openvino_detections(path, batches, cfg, options)
                 record(name, dets, path.with_suffix('.bin'))
+            if 'onnx_int8' in onnx_files:  # the int8 ONNX file in OpenVINO (its other ops at the default precision)
+                dets, precision['openvino_onnx_int8'] = openvino_detections(onnx_files['onnx_int8'], batches, cfg, {})
+                record('openvino_onnx_int8', dets, onnx_files['onnx_int8'])
             report['openvino_precision'] = precision
             report['openvino_default_minus_float32'] = results['openvino_default'] - results['openvino_float32']
     print(json.dumps(report, indent=1))
