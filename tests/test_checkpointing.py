@@ -95,3 +95,38 @@ def test_load_model_serves_the_ema_when_the_state_has_one(tmp_path):
         assert jax.tree.structure(got) == jax.tree.structure(variables(0.0))
         for leaf in jax.tree.leaves(got):
             np.testing.assert_array_equal(leaf, want)
+
+
+def test_model_source_check_raises_what_the_loader_raises(tmp_path):
+    """model_source.check (paths only, run by eval and export before TensorFlow and JAX load) against the loader's
+    own verdict (checkpointing.load_model through orbax) on each layout: an empty workdir, an empty checkpoints/,
+    only a half-written save's temporary folder, a real checkpoint given as workdir, checkpoints/ or its step."""
+    import pytest
+
+    from yolo_jax import model_source
+    from yolo_jax.errors import MissingFileError
+
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    bare = tmp_path / 'bare'
+    (bare / 'checkpoints').mkdir(parents=True)
+    half = tmp_path / 'half'
+    (half / 'checkpoints' / '3.orbax-checkpoint-tmp-1').mkdir(parents=True)
+    for workdir in (empty, bare, half):
+        with pytest.raises(MissingFileError) as loader:
+            checkpointing.load_model(workdir, f'--workdir={workdir}')
+        with pytest.raises(MissingFileError) as check:
+            model_source.check(workdir, None)
+        assert str(check.value) == str(loader.value) and 'no checkpoint in' in str(check.value)
+    trained = tmp_path / 'trained'
+    mgr = checkpointing.create_manager(trained)
+    state = {'params': {'w': jnp.ones(2)}, 'batch_stats': {}}
+    checkpointing.save(mgr, 7, state, {'epoch': 1})
+    mgr.wait_until_finished()
+    for path in (trained, trained / 'checkpoints', trained / 'checkpoints' / '7'):
+        model_source.check(path, None)  # no error
+        assert checkpointing.load_model(path)[1] == 7
+    with pytest.raises(MissingFileError, match='does not exist: train first'):
+        model_source.check(tmp_path / 'nope', None)
+    with pytest.raises(MissingFileError, match='--weights: no such file'):
+        model_source.check(trained, tmp_path / 'nope.weights')

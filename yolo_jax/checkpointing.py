@@ -24,6 +24,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from yolo_jax.errors import DataError, MissingFileError
+from yolo_jax.model_source import checkpoint_location, no_checkpoint, no_checkpoint_directory
 
 BEST_METRIC = 'val_total'
 
@@ -142,16 +143,6 @@ def inference_step(manager: ocp.CheckpointManager) -> int | None:
     return complete[-1] if step is None and complete else step
 
 
-def checkpoint_location(path: str | Path) -> tuple[Path, int | None]:
-    """(checkpoints directory, step or None) for a workdir, its checkpoints/ or one checkpoints/<step>."""
-    path = Path(path).expanduser().absolute()
-    if (path / 'checkpoints').is_dir():
-        return path / 'checkpoints', None
-    if path.name.isdigit() and ((path / 'state').is_dir() or (path / 'meta').is_dir()):
-        return path.parent, int(path.name)
-    return path, None
-
-
 def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, dict]:
     """({'params', 'batch_stats'} as NumPy arrays, step, meta) of a yolo_jax checkpoint, for inference or transfer.
 
@@ -164,13 +155,13 @@ def load_model(path: str | Path, what: str = 'checkpoint') -> tuple[dict, int, d
     """
     directory, step = checkpoint_location(path)
     if not directory.is_dir():
-        raise MissingFileError(f'{what}: no checkpoint directory at {directory} (train first, or pass --weights)')
+        raise no_checkpoint_directory(what, directory)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     handlers = {'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
         steps = manager.all_steps()
         if not steps:
-            raise MissingFileError(f'{what}: no checkpoint in {directory} (train first, or pass --weights)')
+            raise no_checkpoint(what, directory)
         if step is None:
             step = inference_step(manager)
             if step is None:

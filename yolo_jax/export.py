@@ -240,22 +240,22 @@ def main() -> None:
     """`python -m yolo_jax.export --config=... --workdir=DIR|--weights=F --format=... --output=P` (cli.run)."""
     from absl import flags  # noqa: PLC0415
 
-    from yolo_jax import cpu_env  # noqa: PLC0415
-
-    cpu_env.import_tensorflow()  # first, so that no later import pulls in Keras with it
-    from yolo_jax import inference  # noqa: PLC0415
+    from yolo_jax import cpu_env, model_source  # noqa: PLC0415
     from yolo_jax.errors import FlagError  # noqa: PLC0415
 
     flags_ = flags.FLAGS
-    from yolo_jax import run_config  # noqa: PLC0415
-
-    config = run_config.resolve(flags_.config, flags_.workdir or '')  # model.num_classes=0: from the data
+    # The flags alone, in the first second: before TensorFlow loads and the (long) load and export.
     if not flags_.workdir and not flags_.weights:
         raise FlagError('pass --workdir=DIR (a trained checkpoint) or --weights=FILE.weights')
     platforms = [p.strip() for p in flags_.platforms.split(',') if p.strip()]
     if not platforms:
         raise FlagError(f'--platforms={flags_.platforms!r}: name at least one XLA platform, e.g. cpu,cuda')
-    runtimes_lib.check_quantize(flags_.format, flags_.quantize)  # before the (long) load and export
+    runtimes_lib.check_quantize(flags_.format, flags_.quantize)
+    model_source.check(flags_.workdir, flags_.weights)
+    cpu_env.import_tensorflow()  # before anything else imports it, so that no import pulls in Keras with it
+    from yolo_jax import inference, run_config  # noqa: PLC0415
+
+    config = run_config.resolve(flags_.config, flags_.workdir or '')  # model.num_classes=0: from the data
     check_images = None
     if flags_.check:  # images and runtime checked before the (long) export
         from yolo_jax import parity  # noqa: PLC0415

@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from yolo_jax import checkpointing
+from yolo_jax import checkpointing, model_source
 from yolo_jax import postprocess as pp
-from yolo_jax.errors import ConfigError, MissingFileError
+from yolo_jax.errors import ConfigError
 from yolo_jax.models import create_model, fold_variables, variable_shapes
 from yolo_jax.spec import DetectionSpec, build_spec
 
@@ -127,9 +127,7 @@ def load_detector(
     if weights:
         model_config = config.model
         model = create_model(model_config)
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise MissingFileError(f'--weights: no such file {path}')
+        path = model_source.check_weights_file(weights)
         from yolo_jax import darknet  # noqa: PLC0415  (optional feature, imported on demand)
 
         variables = darknet.load_weights(str(path), config.model)
@@ -137,9 +135,7 @@ def load_detector(
         variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
         spec = inference_spec(config)
     else:
-        if workdir is None or not Path(workdir).is_dir():
-            raise MissingFileError(f'workdir {workdir} does not exist: train first (--mode=train) or pass '
-                                   '--weights=FILE')
+        model_source.check_workdir(workdir)
         variables, step, meta = checkpointing.load_model(workdir, f'--workdir={workdir}')
         source = f'checkpoint {Path(workdir) / "checkpoints" / str(step)}'
         logging.info('Loaded %s (step %d)', source, step)

@@ -13,8 +13,12 @@ The reference's cv2 resize rounds to uint8; here the bilinear output stays float
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # TF is imported by the pipeline's functions only: post-processing imports the NumPy helpers
+    import tensorflow as tf
 
 RESIZE_MODES = ('letterbox', 'stretch')
 PAD_VALUE = 128.0
@@ -59,6 +63,8 @@ def unletterbox_boxes(boxes: np.ndarray, orig_h: int, orig_w: int, size: int, mo
 
 def _resize(image: tf.Tensor, new_h: tf.Tensor, new_w: tf.Tensor) -> tf.Tensor:
     """Bilinear resize to (new_h, new_w) as float32 pixels 0..255; skipped when the size already matches."""
+    import tensorflow as tf  # noqa: PLC0415
+
     shape = tf.shape(image)
     return tf.cond(
         tf.logical_and(shape[0] == new_h, shape[1] == new_w),
@@ -78,6 +84,8 @@ def letterbox(image: tf.Tensor, boxes: tf.Tensor, size: int) -> tuple[tf.Tensor,
     Returns:
       image (S, S, 3) float32 in [0, 1]; boxes (N, 4) float32 x1, y1, x2, y2 in input pixels.
     """
+    import tensorflow as tf  # noqa: PLC0415
+
     shape = tf.shape(image)
     h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
     scale = tf.minimum(size / w, size / h)  # float64, like the NumPy helper
@@ -94,6 +102,8 @@ def letterbox(image: tf.Tensor, boxes: tf.Tensor, size: int) -> tuple[tf.Tensor,
 
 def stretch(image: tf.Tensor, boxes: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Resizes one image to (S, S) ignoring its aspect ratio; same argument/return conventions as `letterbox`."""
+    import tensorflow as tf  # noqa: PLC0415
+
     shape = tf.shape(image)
     h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
     resized = _resize(image, tf.constant(size), tf.constant(size))
