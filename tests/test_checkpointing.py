@@ -98,7 +98,7 @@ def test_load_model_serves_the_ema_when_the_state_has_one(tmp_path):
 
 
 def test_model_source_check_raises_what_the_loader_raises(tmp_path):
-    """model_source.check (paths only, run by eval and export before TensorFlow and JAX load) against the loader's
+    """model_source.check (paths only, run by export before TensorFlow loads) against the loader's
     own verdict (checkpointing.load_model through orbax) on each layout: an empty workdir, an empty checkpoints/,
     only a half-written save's temporary folder, a real checkpoint given as workdir, checkpoints/ or its step."""
     import pytest

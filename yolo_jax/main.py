@@ -69,11 +69,6 @@ def main() -> None:
         from yolo_jax import config_checks, run_config  # noqa: PLC0415
 
         config_checks.check_train_config(run_config.complete(FLAGS.config))
-    elif FLAGS.mode == 'eval':  # the checkpoint or --weights file in the first second too (the loader checks
-        # again; detect checks its images or video first, the video with OpenCV, so it keeps its order)
-        from yolo_jax import model_source  # noqa: PLC0415
-
-        model_source.check(FLAGS.workdir, FLAGS.weights)
     if (FLAGS.coordinator_address or FLAGS.distributed) and not supervise.is_child():
         # A lost peer or coordinator ends JAX processes by a native abort: run the work in a child and report it
         # as one error line (supervise.py explains).

@@ -1,7 +1,9 @@
 """Where eval, detect and export read the network from (a workdir's checkpoints or a Darknet --weights file),
-checked by paths alone: eval and export run `check` before TensorFlow and JAX load, so a missing file or an
-untrained workdir is one error line in the first second, and the loaders (inference.load_detector,
-checkpointing.load_model) raise the same errors. Layout: `WORKDIR/checkpoints/<step>/{state, meta}` (checkpointing.py).
+checked by paths alone: export runs `check` after its flag checks and before TensorFlow loads, so a missing file or
+an untrained workdir is one error line in the first second, and the loaders (inference.load_detector,
+checkpointing.load_model) raise the same errors. (`main --mode=eval|detect` check their config and inputs first,
+after TensorFlow loads, so they meet these errors in the loader.) Layout: `WORKDIR/checkpoints/<step>/{state,
+meta}` (checkpointing.py).
 """
 
 from __future__ import annotations
