@@ -202,7 +202,7 @@ def _openvino_runners(model, folded: dict, cfg: pp.PostprocessConfig, tmp: Path,
     if 'openvino' in names:
         runners['openvino'] = core.compile_model(xml, 'CPU')
     if 'openvino_f32' in names:
-        runners['openvino_f32'] = core.compile_model(xml, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+        runners['openvino_f32'] = core.compile_model(xml, 'CPU', runtimes.OPENVINO_COMPILE)
     if 'openvino_int8' in names:
         runners['openvino_int8'] = core.compile_model(str(int8_onnx()), 'CPU')
     for name, compiled in runners.items():

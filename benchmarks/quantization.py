@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from yolo_jax import export, inference, input_pipeline, run_config, runtimes  # noqa: E402
+from yolo_jax import export, inference, input_pipeline, parity_runner, run_config, runtimes  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.data import letterbox  # noqa: E402
 from yolo_jax.evaluation import metrics, runner  # noqa: E402
@@ -87,27 +87,21 @@ def _detections(det: dict, b: int) -> dict:
 
 
 def onnx_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
-    """Detections (original pixels) of an ONNX file in ONNX Runtime over eval batches (graph_detections)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
-    return graph_detections(lambda x: dict(zip(names, session.run(None, {'images': x}), strict=True)), batches, cfg)
+    """Detections (original pixels) of an ONNX file in ONNX Runtime over eval batches (graph_detections); the file
+    runs as the parity check runs it (parity_runner.load_onnx)."""
+    return graph_detections(parity_runner.load_onnx(str(path)), batches, cfg)
 
 
 def openvino_detections(path: Path, batches: list[dict], cfg: pp.PostprocessConfig, options: dict) -> tuple[
         list[dict], str]:
     """(detections as graph_detections gives them, the inference precision) of an OpenVINO IR compiled for the
-    CPU with `options` ({} = OpenVINO's defaults: bfloat16 on CPUs with AMX or AVX512-BF16)."""
+    CPU with `options` (parity_runner.load_openvino; {} = OpenVINO's defaults: bfloat16 on CPUs with AMX or
+    AVX512-BF16)."""
     import openvino as ov  # noqa: PLC0415
 
-    compiled = ov.Core().compile_model(str(path), 'CPU', options)
-
-    def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        res = compiled({'images': images})
-        return {name: np.asarray(res[port]) for port in compiled.outputs for name in port.get_names()}
-
-    return graph_detections(run, batches, cfg), compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()
+    precision = options.get('INFERENCE_PRECISION_HINT') or ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT')
+    return (graph_detections(parity_runner.load_openvino(str(path), options), batches, cfg),
+            precision if isinstance(precision, str) else precision.get_type_name())
 
 
 def graph_detections(run, batches: list[dict], cfg: pp.PostprocessConfig) -> list[dict]:
