@@ -157,11 +157,14 @@ def test_class_affinity_by_hand():
     rules out the others; 'vote' subtracts the penalty, except for detections 0 and 1, which a track of their
     own class overlaps (detection 2's class has no track)."""
     iou = np.array([[0.9, 0.6, 0.7], [0.0, 0.3, 0.0]])
-    strict = tracking.class_affinity(iou, np.array([0, 1]), np.array([0, 1, 2]), TrackParams(class_mode='strict'))
+    same = tracking.class_match(np.array([0, 1]), [((0, 0.9),), ((1, 0.8),), ((2, 0.7),)])
+    assert same.tolist() == [[True, False, False], [False, True, False]]
+    strict = tracking.class_affinity(iou, same, TrackParams(class_mode='strict'))
     np.testing.assert_allclose(strict, [[0.9, -1, -1], [-1, 0.3, -1]])
-    vote = tracking.class_affinity(iou, np.array([0, 1]), np.array([0, 1, 2]),
-                                   TrackParams(class_mode='vote', class_penalty=0.25))
+    vote = tracking.class_affinity(iou, same, TrackParams(class_mode='vote', class_penalty=0.25))
     np.testing.assert_allclose(vote, [[0.9, -1, 0.45], [-1, 0.3, -0.25]])
+    # A merged group (classes 2 and 1) matches a track of either class.
+    assert tracking.class_match(np.array([0, 1, 2]), [((2, 0.5), (1, 0.4))]).tolist() == [[False], [True], [True]]
 
 
 def _moving(classes, scores=None):
@@ -263,30 +266,59 @@ def test_update_trails_and_counts():
     assert tracking.count_tracks({4: 7}, ['cat', 'dog']) == {'7': 1}  # a class without a name: its id
 
 
-def test_cross_class_duplicates_by_hand():
-    """Greedy in descending score: B (class 1) overlaps the better A (class 0) by IoU 360 / 440 = 0.82: a
-    duplicate at thresholds below that. C (class 0, as A) is not A's duplicate, and B, itself a duplicate, removes
-    nothing; with B kept, C (on B's box) is B's. F overlaps E (another class) by IoU 180 / 620 = 0.29. 1.0 = off."""
-    boxes = np.asarray([box(50, 50), box(52, 50), box(52, 50), box(150, 50), box(80, 50), box(91, 50)], float)
-    scores = np.asarray([0.9, 0.8, 0.7, 0.6, 0.95, 0.5])
-    classes = np.asarray([0, 1, 0, 2, 1, 3])
-    dup = tracking.cross_class_duplicates(boxes, scores, classes, 0.5)
-    assert dup.tolist() == [False, True, False, False, False, False]
-    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.8).tolist() == dup.tolist()
-    # At 0.85 B stays (0.82 is not above), and then C, on B's very box (IoU 1) with another class, goes.
-    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.85).tolist() == [False, False, True, False,
-                                                                                     False, False]
-    assert tracking.cross_class_duplicates(boxes, scores, classes, 0.25).tolist()[4:] == [False, True]  # 0.29 > 0.25
-    assert not tracking.cross_class_duplicates(boxes, scores, classes, 1.0).any()
+def test_duplicate_keepers_by_hand():
+    """Greedy in descending score: B (class 1) overlaps the better A (class 0) by IoU 360 / 440 = 0.82: it merges
+    into A at thresholds below that. C (class 0, as A) is not A's duplicate, and B, itself merged, takes none;
+    with B kept, C (on B's box) is B's. F overlaps E (another class) by IoU 180 / 620 = 0.29. G and H: equal
+    scores, other classes, the same box: neither is the other's duplicate. 1.0 = off."""
+    boxes = np.asarray([box(50, 50), box(52, 50), box(52, 50), box(150, 50), box(80, 50), box(91, 50),
+                        box(250, 50), box(250, 50)], float)
+    scores = np.asarray([0.9, 0.8, 0.7, 0.6, 0.95, 0.5, 0.4, 0.4])
+    classes = np.asarray([0, 1, 0, 2, 1, 3, 0, 1])
+    keepers = tracking.duplicate_keepers(boxes, scores, classes, 0.5)
+    assert keepers.tolist() == [0, 0, 2, 3, 4, 5, 6, 7]
+    assert tracking.duplicate_keepers(boxes, scores, classes, 0.8).tolist() == keepers.tolist()
+    # At 0.85 B stays (0.82 is not above), and then C, on B's very box (IoU 1) with another class, is B's.
+    assert tracking.duplicate_keepers(boxes, scores, classes, 0.85).tolist() == [0, 1, 1, 3, 4, 5, 6, 7]
+    assert tracking.duplicate_keepers(boxes, scores, classes, 0.25).tolist()[4:6] == [4, 4]  # 0.29 > 0.25
+    assert tracking.duplicate_keepers(boxes, scores, classes, 1.0).tolist() == list(range(8))
+
+    merged = tracking.merge_duplicates(boxes, scores, classes, 0.25)
+    assert merged.kept.tolist() == [True, False, True, True, True, False, True, True]
+    # Group scores by hand: A + B = 1.7 -> 1 (at most 1); E + F = 1.45 -> 1; the others their own.
+    np.testing.assert_allclose(merged.scores[merged.kept], [1.0, 0.7, 0.6, 1.0, 0.4, 0.4])
+    assert merged.votes[0] == ((0, 0.9), (1, 0.8)) and merged.votes[4] == ((1, 0.95), (3, 0.5))
+    assert merged.votes[2] == ((0, 0.7),) and merged.votes[1] == ()  # a merged box has no group of its own
+    low = tracking.merge_duplicates(boxes[:2], np.asarray([0.35, 0.3]), classes[:2], 0.5)
+    np.testing.assert_allclose(low.scores, [0.65, 0.3])
 
 
 def test_a_second_class_box_on_a_tracked_object_starts_no_track_with_duplicate_iou():
-    """Frames 2-3 add a class-1 box (score 0.7) over a tracked class-0 object (IoU 0.82): 'vote' alone starts a
-    second track from it; with duplicate_iou 0.5 it gets no id and the object keeps one track."""
+    """Frames 2-3 add a class-1 box (score 0.7) over a tracked class-0 object (IoU 0.82): 'vote' alone (duplicate_iou
+    off) starts a second track from it; with duplicate_iou 0.5 it merges into the class-0 box, gets no id, and the
+    object keeps one track."""
     frames = [([box(50 + 2 * t, 50)] + ([box(52 + 2 * t, 50)] if t in (1, 2) else []),
                [0.9] + ([0.7] if t in (1, 2) else []), [0] + ([1] if t in (1, 2) else [])) for t in range(4)]
-    assert _run(frames, TrackParams()) == [[1], [1, 2], [1, 2], [1]]
+    assert _run(frames, TrackParams(duplicate_iou=1.0)) == [[1], [1, 2], [1, 2], [1]]
     assert _run(frames, TrackParams(duplicate_iou=0.5)) == [[1], [1, -1], [1, -1], [1]]
+
+
+def test_an_object_split_between_two_classes_is_tracked_with_merged_duplicates():
+    """The detector is sure there is an object but not of its class: a class-3 box (0.35) and a class-8 box (0.3)
+    on it for three frames, then the other way round (3 at 0.3, 8 at 0.4) for two. Each box alone is below
+    new_track_score (0.6): no track without merging. Merged (IoU 1 > 0.6), the groups score 0.65 and 0.7: one
+    track, carried by the best-scored box of each frame; its vote by hand: 3 leads (1.05 against 0.9, then 1.35
+    against 1.3) until the last frame (1.65 against 1.7)."""
+    frames = [([box(50 + 3 * t, 50)] * 2, [0.35, 0.3] if t < 3 else [0.3, 0.4], [3, 8]) for t in range(5)]
+    assert _run(frames, TrackParams(duplicate_iou=1.0)) == [[-1, -1]] * 5
+    params, state, ids, classes = TrackParams(duplicate_iou=0.6), tracking.TrackerState(), [], []
+    for b, sc, c in frames:
+        state, i = tracking.track_step(state, np.asarray(b, float), np.asarray(sc), np.asarray(c), params)
+        ids.append(i.tolist())
+        classes.append(tracking.track_classes(state))
+    assert ids == [[1, -1]] * 3 + [[-1, 1]] * 2
+    assert classes == [{1: 3}] * 4 + [{1: 8}]
+    np.testing.assert_allclose([w for _, w in state.tracks[0].votes], [1.65, 1.7])
 
 
 def test_bad_params_are_config_errors():

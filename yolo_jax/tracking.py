@@ -19,9 +19,13 @@ explicit, immutable `TrackerState`:
   detections with low_score <= score < high_score are then matched (IoU >= low_match_iou) to the tracks still
   unmatched that were seen in the previous frame (an object whose score drops while it is partly occluded keeps
   its track). Unmatched high detections with score >= new_track_score start tracks.
-- **Duplicates** (config.track.duplicate_iou, off at 1.0): a box that overlaps a higher-scored box of another
-  class by more than this IoU is the same object seen as two classes (per-class NMS keeps one box per class):
-  it takes no part in the association or in births and gets no id.
+- **Duplicates** (`duplicate_keepers`, config.track.duplicate_iou; off at 1.0): a box that overlaps a strictly
+  higher-scored box of another class by more than this IoU is the same object seen as two classes (per-class NMS
+  keeps one box per class, and an ambiguous object splits its class probability between them). It merges into
+  that box (`merge_duplicates`): the group takes part once, with the best box, the group's summed score (at most
+  1; so an object the detector is sure of but not of its class still reaches the first stage and starts a
+  track), every member's class and score in the vote, and it counts as the same class as a track of any of its
+  members' classes. The merged box gets no id.
 - **SORT**: one stage with the detections of score >= high_score, each unmatched one starts a track.
 - **Birth and death**: a new track is tentative until it has `min_hits` matched frames (in the first min_hits
   frames of a sequence every track is confirmed at once, as SORT does); a tentative track that misses a frame
@@ -199,25 +203,53 @@ def associate(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray, 
     return (matches, np.setdiff1d(np.arange(t), matches[:, 0]), np.setdiff1d(np.arange(d), matches[:, 1]))
 
 
-def cross_class_duplicates(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                           iou_threshold: float) -> np.ndarray:
-    """(D,) bool: detections that overlap a higher-scored kept detection of another class by IoU > iou_threshold
-    (one ambiguous object that per-class NMS kept once per class), greedily in descending score (ties: the
-    earlier row wins). boxes (D, 4) xyxy pixels. iou_threshold >= 1: none."""
-    duplicate = np.zeros(len(boxes), bool)
+def duplicate_keepers(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """(D,) int: per detection the row it merges into: itself, or a strictly higher-scored detection of another
+    class that it overlaps by IoU > iou_threshold (one ambiguous object that per-class NMS kept once per class).
+    Greedy in descending score (ties: the earlier row first); a merged box takes no others, and boxes of equal
+    scores never merge (neither is the other's duplicate). boxes (D, 4) xyxy pixels. iou_threshold >= 1: none."""
+    rows = np.arange(len(boxes))
+    keeper = rows.copy()
     if iou_threshold >= 1 or len(boxes) < 2:
-        return duplicate
+        return keeper
     iou = iou_matrix(boxes, boxes)
     for i in np.argsort(-scores, kind='stable'):
-        if not duplicate[i]:
-            hit = (iou[i] > iou_threshold) & (classes != classes[i]) & (scores <= scores[i])
-            hit[i] = False
-            duplicate |= hit
-    return duplicate
+        if keeper[i] == i:
+            keeper[(iou[i] > iou_threshold) & (classes != classes[i]) & (scores < scores[i]) & (keeper == rows)] = i
+    return keeper
 
 
-def class_affinity(iou: np.ndarray, track_cls: np.ndarray, det_cls: np.ndarray, params: TrackParams) -> np.ndarray:
-    """The (T, D) matrix `associate` maximises, from the IoU of tracks and detections and their classes.
+@dataclasses.dataclass(frozen=True)
+class Merged:
+    """Detections after `merge_duplicates`: kept (D,) bool (the groups' best boxes), scores (D,) each kept box's
+    group score (summed, at most 1), votes: per detection its group's ((class, score), ...) in row order."""
+
+    kept: np.ndarray
+    scores: np.ndarray
+    votes: tuple[tuple[tuple[int, float], ...], ...]
+
+
+def merge_duplicates(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> Merged:
+    """Groups each kept detection with its duplicates (`duplicate_keepers`): the group's score is the sum of its
+    members' scores, at most 1; its votes are every member's (class, score)."""
+    keeper = duplicate_keepers(boxes, scores, classes, iou_threshold)
+    rows = np.arange(len(boxes))
+    summed = np.minimum(np.bincount(keeper, weights=scores, minlength=len(boxes)), 1.0)
+    votes = tuple(tuple((int(classes[j]), float(scores[j])) for j in rows[keeper == d]) for d in rows)
+    return Merged(keeper == rows, np.where(keeper == rows, summed, scores), votes)
+
+
+def class_match(track_cls: np.ndarray, votes: Sequence[Sequence[tuple[int, float]]]) -> np.ndarray:
+    """(T, D) bool: track t's class is one of detection d's (its merged group's) classes."""
+    out = np.zeros((len(track_cls), len(votes)), bool)
+    for d, group in enumerate(votes):
+        out[:, d] = np.isin(track_cls, [c for c, _ in group])
+    return out
+
+
+def class_affinity(iou: np.ndarray, same: np.ndarray, params: TrackParams) -> np.ndarray:
+    """The (T, D) matrix `associate` maximises, from the IoU of tracks and detections and whether their classes
+    agree.
 
     Same-class pairs: their IoU. Different-class pairs: never matched (-1) with class_mode 'strict'; with 'vote',
     IoU - class_penalty (so matched only when IoU >= min_iou + class_penalty, and worth less than a same-class
@@ -227,9 +259,8 @@ def class_affinity(iou: np.ndarray, track_cls: np.ndarray, det_cls: np.ndarray, 
 
     Args:
       iou: (T, D) IoU of the tracks' predicted boxes with the detections.
-      track_cls: (T,) each track's (voted) class. det_cls: (D,) the detections' classes.
+      same: (T, D) bool, the track's (voted) class is the detection's (`class_match`).
     """
-    same = np.asarray(track_cls).reshape(-1, 1) == np.asarray(det_cls).reshape(1, -1)
     if params.class_mode == 'strict':
         return np.where(same, iou, -1.0)
     claimed = ((iou > 0) & same).any(axis=0, keepdims=True)  # per detection: a track of its class overlaps it
@@ -247,6 +278,13 @@ def add_vote(votes: Votes, cls: int, score: float) -> Votes:
     out = dict(votes)
     out[int(cls)] = out.get(int(cls), 0.0) + float(score)
     return tuple(sorted(out.items()))
+
+
+def add_votes(votes: Votes, group: Iterable[tuple[int, float]]) -> Votes:
+    """add_vote for each (class, score) of a detection's merged group."""
+    for cls, score in group:
+        votes = add_vote(votes, cls, score)
+    return votes
 
 
 def voted_class(votes: Votes) -> int:
@@ -315,17 +353,19 @@ def track_step(
     track_cls = np.asarray([t.cls for t in tracks], np.int64)
     det_track = np.full(len(boxes), -1, np.int64)  # index into `tracks` per detection
 
-    # An object detected as two classes at once takes part once, with its best-scored box; the others get no id.
-    single = ~cross_class_duplicates(boxes, scores, classes, params.duplicate_iou)
-    high = np.flatnonzero(single & (scores >= params.high_score))
+    # An object detected as two classes at once takes part once: its best box, with the group's score and classes.
+    merged = merge_duplicates(boxes, scores, classes, params.duplicate_iou)
+    group_scores = merged.scores
+    high = np.flatnonzero(merged.kept & (group_scores >= params.high_score))
+    same = class_match(track_cls, merged.votes)
     matches, free_tracks, _ = associate(
-        class_affinity(iou_matrix(track_boxes, boxes[high]), track_cls, classes[high], params), params.match_iou)
+        class_affinity(iou_matrix(track_boxes, boxes[high]), same[:, high], params), params.match_iou)
     det_track[high[matches[:, 1]]] = matches[:, 0]
     if params.method == 'bytetrack':  # second stage: low-score boxes against the tracks seen last frame
-        low = np.flatnonzero(single & (scores >= params.low_score) & (scores < params.high_score))
+        low = np.flatnonzero(merged.kept & (group_scores >= params.low_score) & (group_scores < params.high_score))
         recent = free_tracks[[tracks[i].misses == 0 for i in free_tracks]] if len(free_tracks) else free_tracks
         m2, _, _ = associate(
-            class_affinity(iou_matrix(track_boxes[recent], boxes[low]), track_cls[recent], classes[low], params),
+            class_affinity(iou_matrix(track_boxes[recent], boxes[low]), same[np.ix_(recent, low)], params),
             params.low_match_iou)
         det_track[low[m2[:, 1]]] = recent[m2[:, 0]]
     new_score = params.new_track_score if params.method == 'bytetrack' else params.high_score
@@ -347,21 +387,23 @@ def track_step(
             if tid == 0 and (hits >= params.min_hits or warm_up):
                 tid, next_id = next_id, next_id + 1
             m, c = updated[i]
-            votes = add_vote(t.votes, int(classes[d]), float(scores[d]))
-            kept.append(dataclasses.replace(t, id=tid, cls=voted_class(votes), votes=votes, mean=m, cov=c, hits=hits,
+            votes = add_votes(t.votes, merged.votes[d])
+            cls = t.cls if params.class_mode == 'strict' else voted_class(votes)  # strict: the class it was born with
+            kept.append(dataclasses.replace(t, id=tid, cls=cls, votes=votes, mean=m, cov=c, hits=hits,
                                             misses=0, box=boxes[d]))
             ids[d] = tid if tid else -1
         elif t.id and t.misses + 1 <= params.max_age:  # confirmed and not too long unseen: coast on the prediction
             kept.append(dataclasses.replace(t, mean=mean[i], cov=cov[i], misses=t.misses + 1))
         # else: a tentative track that missed, or a confirmed one unseen for more than max_age frames: dropped
-    births = [d for d in range(len(boxes)) if det_track[d] < 0 and single[d] and scores[d] >= new_score]
+    births = [d for d in range(len(boxes)) if det_track[d] < 0 and merged.kept[d] and group_scores[d] >= new_score]
     if births:
         m0, c0 = kalman_init(xyxy_to_xyah(boxes[births]), params)
         for j, d in enumerate(births):
             tid = 0
             if params.min_hits <= 1 or warm_up:
                 tid, next_id = next_id, next_id + 1
-            kept.append(Track(key=next_key, id=tid, cls=int(classes[d]), votes=add_vote((), classes[d], scores[d]),
+            votes = add_votes((), merged.votes[d])
+            kept.append(Track(key=next_key, id=tid, cls=voted_class(votes), votes=votes,
                               mean=m0[j], cov=c0[j], hits=1, misses=0, box=boxes[d]))
             next_key += 1
             ids[d] = tid if tid else -1

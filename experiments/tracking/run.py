@@ -9,10 +9,10 @@
 2. With --workdir (a trained MNIST detector, e.g. the `quick` config): the detector on the same sequences'
    frames (video.detect_video with our ByteTrack, as `--mode=detect --track` runs it), then the logged
    detections (scores down to track.low_score) fed to our ByteTrack and SORT with class_mode 'vote' (the
-   default) and 'strict', to our ByteTrack with the classes ignored (class-agnostic, as supervision's is), to
-   supervision's ByteTrack, and to our ByteTrack with this detector's thresholds (TUNED, also with
-   DUPLICATES) and over a range of class_penalty and duplicate_iou values (on the tuning sequences); the last
-   --held_out sequences are also evaluated alone. With --from_logs the
+   default) and 'strict', to our ByteTrack without merging duplicates (duplicate_iou 1.0) and with the classes
+   ignored (class-agnostic, as supervision's is), to supervision's ByteTrack, and to our ByteTrack over a range of
+   class_penalty and duplicate_iou values (on the tuning sequences: all but the last --held_out, which are also
+   evaluated alone). With --from_logs the
    detections an earlier run logged under --tmp are reused (the trackers alone take a minute or two).
 Every tracker gets the same detections; metrics by yolo_jax.track_eval (motmetrics, IoU >= 0.5). Writes
 results.json and crossing.png (a strip of a crossing with our ids) into --out.
@@ -88,22 +88,13 @@ def any_class(frames: Frames) -> Frames:
 
 
 TRACKERS = {'ours_bytetrack': lambda f: ours(f, 'bytetrack'),
+            'ours_bytetrack_no_merge': lambda f: ours(f, 'bytetrack', duplicate_iou=1.0),
             'ours_bytetrack_strict': lambda f: ours(f, 'bytetrack', class_mode='strict'),
             'ours_sort': lambda f: ours(f, 'sort'), 'ours_sort_strict': lambda f: ours(f, 'sort', class_mode='strict'),
             'ours_bytetrack_any_class': lambda f: ours(any_class(f), 'bytetrack'),
             'supervision_bytetrack': supervision_bytetrack}
-# Thresholds for this detector (its scores run lower than the defaults assume: ambiguous digits share their class
-# probability), chosen on the detector's seeds 0-4 and checked on seeds 5-9 (--held_out); as CLI flags:
-# --config.track.high_score=0.3 --config.track.low_match_iou=0.4.
-TUNED = {'high_score': 0.3, 'low_match_iou': 0.4}
-# config.track.duplicate_iou for this detector (per-class NMS keeps an ambiguous digit once per class), chosen on
-# seeds 0-4 (DUPLICATE_IOUS, TUNED thresholds); as a CLI flag: --config.track.duplicate_iou=0.8.
-DUPLICATES = {'duplicate_iou': 0.8}
-TRACKERS_TUNED = {'ours_bytetrack_tuned': lambda f: ours(f, 'bytetrack', **TUNED),
-                  'ours_bytetrack_tuned_duplicates': lambda f: ours(f, 'bytetrack', **TUNED, **DUPLICATES),
-                  'ours_bytetrack_strict_tuned': lambda f: ours(f, 'bytetrack', class_mode='strict', **TUNED)}
-PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # class_penalty of 'vote' (ByteTrack, TUNED thresholds)
-DUPLICATE_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # duplicate_iou (ByteTrack 'vote', TUNED thresholds)
+PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # class_penalty of 'vote' (ByteTrack, the other fields default)
+DUPLICATE_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # duplicate_iou (ByteTrack, 'vote'); the default 0.6 chosen here
 KEYS = ('idf1', 'mota', 'num_switches', 'num_fragmentations', 'mostly_tracked', 'mostly_lost', 'precision',
         'recall')
 
@@ -233,12 +224,11 @@ def main() -> None:
                 frames, summary = logged_frames(len(chosen), tmp / name)
             else:
                 frames, summary = detector_frames(Path(args.workdir), chosen, tmp / name)
-            trackers = {**TRACKERS, **TRACKERS_TUNED}
-            sweep = {f'vote_penalty_{p}': lambda f, p=p: ours(f, 'bytetrack', class_penalty=p, **TUNED)
-                     for p in PENALTIES}
+            trackers = TRACKERS
+            sweep = {f'vote_penalty_{p}': lambda f, p=p: ours(f, 'bytetrack', class_penalty=p) for p in PENALTIES}
             tuning = slice(0, len(chosen) - args.held_out)
             penalties = {k: v['overall'] for k, v in evaluate(chosen[tuning], frames[tuning], sweep).items()}
-            duplicates = {f'duplicate_iou_{d}': lambda f, d=d: ours(f, 'bytetrack', duplicate_iou=d, **TUNED)
+            duplicates = {f'duplicate_iou_{d}': lambda f, d=d: ours(f, 'bytetrack', duplicate_iou=d)
                           for d in DUPLICATE_IOUS}
             duplicate_sweep = {k: v['overall'] for k, v in evaluate(chosen[tuning], frames[tuning],
                                                                      duplicates).items()}
