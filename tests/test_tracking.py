@@ -321,6 +321,14 @@ def test_an_object_split_between_two_classes_is_tracked_with_merged_duplicates()
     np.testing.assert_allclose([w for _, w in state.tracks[0].votes], [1.65, 1.7])
 
 
+def test_track_params_defaults_are_the_configs():
+    """TrackParams() (what the tests use) and config.track's defaults (what the CLI uses) agree field by field."""
+    from yolo_jax import defaults
+
+    for method in tracking.TRACKERS:
+        assert TrackParams.from_config(defaults.default_config().track, method) == TrackParams(method=method)
+
+
 def test_bad_params_are_config_errors():
     from yolo_jax.errors import ConfigError
 

@@ -217,7 +217,7 @@ def default_config() -> ml_collections.ConfigDict:
     # as its IoU minus class_penalty (needs IoU >= match_iou + class_penalty; a same-class pair wins at equal IoU),
     # unless a track of the detection's own class overlaps it (experiments/tracking: flipped classes).
     k.class_mode = 'vote'
-    k.class_penalty = 0.3
+    k.class_penalty = 0.2  # experiments/tracking: sweeps on two detectors
     # A box overlapping a strictly higher-scored box of another class by IoU > this is the same object seen as two
     # classes (per-class NMS keeps both): it merges into that box (summed score, at most 1; its class in the vote)
     # and gets no id. 1.0 = off. 0.6: chosen in experiments/tracking.

@@ -59,7 +59,8 @@ _NDIM = 4  # measured: cx, cy, a, h
 
 @dataclasses.dataclass(frozen=True)
 class TrackParams:
-    """Tracker settings (config.track plus the method); see yolo_jax/defaults.py for each field's meaning."""
+    """Tracker settings (config.track plus the method); see yolo_jax/defaults.py for each field's meaning and
+    default (these defaults equal config.track's, tested)."""
 
     method: str = 'bytetrack'
     high_score: float = 0.5
@@ -73,8 +74,8 @@ class TrackParams:
     velocity_std: float = 1 / 160
     trail: int = 16
     class_mode: str = 'vote'
-    class_penalty: float = 0.3
-    duplicate_iou: float = 1.0
+    class_penalty: float = 0.2
+    duplicate_iou: float = 0.6
 
     def __post_init__(self):
         if self.method not in TRACKERS:
