@@ -157,14 +157,19 @@ def test_class_affinity_by_hand():
     rules out the others; 'vote' subtracts the penalty, except for detections 0 and 1, which a track of their
     own class overlaps (detection 2's class has no track)."""
     iou = np.array([[0.9, 0.6, 0.7], [0.0, 0.3, 0.0]])
-    same = tracking.class_match(np.array([0, 1]), [((0, 0.9),), ((1, 0.8),), ((2, 0.7),)])
+    apart = np.asarray([box(50, 50), box(150, 50), box(250, 50)], float)  # no duplicates: groups of one
+    same = tracking.class_match(np.array([0, 1]), tracking.merge_duplicates(apart, np.array([0.9, 0.8, 0.7]),
+                                                                            np.array([0, 1, 2]), 0.6))
     assert same.tolist() == [[True, False, False], [False, True, False]]
     strict = tracking.class_affinity(iou, same, TrackParams(class_mode='strict'))
     np.testing.assert_allclose(strict, [[0.9, -1, -1], [-1, 0.3, -1]])
     vote = tracking.class_affinity(iou, same, TrackParams(class_mode='vote', class_penalty=0.25))
     np.testing.assert_allclose(vote, [[0.9, -1, 0.45], [-1, 0.3, -0.25]])
     # A merged group (classes 2 and 1) matches a track of either class.
-    assert tracking.class_match(np.array([0, 1, 2]), [((2, 0.5), (1, 0.4))]).tolist() == [[False], [True], [True]]
+    pair = tracking.merge_duplicates(np.asarray([box(50, 50)] * 2, float), np.array([0.5, 0.4]), np.array([2, 1]), 0.6)
+    assert pair.votes == (((2, 0.5), (1, 0.4)), ())
+    assert tracking.class_match(np.array([0, 1, 2]), pair)[:, :1].tolist() == [[False], [True], [True]]
+    assert not tracking.class_match(np.array([0, 1, 2]), pair)[:, 1].any()  # the merged box matches no track
 
 
 def _moving(classes, scores=None):

@@ -222,30 +222,43 @@ def duplicate_keepers(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class Merged:
-    """Detections after `merge_duplicates`: kept (D,) bool (the groups' best boxes), scores (D,) each kept box's
-    group score (summed, at most 1), votes: per detection its group's ((class, score), ...) in row order."""
+    """Detections after `merge_duplicates`. keeper (D,): the row each detection merges into (`duplicate_keepers`);
+    classes (D,) and detected (D,): the detections' own classes and scores; scores (D,): a kept box's group score
+    (its members' summed scores, at most 1), a merged box's own score."""
 
-    kept: np.ndarray
+    keeper: np.ndarray
+    classes: np.ndarray
+    detected: np.ndarray
     scores: np.ndarray
-    votes: tuple[tuple[tuple[int, float], ...], ...]
+
+    @property
+    def kept(self) -> np.ndarray:
+        """(D,) bool: the groups' best boxes (those that take part in tracking)."""
+        return self.keeper == np.arange(len(self.keeper))
+
+    def group(self, d: int) -> tuple[tuple[int, float], ...]:
+        """Detection d's group as ((class, score), ...) in row order (empty for a merged box)."""
+        return tuple((int(self.classes[j]), float(self.detected[j])) for j in np.flatnonzero(self.keeper == d))
+
+    @property
+    def votes(self) -> tuple[tuple[tuple[int, float], ...], ...]:
+        """`group` of every detection."""
+        return tuple(self.group(d) for d in range(len(self.keeper)))
 
 
 def merge_duplicates(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> Merged:
     """Groups each kept detection with its duplicates (`duplicate_keepers`): the group's score is the sum of its
     members' scores, at most 1; its votes are every member's (class, score)."""
     keeper = duplicate_keepers(boxes, scores, classes, iou_threshold)
-    rows = np.arange(len(boxes))
     summed = np.minimum(np.bincount(keeper, weights=scores, minlength=len(boxes)), 1.0)
-    votes = tuple(tuple((int(classes[j]), float(scores[j])) for j in rows[keeper == d]) for d in rows)
-    return Merged(keeper == rows, np.where(keeper == rows, summed, scores), votes)
+    return Merged(keeper, classes, scores, np.where(keeper == np.arange(len(boxes)), summed, scores))
 
 
-def class_match(track_cls: np.ndarray, votes: Sequence[Sequence[tuple[int, float]]]) -> np.ndarray:
-    """(T, D) bool: track t's class is one of detection d's (its merged group's) classes."""
-    out = np.zeros((len(track_cls), len(votes)), bool)
-    for d, group in enumerate(votes):
-        out[:, d] = np.isin(track_cls, [c for c, _ in group])
-    return out
+def class_match(track_cls: np.ndarray, merged: Merged) -> np.ndarray:
+    """(T, D) bool: track t's class is one of detection d's merged group's classes (False for a merged box)."""
+    hits = np.asarray(track_cls).reshape(-1, 1) == merged.classes.reshape(1, -1)  # (T, D members)
+    member = merged.keeper.reshape(1, -1) == np.arange(len(merged.keeper)).reshape(-1, 1)  # (D groups, D members)
+    return (hits.astype(np.int64) @ member.T.astype(np.int64)) > 0
 
 
 def class_affinity(iou: np.ndarray, same: np.ndarray, params: TrackParams) -> np.ndarray:
@@ -358,7 +371,7 @@ def track_step(
     merged = merge_duplicates(boxes, scores, classes, params.duplicate_iou)
     group_scores = merged.scores
     high = np.flatnonzero(merged.kept & (group_scores >= params.high_score))
-    same = class_match(track_cls, merged.votes)
+    same = class_match(track_cls, merged)
     matches, free_tracks, _ = associate(
         class_affinity(iou_matrix(track_boxes, boxes[high]), same[:, high], params), params.match_iou)
     det_track[high[matches[:, 1]]] = matches[:, 0]
@@ -388,7 +401,7 @@ def track_step(
             if tid == 0 and (hits >= params.min_hits or warm_up):
                 tid, next_id = next_id, next_id + 1
             m, c = updated[i]
-            votes = add_votes(t.votes, merged.votes[d])
+            votes = add_votes(t.votes, merged.group(d))
             cls = t.cls if params.class_mode == 'strict' else voted_class(votes)  # strict: the class it was born with
             kept.append(dataclasses.replace(t, id=tid, cls=cls, votes=votes, mean=m, cov=c, hits=hits,
                                             misses=0, box=boxes[d]))
@@ -403,7 +416,7 @@ def track_step(
             tid = 0
             if params.min_hits <= 1 or warm_up:
                 tid, next_id = next_id, next_id + 1
-            votes = add_votes((), merged.votes[d])
+            votes = add_votes((), merged.group(d))
             kept.append(Track(key=next_key, id=tid, cls=voted_class(votes), votes=votes,
                               mean=m0[j], cov=c0[j], hits=1, misses=0, box=boxes[d]))
             next_key += 1
