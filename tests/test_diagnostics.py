@@ -266,3 +266,15 @@ def test_training_and_eval_write_the_diagnostics(tmp_path):
     above = sum(int((np.asarray(d['scores']) >= 0.05).sum()) for d in detections)
     diag = _check_written(out, metrics['num_gt'], above)
     assert [e['ap'] for e in diag['pr_curves']['per_class']] == pytest.approx([e['ap'] for e in metrics['per_class']])
+
+    # Test-time flips through the command: the same split, the setting recorded, the views' boxes pooled.
+    tta = subprocess.run([*common, '--mode=eval', "--config.eval.tta=('hflip',)", f'--output={tmp_path / "tta"}'],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert tta.returncode == 0, tta.stderr[-3000:]
+    written = json.loads((tmp_path / 'tta' / 'metrics.json').read_text())
+    assert written['settings']['tta'] == ['hflip'] and json.loads((out / 'metrics.json').read_text())[
+        'settings']['tta'] == []
+    assert written['metrics']['num_gt'] == metrics['num_gt'] and 0 <= written['metrics']['map50'] <= 1
+    flipped = json.loads((tmp_path / 'tta' / 'detections.json').read_text())
+    assert [d['image_id'] for d in flipped] == [d['image_id'] for d in detections]
+    assert [d['boxes'] for d in flipped] != [d['boxes'] for d in detections]

@@ -33,6 +33,9 @@ BAD_FIELDS = [
     ('map_score_threshold', '-0.1', -0.1, r'config\.eval\.map_score_threshold=-0\.1 must be in \[0, 1\]$'),
     ('nms_iou_threshold', 'nan', math.nan, r'config\.eval\.nms_iou_threshold=nan must be in \[0, 1\]$'),
     ('soft_nms_sigma', '0.0', 0.0, r'config\.eval\.soft_nms_sigma=0\.0 must be > 0$'),
+    ('tta', "('turn',)", ('turn',),
+     r"config\.eval\.tta: expected distinct names from \('hflip', 'vflip', 'hvflip'\) \(e\.g\. \('hflip',\)\), got "
+     r"\('turn',\)$"),
 ]
 
 
@@ -89,7 +92,7 @@ def test_detection_evaluator_equals_the_metric_functions(tmp_path_factory):
 
 _MESSAGES = {f: m for f, _, _, m in BAD_FIELDS}
 CLI = [('train', 'voc_metric', 'elevenpoint'), ('train', 'nms_method', 'x'), ('train', 'max_detections', '0'),
-       ('eval', 'voc_metric', 'elevenpoint')]
+       ('eval', 'voc_metric', 'elevenpoint'), ('eval', 'tta', "('turn',)")]
 
 
 @pytest.mark.parametrize('mode, field, value', CLI, ids=[f'{m}-{f}' for m, f, _ in CLI])

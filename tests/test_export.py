@@ -9,6 +9,7 @@ the shared photos. Tolerances: boxes 1e-3 px, scores 1e-4, classes and counts ex
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -206,6 +207,25 @@ def test_onnx_rejects_soft_nms(mnist_workdir):
     model, variables, spec = inference.load_detector(config, mnist_workdir, fold=True)
     with pytest.raises(ValueError, match='hard NMS only'):
         onnx_export.build_onnx(model, variables, pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize))
+
+
+def test_test_time_flips_are_in_the_traced_function_and_refused_by_onnx(mnist_workdir):
+    """config.eval.tta: the traced serving function (SavedModel/StableHLO) flips as inference.predict does; the
+    ONNX graph has no flips and says so."""
+    config = mnist_config()
+    config.eval.tta = ('hflip', 'vflip')
+    model, variables, spec = inference.load_detector(config, mnist_workdir, fold=True)
+    cfg = pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize)
+    images = np.random.default_rng(2).integers(0, 256, (2, 80, 120, 3), dtype=np.uint8)
+    ref = _reference(model, variables, cfg, images)
+    plain = _reference(model, variables, dataclasses.replace(cfg, tta=()), images)
+    assert plain['count'].sum() > 0 and not np.allclose(ref['boxes'], plain['boxes'])  # the flips count
+    _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax flips')
+    if HAS_ONNX:
+        from yolo_jax import onnx_export
+
+        with pytest.raises(ValueError, match=r"config\.eval\.tta=\('hflip', 'vflip'\): the ONNX graph has no"):
+            onnx_export.build_onnx(model, variables, cfg)
 
 
 @needs_onnx

@@ -192,3 +192,46 @@ def test_config_validation():
     assert cfg_for('soft-nms', 10).method == 'soft_nms'
     with pytest.raises(ValueError, match='resize'):
         cfg_for('nms', 10, mode='crop')
+    for bad in (('turn',), ('hflip', 'hflip')):
+        with pytest.raises(ValueError, match=r'config\.eval\.tta: expected distinct names'):
+            cfg_for('nms', 10, tta=bad)
+    assert cfg_for('nms', 10, tta='hflip').tta == ('hflip',) and cfg_for('nms', 10, tta=['vflip']).tta == ('vflip',)
+
+
+def test_flips_pool_each_views_candidates_mapped_back_before_the_nms():
+    """config.eval.tta: the flipped copies of the batch come after it, and postprocess of the stacked raw maps
+    equals the NumPy oracle on the union of the original's decoded candidates and each copy's, mapped back by
+    hand (left-right: x → S - x; up-down: y → S - y)."""
+    rng = np.random.default_rng(7)
+    names = ('hflip', 'vflip', 'hvflip')
+    cfg = cfg_for('nms', 500, score_threshold=0.3, tta=names)
+    images = rng.uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    stacked = np.asarray(pp.tta_images(images, cfg))
+    assert stacked.shape == (8, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(stacked[:2], images)
+    np.testing.assert_array_equal(stacked[2:4], images[:, :, ::-1])
+    np.testing.assert_array_equal(stacked[4:6], images[:, ::-1])
+    np.testing.assert_array_equal(stacked[6:8], images[:, ::-1, ::-1])
+
+    num_classes = 3
+    channels = 3 * (5 + num_classes)
+    raws = [rng.normal(0, 1.5, (8, SIZE // s, SIZE // s, channels)).astype(np.float32) for s in cfg.strides]
+    sizes = np.array([[50, 90], [64, 64]], np.int32)
+    det = jax.device_get(jax.jit(functools.partial(pp.postprocess, cfg=cfg))(
+        raws, pp.resize_params_batch(sizes, SIZE), sizes.astype(np.float32)))
+    flat = np.concatenate(
+        [ref.decode(r, a, s).reshape(8, -1, 5 + num_classes) for r, a, s in zip(raws, cfg.anchors, cfg.strides)], 1
+    )
+    for b in range(2):
+        views = [flat[b]]
+        for k, name in enumerate(names, start=1):
+            view = flat[2 * k + b].copy()
+            if name != 'vflip':
+                view[:, 0] = SIZE - view[:, 0]
+            if name != 'hflip':
+                view[:, 1] = SIZE - view[:, 1]
+            views.append(view)
+        expect = oracle(np.concatenate(views), sizes[b], cfg)
+        single = oracle(flat[b], sizes[b], cfg)
+        assert len(expect) > len(single) > 3  # the other views add boxes that survive the NMS
+        assert_same(det, b, expect)

@@ -192,6 +192,9 @@ def default_config() -> ml_collections.ConfigDict:
     e.nms_method = 'nms'  # or 'soft_nms'
     e.soft_nms_sigma = 0.3
     e.max_detections = 100
+    # Test-time flips for eval/detect/export: names from ('hflip', 'vflip', 'hvflip'); each adds one forward pass
+    # of a flipped copy whose boxes are mapped back and pooled with the others before the NMS. () = off.
+    e.tta = ()
     e.fold_batchnorm = True  # eval/detect: BatchNorm folded into the convs (same outputs, faster)
     # The evaluation protocol (mAP), separate from the drawing threshold above (VOC/COCO practice).
     e.map_score_threshold = 0.005  # detections kept for mAP

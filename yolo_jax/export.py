@@ -134,7 +134,7 @@ def serving_fn(model: Any, cfg: pp.PostprocessConfig) -> Callable[[dict, jax.Arr
     def fn(variables: dict, images: jax.Array) -> dict[str, jax.Array]:
         b, h, w, _ = images.shape
         canvas, resize = letterbox_images(images, cfg.input_size, cfg.resize_mode)
-        outputs = model.apply(variables, canvas, train=False)
+        outputs = model.apply(variables, pp.tta_images(canvas, cfg), train=False)
         sizes = jnp.stack([jnp.asarray(h, jnp.int32), jnp.asarray(w, jnp.int32)]).astype(jnp.float32)
         det = pp.postprocess(
             outputs, jnp.broadcast_to(resize, (b, 4)), jnp.broadcast_to(sizes, (b, 2)), cfg

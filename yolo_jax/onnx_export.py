@@ -567,6 +567,9 @@ def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
     if cfg.method != 'nms':
         raise ConfigError('config.eval.nms_method: ONNX export supports hard NMS only (ONNX has no soft-NMS op); '
                           f'got nms_method={cfg.method!r}')
+    if cfg.tta:
+        raise ConfigError(f'config.eval.tta={cfg.tta!r}: the ONNX graph has no test-time flips; export it with '
+                          '--config.eval.tta=() (the other formats keep them)')
     g = _Graph()
     onnx = g.onnx
     s = cfg.input_size

@@ -24,6 +24,11 @@ with a fixed K = max_detections and a valid mask. NMS is one `lax.while_loop` pe
 batch) that picks the best remaining candidate, records it and re-weights/suppresses the others: at most K
 iterations of O(N) vector work, no Python loop over boxes and no N x N IoU matrix.
 
+Test-time flips (config.eval.tta, off by default; not in the reference): `tta_images` puts flipped copies of the
+batch behind it, the network runs once on the whole stack, and `postprocess` maps each copy's decoded candidates
+back (a left-right flip of the S x S input maps x to S - x, exactly) and pools them with the original's before
+the NMS, which then keeps the best box of each object over all views.
+
 `postprocess_boxes_numpy` and `nms_numpy` are the reference's straightforward algorithms in NumPy float64: the
 test oracle, also handy for one-off checks.
 """
@@ -47,6 +52,7 @@ from yolo_jax.errors import ConfigError
 Array = jnp.ndarray
 
 NMS_METHODS = ('nms', 'soft_nms')
+TTA_FLIPS = ('hflip', 'vflip', 'hvflip')  # left-right, up-down, both (a 180-degree turn)
 
 
 def _method(name: str) -> str:
@@ -55,6 +61,16 @@ def _method(name: str) -> str:
     if name not in NMS_METHODS:
         raise ConfigError(f'config.eval.nms_method: unknown method {name!r}; expected one of {NMS_METHODS}')
     return name
+
+
+def tta_names(names: Any) -> tuple[str, ...]:
+    """config.eval.tta as a tuple of names from TTA_FLIPS (one name alone is accepted too); ConfigError otherwise."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    bad = [n for n in names if n not in TTA_FLIPS]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f'config.eval.tta: expected distinct names from {TTA_FLIPS} (e.g. (\'hflip\',)), got '
+                          f'{names!r}')
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +92,11 @@ class PostprocessConfig:
     sigma: float = 0.3
     max_detections: int = 100
     scale_xy: tuple[float, ...] = ()
+    tta: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, 'method', _method(self.method))
+        object.__setattr__(self, 'tta', tta_names(self.tta))
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f'config.data.resize: unknown mode {self.resize_mode!r}; expected one of {RESIZE_MODES}')
         if self.max_detections < 1:
@@ -97,6 +115,7 @@ class PostprocessConfig:
             method=str(e.nms_method),
             sigma=float(e.soft_nms_sigma),
             max_detections=int(e.max_detections),
+            tta=e.tta,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -272,14 +291,41 @@ def postprocess_decoded(pred: Array, resize: Array, orig_sizes: Array, cfg: Post
     )
 
 
-def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg: PostprocessConfig) -> Detections:
-    """Raw model outputs (one (B, S, S, A*(5+C)) map per scale, strides ascending) → Detections.
+def _flip(x: Array, name: str, h_axis: int, w_axis: int) -> Array:
+    if name in ('vflip', 'hvflip'):
+        x = jnp.flip(x, axis=h_axis)
+    if name in ('hflip', 'hvflip'):
+        x = jnp.flip(x, axis=w_axis)
+    return x
 
-    resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size, cfg.resize_mode)` (host side);
-    orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
+
+def tta_images(images: Array, cfg: PostprocessConfig) -> Array:
+    """(B, S, S, 3) network inputs → ((1 + len(cfg.tta)) * B, S, S, 3): the batch, then each flipped copy."""
+    return jnp.concatenate([images, *(_flip(images, name, 1, 2) for name in cfg.tta)], axis=0)
+
+
+def unflip_candidates(pred: Array, name: str, input_size: int) -> Array:
+    """(B, N, 5+C) decoded candidates of a flipped input (x, y, w, h in input pixels) → those of the input itself
+    (x → S - x for a left-right flip, y → S - y for an up-down one; sizes and scores unchanged)."""
+    x = input_size - pred[..., 0] if name in ('hflip', 'hvflip') else pred[..., 0]
+    y = input_size - pred[..., 1] if name in ('vflip', 'hvflip') else pred[..., 1]
+    return jnp.concatenate([x[..., None], y[..., None], pred[..., 2:]], axis=-1)
+
+
+def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg: PostprocessConfig) -> Detections:
+    """Raw model outputs (one (B', S, S, A*(5+C)) map per scale, strides ascending) → Detections (B images).
+
+    B' = B, or (1 + len(cfg.tta)) * B when the network ran on `tta_images`: each view's candidates are mapped back
+    and pooled per image before the NMS. resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size,
+    cfg.resize_mode)` (host side); orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
     """
     decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None)
-    return postprocess_decoded(flatten_decoded(decoded), resize, orig_sizes, cfg)
+    pred = flatten_decoded(decoded)
+    if cfg.tta:
+        views = jnp.split(pred, 1 + len(cfg.tta), axis=0)
+        pred = jnp.concatenate([views[0], *(unflip_candidates(v, name, cfg.input_size)
+                                            for v, name in zip(views[1:], cfg.tta, strict=True))], axis=1)
+    return postprocess_decoded(pred, resize, orig_sizes, cfg)
 
 
 def postprocess_config(config: Any, spec: Any, **overrides) -> PostprocessConfig:

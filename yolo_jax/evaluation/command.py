@@ -26,7 +26,7 @@ from yolo_jax.evaluation.detection import DetectionMetrics, check_eval_config
 
 # The config.eval fields metrics.json records under 'settings'.
 SETTINGS = ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma', 'max_detections',
-            'map_score_threshold', 'map_max_detections', 'voc_metric', 'voc_truncate_boxes')
+            'map_score_threshold', 'map_max_detections', 'voc_metric', 'voc_truncate_boxes', 'tta')
 
 
 def jsonable(x: Any) -> Any:

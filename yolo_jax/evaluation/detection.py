@@ -48,6 +48,7 @@ def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'config.eval.{name}={e[name]} must be in [0, 1]')
     if not float(e.soft_nms_sigma) > 0.0:
         raise ConfigError(f'config.eval.soft_nms_sigma={e.soft_nms_sigma} must be > 0')
+    pp.tta_names(e.tta)
 
 
 def voc_options(eval_config: ml_collections.ConfigDict) -> dict[str, bool]:
