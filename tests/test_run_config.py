@@ -46,21 +46,58 @@ def test_config_flag_is_added_only_for_a_run_that_reads_a_workdir(tmp_path):
     assert run_config.default_config_flag(['e', wd], training_modes=())[1] == f'--config={tmp_path}/config.py'
 
 
+def _without(config, tmp_path, *fields: str, old_template: bool = False):
+    """WORKDIR/config.py of `config` with `fields` ('section.name') removed from its JSON by hand (a run started
+    before they existed); with old_template, its get_config() as yolo_jax wrote it before it filled such fields."""
+    text = run_config.write(config, tmp_path).read_text()
+    body = text.split("r'''", 1)[1].split("'''", 1)[0]
+    saved = json.loads(body)
+    for field in fields:
+        section, name = field.split('.')
+        del saved[section][name]
+    text = text.replace(body, '\n' + json.dumps(saved, indent=1) + '\n')
+    if old_template:
+        text = text[: text.index('def get_config()')] + (
+            'def get_config() -> ml_collections.ConfigDict:\n    return ml_collections.ConfigDict(_CONFIG)\n')
+    (tmp_path / 'config.py').write_text(text)
+    return tmp_path / 'config.py'
+
+
 def test_fields_a_saved_config_lacks_come_from_the_defaults(tmp_path):
-    """A config.py written before a field existed (here: one removed by hand from the JSON) loads with that field
-    at its default, and every field it has keeps its saved value."""
+    """A config.py written before a field existed (here: removed by hand from the JSON) loads with that field at
+    its default (the file's get_config fills it), and every field it has keeps its saved value."""
     config = get_config('quick')
     config.data.mosaic = 0.25  # saved value, not the default
-    text = run_config.write(config, tmp_path).read_text()
-    saved = json.loads(text.split("r'''", 1)[1].split("'''", 1)[0])
-    del saved['data']['vertical_flip'], saved['loss']['class_weights']
-    (tmp_path / 'config.py').write_text(text.replace(text.split("r'''", 1)[1].split("'''", 1)[0],
-                                                     '\n' + json.dumps(saved, indent=1) + '\n'))
-    loaded = _load(tmp_path / 'config.py')
-    assert 'vertical_flip' not in loaded.data
-    added = run_config.fill_missing(loaded, default_config())
-    assert sorted(added) == ['data.vertical_flip', 'loss.class_weights']
+    loaded = _load(_without(config, tmp_path, 'data.vertical_flip', 'loss.class_weights'))
     assert loaded.data.vertical_flip == default_config().data.vertical_flip
     assert loaded.loss.class_weights == default_config().loss.class_weights
     assert loaded.data.mosaic == 0.25
     assert loaded.to_dict() == json.loads(json.dumps(config.to_dict()))  # nothing else changed
+    assert run_config.fill_missing(loaded, default_config()) == []
+    old = _load(_without(config, tmp_path, 'data.vertical_flip', old_template=True))
+    assert 'vertical_flip' not in old.data
+    assert run_config.fill_missing(old, default_config()) == ['data.vertical_flip']
+    assert old.to_dict() == json.loads(json.dumps(config.to_dict()))
+
+
+def test_a_field_newer_than_the_run_can_be_overridden_on_its_workdir(tmp_path):
+    """Through `python -m yolo_jax.main --workdir=W --mode=eval`: W/config.py without config.eval.tta takes
+    `--config.eval.tta=...` (the command goes on to its next check, the missing checkpoint); a config.py of the
+    older template, which cannot, is one error line that says why and what to do."""
+    from test_cli import error_lines, run
+
+    from yolo_jax import errors
+
+    args = [f'--workdir={tmp_path}', '--mode=eval', "--config.eval.tta=('hflip',)"]
+    _without(get_config('tiny,smoke'), tmp_path, 'eval.tta')
+    proc = run('main', args)
+    assert proc.returncode == errors.EXIT_CODE and error_lines(proc.stderr) == [
+        f'error: --workdir={tmp_path}: no checkpoint in {tmp_path} (train first, or pass --weights)'
+    ], proc.stderr[-3000:]
+    _without(get_config('tiny,smoke'), tmp_path, 'eval.tta', old_template=True)
+    proc = run('main', args)
+    assert proc.returncode == errors.EXIT_CODE and error_lines(proc.stderr) == [
+        'error: unknown config field config.eval.tta (config.eval has ' + ', '.join(
+            k for k in get_config('tiny,smoke').eval if k != 'tta') + f') ({tmp_path}/config.py was written by an '
+        'older yolo_jax, before this field existed: add the field to the JSON in that file to override it)'
+    ], proc.stderr[-3000:]

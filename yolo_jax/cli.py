@@ -143,6 +143,17 @@ def unknown_field(config: ml_collections.ConfigDict, argv: Sequence[str]) -> str
     return None
 
 
+def _newer_than_the_file(argv: Sequence[str], spec: str) -> str:
+    """The advice for an override of a field the config file lacks but yolo_jax has (a WORKDIR/config.py written
+    by a version older than the field, before config.py filled such fields in itself), else ''."""
+    from yolo_jax.defaults import default_config  # noqa: PLC0415
+
+    if unknown_field(default_config(), argv) is not None:
+        return ''
+    return (f' ({spec} was written by an older yolo_jax, before this field existed: add the field to the JSON in that '
+            'file to override it)')
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Parsing and running.
 
@@ -174,7 +185,7 @@ def parse_flags(argv: list[str], *, config: bool = True, training_modes: tuple[s
         if spec is not None:
             loaded = load_config(spec)
             if (message := unknown_field(loaded, argv)) is not None:
-                raise ConfigError(message)
+                raise ConfigError(message + _newer_than_the_file(argv, spec))
         return flags.FLAGS(argv)
     except errors.UserError as e:
         errors.report_and_exit(e, verbose=verbose)

@@ -1,10 +1,11 @@
 """A run's config saved in its workdir as a config file: `--config=WORKDIR/config.py` repeats no training flag.
 
 Training writes `WORKDIR/config.py` at its start (atomically): a config file like those in `configs/`, whose
-`get_config()` returns the run's whole config, overrides included. Eval, detect and export given `--workdir`
-and no `--config` read it (the command-line front inserts `--config=WORKDIR/config.py`), and `--config.x.y=...`
-overrides still apply on top of it. The checkpoint's own spec and model settings stay the authority for the
-network (inference.load_detector); this file brings the rest (data set, thresholds, resize mode).
+`get_config()` returns the run's whole config, overrides included, plus the fields yolo_jax gained since (at their
+defaults, so that a later version's new options can be overridden on an older run). Eval, detect and export given
+`--workdir` and no `--config` read it (the command-line front inserts `--config=WORKDIR/config.py`), and
+`--config.x.y=...` overrides still apply on top of it. The checkpoint's own spec and model settings stay the
+authority for the network (inference.load_detector); this file brings the rest (data set, thresholds, resize mode).
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ _CONFIG = json.loads(r\'\'\'
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(_CONFIG)
+    # Fields yolo_jax gained after this run started take their defaults (off), so they can be overridden too.
+    from yolo_jax.defaults import default_config
+    from yolo_jax.run_config import fill_missing
+
+    config = ml_collections.ConfigDict(_CONFIG)
+    fill_missing(config, default_config())
+    return config
 '''
 
 
