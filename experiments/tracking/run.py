@@ -220,6 +220,19 @@ def crossing_strip(seq: ms.Sequence, frames: Frames, ids: list[np.ndarray], path
     Image.fromarray(visualize.grid(tiles, ncols=len(tiles))).save(path)
 
 
+def compact(results: dict) -> dict:
+    """The results with the per-sequence figures kept only where the comparison needs them (our ByteTrack and
+    supervision's on the detector's sequences): the rest are pooled figures."""
+    out = json.loads(json.dumps(results))
+    for part in ('perfect_detections', 'detector'):
+        for per_tracker in out[part].values():
+            for tracker, value in per_tracker.items():
+                keep = part == 'detector' and tracker in ('ours_bytetrack', 'supervision_bytetrack')
+                if isinstance(value, dict) and 'per_sequence' in value and not keep:
+                    del value['per_sequence']
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=str(REPO / 'experiments' / 'tracking'))
@@ -285,7 +298,7 @@ def main() -> None:
                 strip_frames, strip_seq = frames[0], chosen[0]
         results['detector_workdir'] = args.workdir
     crossing_strip(strip_seq, strip_frames, ours(strip_frames, 'bytetrack'), out / 'crossing.png')
-    (out / 'results.json').write_text(json.dumps(results, indent=1) + '\n')
+    (out / 'results.json').write_text(json.dumps(compact(results), indent=1) + '\n')
     print(f'wrote {out / "results.json"}, {out / "crossing.png"}')
 
 
