@@ -24,7 +24,8 @@ def test_round_trip_keeps_every_field_and_override(tmp_path):
     path = run_config.write(config, tmp_path)
     assert path == tmp_path / 'config.py' and oct(path.stat().st_mode & 0o777) == '0o644'
     loaded = _load(path)
-    assert loaded.to_dict() == json.loads(json.dumps(config.to_dict()))
+    assert loaded.to_dict() == config.to_dict()  # tuples come back as tuples (JSON writes lists)
+    assert isinstance(loaded.model.anchors, tuple) and isinstance(loaded.eval.tta, tuple)
     assert [p.name for p in tmp_path.iterdir()] == ['config.py']  # no temporary file left
 
 
@@ -72,7 +73,7 @@ def test_fields_a_saved_config_lacks_come_from_the_defaults(tmp_path):
     assert loaded.data.vertical_flip == default_config().data.vertical_flip
     assert loaded.loss.class_weights == default_config().loss.class_weights
     assert loaded.data.mosaic == 0.25
-    assert loaded.to_dict() == json.loads(json.dumps(config.to_dict()))  # nothing else changed
+    assert loaded.to_dict() == config.to_dict()  # nothing else changed
     assert run_config.fill_missing(loaded, default_config()) == []
     old = _load(_without(config, tmp_path, 'data.vertical_flip', old_template=True))
     assert 'vertical_flip' not in old.data
@@ -81,18 +82,27 @@ def test_fields_a_saved_config_lacks_come_from_the_defaults(tmp_path):
 
 
 def test_a_field_newer_than_the_run_can_be_overridden_on_its_workdir(tmp_path):
-    """Through `python -m yolo_jax.main --workdir=W --mode=eval`: W/config.py without config.eval.tta takes
-    `--config.eval.tta=...` (the command goes on to its next check, the missing checkpoint); a config.py of the
-    older template, which cannot, is one error line that says why and what to do."""
+    """Through `python -m yolo_jax.main --workdir=W --mode=eval`: W/config.py without config.eval.tta, or with it
+    (a tuple, saved as a JSON list), takes `--config.eval.tta=...` (the command goes on to its next check, the
+    missing checkpoint); a config.py of the older template, which cannot (a list field; a missing field), is one
+    error line that says why and what to do."""
     from test_cli import error_lines, run
 
     from yolo_jax import errors
 
     args = [f'--workdir={tmp_path}', '--mode=eval', "--config.eval.tta=('hflip',)"]
-    _without(get_config('tiny,smoke'), tmp_path, 'eval.tta')
+    for without in (('eval.tta',), ()):  # a run older than the field; a current one (the tuple saved as a list)
+        _without(get_config('tiny,smoke'), tmp_path, *without)
+        proc = run('main', args)
+        assert proc.returncode == errors.EXIT_CODE and error_lines(proc.stderr) == [
+            f'error: --workdir={tmp_path}: no checkpoint in {tmp_path} (train first, or pass --weights)'
+        ], proc.stderr[-3000:]
+    _without(get_config('tiny,smoke'), tmp_path, old_template=True)  # it has the field, as a list
     proc = run('main', args)
     assert proc.returncode == errors.EXIT_CODE and error_lines(proc.stderr) == [
-        f'error: --workdir={tmp_path}: no checkpoint in {tmp_path} (train first, or pass --weights)'
+        f'error: cannot override config.eval.tta: {tmp_path}/config.py was written by an older yolo_jax, which saved '
+        "tuples as lists (write the field as a tuple in that file, or pass --config=configs/FILE.py with the run's "
+        'flags)'
     ], proc.stderr[-3000:]
     _without(get_config('tiny,smoke'), tmp_path, 'eval.tta', old_template=True)
     proc = run('main', args)

@@ -49,6 +49,7 @@ from yolo_jax.errors import ConfigError, FlagError, MissingFileError
 CONFIG_FLAG = 'config'
 _CONFIG_VALUE = re.compile(rf'^--?{CONFIG_FLAG}(=|$)')
 _OVERRIDE = re.compile(rf'^--?(?:no)?{CONFIG_FLAG}\.([^=]+)')
+_LIST_FIELD = re.compile(r"Type <class 'list'> of field (\S+) is not supported for overriding")
 _EXCEPTION_PREFIX = re.compile(r'^(?:[A-Za-z_][\w.]*)?(?:Error|Exception): ')
 
 
@@ -190,7 +191,12 @@ def parse_flags(argv: list[str], *, config: bool = True, training_modes: tuple[s
     except errors.UserError as e:
         errors.report_and_exit(e, verbose=verbose)
     except flags.Error as e:  # unknown flag, bad value or enum value, missing required flag, bad override value
-        errors.report_and_exit(e, verbose=verbose, message=_one_line(e))
+        message = _one_line(e)
+        if m := _LIST_FIELD.match(message):  # a WORKDIR/config.py written before tuples were read back as tuples
+            message = (f'cannot override {m.group(1)}: {config_argument(argv)} was written by an older yolo_jax, '
+                       'which saved tuples as lists (write the field as a tuple in that file, or pass '
+                       "--config=configs/FILE.py with the run's flags)")
+        errors.report_and_exit(e, verbose=verbose, message=message)
     except (AttributeError, KeyError) as e:  # ml_collections: an override the pre-check could not place
         known = unknown_field(loaded, argv) if loaded is not None else None
         errors.report_and_exit(e, verbose=verbose, message=known or f'bad config override: {_one_line(e)}')

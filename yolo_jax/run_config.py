@@ -1,8 +1,9 @@
 """A run's config saved in its workdir as a config file: `--config=WORKDIR/config.py` repeats no training flag.
 
 Training writes `WORKDIR/config.py` at its start (atomically): a config file like those in `configs/`, whose
-`get_config()` returns the run's whole config, overrides included, plus the fields yolo_jax gained since (at their
-defaults, so that a later version's new options can be overridden on an older run). Eval, detect and export given
+`get_config()` returns the run's whole config, overrides included (tuples as tuples again: JSON has only lists),
+plus the fields yolo_jax gained since (at their defaults, so that a later version's new options can be overridden
+on an older run). Eval, detect and export given
 `--workdir` and no `--config` read it (the command-line front inserts `--config=WORKDIR/config.py`), and
 `--config.x.y=...` overrides still apply on top of it. The checkpoint's own spec and model settings stay the
 authority for the network (inference.load_detector); this file brings the rest (data set, thresholds, resize mode).
@@ -34,12 +35,21 @@ _CONFIG = json.loads(r\'\'\'
 \'\'\')
 
 
+def _tuples(value):
+    # JSON has no tuples: the config's tuples were written as lists (a list field could not be overridden).
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {{k: _tuples(v) for k, v in value.items()}}
+    return value
+
+
 def get_config() -> ml_collections.ConfigDict:
     # Fields yolo_jax gained after this run started take their defaults (off), so they can be overridden too.
     from yolo_jax.defaults import default_config
     from yolo_jax.run_config import fill_missing
 
-    config = ml_collections.ConfigDict(_CONFIG)
+    config = ml_collections.ConfigDict(_tuples(_CONFIG))
     fill_missing(config, default_config())
     return config
 '''
