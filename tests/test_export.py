@@ -209,7 +209,7 @@ def test_onnx_rejects_soft_nms(mnist_workdir):
         onnx_export.build_onnx(model, variables, pp.PostprocessConfig.from_spec(spec, config.eval, config.data.resize))
 
 
-def test_test_time_flips_are_in_the_traced_function_and_refused_by_onnx(mnist_workdir):
+def test_test_time_flips_are_in_the_traced_function_and_refused_by_onnx(mnist_workdir, tmp_path):
     """config.eval.tta: the traced serving function (SavedModel/StableHLO) flips as inference.predict does; the
     ONNX graph has no flips and says so."""
     config = mnist_config()
@@ -226,6 +226,21 @@ def test_test_time_flips_are_in_the_traced_function_and_refused_by_onnx(mnist_wo
 
         with pytest.raises(ValueError, match=r"config\.eval\.tta=\('hflip', 'vflip'\): the ONNX graph has no"):
             onnx_export.build_onnx(model, variables, cfg)
+    # Through the command: the flips are recorded beside the StableHLO file; ONNX is one error line, exit 2.
+    base = [sys.executable, '-m', 'yolo_jax.export', '--config=configs/mnist.py:tiny,smoke',
+            f'--workdir={mnist_workdir}', "--config.eval.tta=('hflip',)"]
+    out = tmp_path / 'model.stablehlo'
+    proc = subprocess.run([*base, '--format=stablehlo', f'--output={out}'], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((tmp_path / 'model.stablehlo.json').read_text())['test_time_flips'] == ['hflip']
+    proc = subprocess.run([*base, '--format=onnx', f'--output={tmp_path / "model.onnx"}'], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    errors_ = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]
+    assert proc.returncode == 2 and errors_ == [
+        "error: config.eval.tta=('hflip',): the ONNX graph has no test-time flips; export it with "
+        '--config.eval.tta=() (the other formats keep them)'], proc.stderr[-3000:]
+    assert not (tmp_path / 'model.onnx').exists()
 
 
 @needs_onnx

@@ -154,7 +154,7 @@ def metadata(cfg: pp.PostprocessConfig, class_names: Sequence[str], fmt: str) ->
                     'count': '(batch,) int32 valid slots (the first count of K)'},
         'class_names': list(class_names), 'input_size': cfg.input_size, 'resize': cfg.resize_mode,
         'score_threshold': cfg.score_threshold, 'iou_threshold': cfg.iou_threshold, 'nms_method': cfg.method,
-        'max_detections': cfg.max_detections,
+        'max_detections': cfg.max_detections, 'test_time_flips': list(cfg.tta),
     }
 
 
