@@ -27,6 +27,7 @@ def test_round_trip_keeps_every_field_and_override(tmp_path):
     assert loaded.to_dict() == config.to_dict()  # tuples come back as tuples (JSON writes lists)
     assert isinstance(loaded.model.anchors, tuple) and isinstance(loaded.eval.tta, tuple)
     assert [p.name for p in tmp_path.iterdir()] == ['config.py']  # no temporary file left
+    assert run_config.is_run_config(path) and not run_config.is_run_config('configs/mnist.py')
 
 
 def test_config_flag_is_added_only_for_a_run_that_reads_a_workdir(tmp_path):
@@ -111,3 +112,10 @@ def test_a_field_newer_than_the_run_can_be_overridden_on_its_workdir(tmp_path):
             k for k in get_config('tiny,smoke').eval if k != 'tta') + f') ({tmp_path}/config.py was written by an '
         'older yolo_jax, before this field existed: add the field to the JSON in that file to override it)'
     ], proc.stderr[-3000:]
+    # The same file under another name is a user's own config file: no advice about older versions.
+    mine = tmp_path / 'mine.py'
+    (tmp_path / 'config.py').rename(mine)
+    proc = run('main', [f'--config={mine}', *args])
+    assert proc.returncode == errors.EXIT_CODE and len(error_lines(proc.stderr)) == 1, proc.stderr[-3000:]
+    assert error_lines(proc.stderr)[0].startswith('error: unknown config field config.eval.tta (config.eval has ')
+    assert 'older yolo_jax' not in proc.stderr

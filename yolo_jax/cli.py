@@ -145,11 +145,11 @@ def unknown_field(config: ml_collections.ConfigDict, argv: Sequence[str]) -> str
 
 
 def _newer_than_the_file(argv: Sequence[str], spec: str) -> str:
-    """The advice for an override of a field the config file lacks but yolo_jax has (a WORKDIR/config.py written
+    """The advice for an override of a field that a WORKDIR/config.py lacks but yolo_jax has (the file was written
     by a version older than the field, before config.py filled such fields in itself), else ''."""
     from yolo_jax.defaults import default_config  # noqa: PLC0415
 
-    if unknown_field(default_config(), argv) is not None:
+    if not run_config.is_run_config(spec) or unknown_field(default_config(), argv) is not None:
         return ''
     return (f' ({spec} was written by an older yolo_jax, before this field existed: add the field to the JSON in that '
             'file to override it)')
@@ -192,7 +192,8 @@ def parse_flags(argv: list[str], *, config: bool = True, training_modes: tuple[s
         errors.report_and_exit(e, verbose=verbose)
     except flags.Error as e:  # unknown flag, bad value or enum value, missing required flag, bad override value
         message = _one_line(e)
-        if m := _LIST_FIELD.match(message):  # a WORKDIR/config.py written before tuples were read back as tuples
+        m = _LIST_FIELD.match(message)
+        if m and run_config.is_run_config(config_argument(argv)):  # written before tuples were read back as tuples
             message = (f'cannot override {m.group(1)}: {config_argument(argv)} was written by an older yolo_jax, '
                        'which saved tuples as lists (write the field as a tuple in that file, or pass '
                        "--config=configs/FILE.py with the run's flags)")

@@ -291,24 +291,22 @@ def postprocess_decoded(pred: Array, resize: Array, orig_sizes: Array, cfg: Post
     )
 
 
-def _flip(x: Array, name: str, h_axis: int, w_axis: int) -> Array:
-    if name in ('vflip', 'hvflip'):
-        x = jnp.flip(x, axis=h_axis)
-    if name in ('hflip', 'hvflip'):
-        x = jnp.flip(x, axis=w_axis)
-    return x
+def _flip_axes(name: str) -> tuple[int, ...]:
+    """The (B, S, S, ...) axes a flip reverses: 1 (rows) up-down, 2 (columns) left-right."""
+    return {'hflip': (2,), 'vflip': (1,), 'hvflip': (1, 2)}[name]
 
 
 def tta_images(images: Array, cfg: PostprocessConfig) -> Array:
     """(B, S, S, 3) network inputs → ((1 + len(cfg.tta)) * B, S, S, 3): the batch, then each flipped copy."""
-    return jnp.concatenate([images, *(_flip(images, name, 1, 2) for name in cfg.tta)], axis=0)
+    return jnp.concatenate([images, *(jnp.flip(images, _flip_axes(name)) for name in cfg.tta)], axis=0)
 
 
 def unflip_candidates(pred: Array, name: str, input_size: int) -> Array:
     """(B, N, 5+C) decoded candidates of a flipped input (x, y, w, h in input pixels) → those of the input itself
     (x → S - x for a left-right flip, y → S - y for an up-down one; sizes and scores unchanged)."""
-    x = input_size - pred[..., 0] if name in ('hflip', 'hvflip') else pred[..., 0]
-    y = input_size - pred[..., 1] if name in ('vflip', 'hvflip') else pred[..., 1]
+    axes = _flip_axes(name)
+    x = input_size - pred[..., 0] if 2 in axes else pred[..., 0]
+    y = input_size - pred[..., 1] if 1 in axes else pred[..., 1]
     return jnp.concatenate([x[..., None], y[..., None], pred[..., 2:]], axis=-1)
 
 

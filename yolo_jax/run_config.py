@@ -2,11 +2,11 @@
 
 Training writes `WORKDIR/config.py` at its start (atomically): a config file like those in `configs/`, whose
 `get_config()` returns the run's whole config, overrides included (tuples as tuples again: JSON has only lists),
-plus the fields yolo_jax gained since (at their defaults, so that a later version's new options can be overridden
-on an older run). Eval, detect and export given
-`--workdir` and no `--config` read it (the command-line front inserts `--config=WORKDIR/config.py`), and
-`--config.x.y=...` overrides still apply on top of it. The checkpoint's own spec and model settings stay the
-authority for the network (inference.load_detector); this file brings the rest (data set, thresholds, resize mode).
+plus the fields yolo_jax gained since (at their defaults, so that a later version's new options can be overridden on
+an older run). Eval, detect and export given `--workdir` and no `--config` read it (the command-line front inserts
+`--config=WORKDIR/config.py`), and `--config.x.y=...` overrides still apply on top of it. The checkpoint's own spec
+and model settings stay the authority for the network (inference.load_detector); this file brings the rest (data
+set, thresholds, resize mode).
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
     fill_missing(config, default_config())
     return config
 '''
+
+
+def is_run_config(config_file: str | os.PathLike) -> bool:
+    """Whether `config_file` is a WORKDIR/config.py that training wrote (of any yolo_jax version)."""
+    config_file = Path(config_file)
+    return (config_file.name == FILE_NAME and config_file.is_file()
+            and config_file.read_text().startswith(_TEMPLATE.split('\n', 1)[0]))
 
 
 def path(workdir: str | os.PathLike) -> Path:

@@ -109,6 +109,7 @@ def evaluate(seqs: list[ms.Sequence], detections: list[Frames], trackers: dict |
 
     out = {}
     metrics = mm.metrics.create()
+    names = list(dict.fromkeys((*KEYS, *COUNTS)))
     for name, run in (trackers or TRACKERS).items():
         accs, per_seq, seconds = [], [], 0.0
         for seq, frames in zip(seqs, detections, strict=True):
@@ -116,7 +117,6 @@ def evaluate(seqs: list[ms.Sequence], detections: list[Frames], trackers: dict |
             ids = run(frames)
             seconds += time.perf_counter() - t
             accs.append(track_eval.accumulate(gt_rows(seq), rows_of(frames, ids)))
-            names = list(dict.fromkeys((*KEYS, *COUNTS)))
             row = metrics.compute(accs[-1], metrics=names, name='seq').iloc[0]
             per_seq.append({k: float(row[k]) if k in RATES else int(row[k]) for k in names})
         pooled = metrics.compute_many(accs, metrics=list(KEYS), names=[str(i) for i in range(len(accs))],
@@ -127,11 +127,21 @@ def evaluate(seqs: list[ms.Sequence], detections: list[Frames], trackers: dict |
     return out
 
 
+def _counts(per_seq: list[dict]) -> np.ndarray:
+    """(S, len(COUNTS)) the sequences' counts."""
+    return np.asarray([[r[k] for k in COUNTS] for r in per_seq], np.float64)
+
+
+def _rates(summed: np.ndarray) -> dict[str, np.ndarray]:
+    """IDF1 and MOTA from summed counts (..., len(COUNTS)), as motmetrics pools them."""
+    c = dict(zip(COUNTS, np.moveaxis(summed, -1, 0), strict=True))
+    return {'idf1': 2 * c['idtp'] / (2 * c['idtp'] + c['idfp'] + c['idfn']),
+            'mota': 1 - (c['num_misses'] + c['num_false_positives'] + c['num_switches']) / c['num_objects']}
+
+
 def pooled(per_seq: list[dict]) -> dict[str, float]:
     """IDF1 and MOTA of sequences pooled, from their summed counts (motmetrics' OVERALL row computes the same)."""
-    s = {k: sum(r[k] for r in per_seq) for k in COUNTS}
-    return {'idf1': 2 * s['idtp'] / (2 * s['idtp'] + s['idfp'] + s['idfn']),
-            'mota': 1 - (s['num_misses'] + s['num_false_positives'] + s['num_switches']) / s['num_objects']}
+    return {k: float(v) for k, v in _rates(_counts(per_seq).sum(axis=0)).items()}
 
 
 def paired_bootstrap(ours_seq: list[dict], theirs_seq: list[dict], draws: int = 2000, seed: int = 0) -> dict:
@@ -139,12 +149,12 @@ def paired_bootstrap(ours_seq: list[dict], theirs_seq: list[dict], draws: int = 
     trackers), pooled IDF1 and MOTA recomputed. Per metric: the difference on the sequences as they are, the
     2.5 / 97.5 percentiles of the resampled differences, the share of draws where ours is above, and in how many
     sequences ours is above / level / below."""
-    rng = np.random.default_rng(seed)
-    draws_idx = rng.integers(0, len(ours_seq), size=(draws, len(ours_seq)))
+    draws_idx = np.random.default_rng(seed).integers(0, len(ours_seq), size=(draws, len(ours_seq)))
+    ours, theirs = _counts(ours_seq), _counts(theirs_seq)
+    resampled = {k: v - _rates(theirs[draws_idx].sum(axis=1))[k]
+                 for k, v in _rates(ours[draws_idx].sum(axis=1)).items()}  # (draws,) per metric
     out = {}
-    for metric in ('idf1', 'mota'):
-        diff = np.asarray([pooled([ours_seq[i] for i in idx])[metric] - pooled([theirs_seq[i] for i in idx])[metric]
-                           for idx in draws_idx])
+    for metric, diff in resampled.items():
         per = np.asarray([a[metric] - b[metric] for a, b in zip(ours_seq, theirs_seq, strict=True)])
         out[metric] = {'difference': pooled(ours_seq)[metric] - pooled(theirs_seq)[metric],
                        'low': float(np.percentile(diff, 2.5)), 'high': float(np.percentile(diff, 97.5)),
