@@ -1,6 +1,8 @@
 """Shared test fixtures: paths to ../shared/data (skip with a reason when absent)."""
 
+import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,36 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _session_root(tmp_path_factory) -> Path:
+    """The pytest session's temporary folder, the same for all xdist workers (popen-gwN/ sit below it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root
+
+
+@pytest.fixture(scope='session')
+def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """`build_once(name, build)`: the folder SESSION/name, filled by `build(folder)` once for the whole session.
+
+    With xdist every worker has its own module and session fixtures, so a fixture that trains a model trains it
+    once per worker that runs one of its tests; this builds it once for all of them. The first caller builds
+    under an exclusive lock on SESSION/name.lock; the others wait on the lock and reuse the folder. A build that
+    raised leaves no `done` marker, so the next caller builds again (and fails the same way, in its own test).
+    """
+    root = _session_root(tmp_path_factory)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        folder, done = root / name, root / f'{name}.done'
+        with open(root / f'{name}.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                folder.mkdir(exist_ok=True)
+                build(folder)
+                done.touch()
+        return folder
+
+    return get
+
+
 @pytest.fixture(scope='session', autouse=True)
 def shared_compilation_cache(tmp_path_factory) -> Path:
     """One persistent XLA compilation cache for the child processes of the whole session (all xdist workers).
@@ -32,10 +64,7 @@ def shared_compilation_cache(tmp_path_factory) -> Path:
     """
     import jax  # noqa: F401, PLC0415  (before the variables below are set)
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get('PYTEST_XDIST_WORKER'):  # popen-gwN/: share the session's folder above it
-        root = root.parent
-    cache = root / 'jax_compilation_cache'
+    cache = _session_root(tmp_path_factory) / 'jax_compilation_cache'
     os.environ['JAX_COMPILATION_CACHE_DIR'] = str(cache)
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'

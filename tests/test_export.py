@@ -112,16 +112,18 @@ def _check_all(results: dict, key: str, ref: dict) -> None:
         _check_equal(got, ref, f'{key} {fmt}')
 
 
-@pytest.fixture(scope='module')
-def mnist_workdir(tmp_path_factory) -> Path:
-    """A tiny,smoke MNIST checkpoint trained by the real command line (~30 s on 2 cores)."""
-    workdir = tmp_path_factory.mktemp('mnist')
-    cmd = [sys.executable, '-m', 'yolo_jax.main', '--config=configs/mnist.py:tiny,smoke', f'--workdir={workdir}',
-           f'--config.data.data_dir={tmp_path_factory.mktemp("tfds")}', '--config.data.digit_source=sklearn',
+def _train_mnist(folder: Path) -> None:
+    cmd = [sys.executable, '-m', 'yolo_jax.main', '--config=configs/mnist.py:tiny,smoke', f'--workdir={folder / "run"}',
+           f'--config.data.data_dir={folder / "tfds"}', '--config.data.digit_source=sklearn',
            f'--config.train.epochs={MNIST_EPOCHS}', '--jemalloc=false']
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return workdir
+
+
+@pytest.fixture(scope='module')
+def mnist_workdir(build_once) -> Path:
+    """A tiny,smoke MNIST checkpoint trained by the real command line (~30 s on 2 cores), once per session."""
+    return build_once('export_mnist', _train_mnist) / 'run'
 
 
 def mnist_config(score_threshold: float = 0.1):

@@ -400,7 +400,7 @@ def test_lost_peer_is_one_error_line(tmp_path, killed):
     def start(tag: str) -> tuple[list[subprocess.Popen], list[Path], str]:
         address, logs = f'127.0.0.1:{_free_port()}', [tmp_path / f'{tag}{pid}.log' for pid in range(2)]
         return [subprocess.Popen(_pair_cmd(workdir, tmp_path / 'tfds', address, pid, '--config.train.epochs=3',
-                                           '--config.train.map_every_epochs=1'),
+                                           '--config.train.map_every_epochs=3'),
                                  cwd=repo, env=_env(2), stdout=subprocess.DEVNULL, stderr=logs[pid].open('w'))
                 for pid in range(2)], logs, address
 
