@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
     With xdist every worker has its own module and session fixtures, so a fixture that trains a model trains it
     once per worker that runs one of its tests; this builds it once for all of them. The first caller builds
     under an exclusive lock on SESSION/name.lock; the others wait on the lock and reuse the folder. A build that
-    raised leaves no `done` marker, so the next caller builds again (and fails the same way, in its own test).
+    raised leaves no `done` marker, so the next caller builds again from an empty folder (and fails the same way,
+    in its own test).
     """
     root = _session_root(tmp_path_factory)
 
@@ -45,7 +47,8 @@ def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
         with open(root / f'{name}.lock', 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not done.exists():
-                folder.mkdir(exist_ok=True)
+                shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+                folder.mkdir()
                 build(folder)
                 done.touch()
         return folder
