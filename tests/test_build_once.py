@@ -37,6 +37,7 @@ def _build_in_child(args: tuple[str, str]) -> None:
     import fcntl  # noqa: PLC0415
 
     root, name = map(Path, args)
+    (root / f'{name}.started').touch()
     with open(root / f'{name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         (root / f'{name}.child').write_text('held the lock after the parent')
@@ -52,7 +53,12 @@ def test_the_lock_excludes_another_process(build_once, tmp_path_factory):
         proc = ctx.Process(target=_build_in_child, args=((str(folder.parent), name),))
         proc.start()
         child.append(proc)
-        proc.join(timeout=1.0)  # it blocks on the lock this build holds
+        started = folder.parent / f'{name}.started'
+        for _ in range(600):  # until the child runs (a spawned interpreter takes a moment)
+            if started.exists():
+                break
+            proc.join(timeout=0.1)
+        proc.join(timeout=1.0)  # then it blocks on the lock this build holds
         assert proc.is_alive() and not (folder.parent / f'{name}.child').exists()
 
     folder = build_once(name, build)

@@ -317,13 +317,21 @@ def postprocess(outputs: Sequence[Array], resize: Array, orig_sizes: Array, cfg:
     and pooled per image before the NMS. resize: (B, 4) from `resize_params_batch(orig_sizes, cfg.input_size,
     cfg.resize_mode)` (host side); orig_sizes: (B, 2) original (h, w). Jit-compilable with `cfg` static.
     """
+    return postprocess_decoded(view_candidates(outputs, cfg), resize, orig_sizes, cfg)
+
+
+def view_candidates(outputs: Sequence[Array], cfg: PostprocessConfig, size: int | None = None) -> Array:
+    """Raw outputs of the network on `tta_images` of a (B, size, size, 3) batch → (B, N, 5+C) decoded candidates
+    (x, y, w, h in that batch's pixels), the flipped views' mapped back and pooled with the batch's own. `size`
+    defaults to cfg.input_size (another size: the network ran on a resized batch)."""
     decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None)
     pred = flatten_decoded(decoded)
-    if cfg.tta:
-        views = jnp.split(pred, 1 + len(cfg.tta), axis=0)
-        pred = jnp.concatenate([views[0], *(unflip_candidates(v, name, cfg.input_size)
-                                            for v, name in zip(views[1:], cfg.tta, strict=True))], axis=1)
-    return postprocess_decoded(pred, resize, orig_sizes, cfg)
+    if not cfg.tta:
+        return pred
+    views = jnp.split(pred, 1 + len(cfg.tta), axis=0)
+    size = cfg.input_size if size is None else size
+    return jnp.concatenate([views[0], *(unflip_candidates(v, name, size)
+                                        for v, name in zip(views[1:], cfg.tta, strict=True))], axis=1)
 
 
 def postprocess_config(config: Any, spec: Any, **overrides) -> PostprocessConfig:

@@ -25,7 +25,6 @@ cpu_env.import_tensorflow().config.set_visible_devices([], 'GPU')
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from yolo_jax import decode as decode_lib  # noqa: E402
 from yolo_jax import inference, run_config  # noqa: E402
 from yolo_jax import postprocess as pp  # noqa: E402
 from yolo_jax.evaluation import command  # noqa: E402
@@ -39,12 +38,7 @@ def multi_size_predict_fn(sizes: tuple[int, ...]):
             size, pooled = cfg.input_size, []
             for s in (size, *sizes):
                 x = images if s == size else jax.image.resize(images, (images.shape[0], s, s, 3), 'bilinear')
-                outputs = model.apply(variables, pp.tta_images(x, cfg), train=False)
-                decoded = decode_lib.decode_all(outputs, cfg.anchors, cfg.strides, cfg.scale_xy or None)
-                pred = pp.flatten_decoded(decoded)
-                views = jnp.split(pred, 1 + len(cfg.tta), axis=0)  # the batch, then each flip (B, N, 5+C)
-                pred = jnp.concatenate([views[0], *(pp.unflip_candidates(v, name, s)
-                                                    for v, name in zip(views[1:], cfg.tta, strict=True))], axis=1)
+                pred = pp.view_candidates(model.apply(variables, pp.tta_images(x, cfg), train=False), cfg, s)
                 pooled.append(pred.at[..., :4].multiply(size / s))  # xywh in s pixels → input pixels
             return pp.postprocess_decoded(jnp.concatenate(pooled, axis=1), resize, orig_sizes, cfg)
 
