@@ -278,3 +278,15 @@ def test_training_and_eval_write_the_diagnostics(tmp_path):
     flipped = json.loads((tmp_path / 'tta' / 'detections.json').read_text())
     assert [d['image_id'] for d in flipped] == [d['image_id'] for d in detections]
     assert [d['boxes'] for d in flipped] != [d['boxes'] for d in detections]
+
+    # Test-time sizes with box voting through the command: recorded, and they change the boxes.
+    views = subprocess.run([*common, '--mode=eval', "--config.eval.tta=('hflip',)", '--config.eval.tta_sizes=(96,)',
+                            '--config.eval.tta_vote_iou=0.6', f'--output={tmp_path / "views"}'], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert views.returncode == 0, views.stderr[-3000:]
+    written = json.loads((tmp_path / 'views' / 'metrics.json').read_text())
+    assert (written['settings']['tta_sizes'], written['settings']['tta_vote_iou']) == ([96], 0.6)
+    assert written['metrics']['num_gt'] == metrics['num_gt'] and 0 <= written['metrics']['map50'] <= 1
+    voted = json.loads((tmp_path / 'views' / 'detections.json').read_text())
+    assert [d['image_id'] for d in voted] == [d['image_id'] for d in detections]
+    assert [d['boxes'] for d in voted] != [d['boxes'] for d in flipped]

@@ -36,13 +36,17 @@ BAD_FIELDS = [
     ('tta', "('turn',)", ('turn',),
      r"config\.eval\.tta: expected distinct names from \('hflip', 'vflip', 'hvflip'\) \(e\.g\. \('hflip',\)\), got "
      r"\('turn',\)$"),
+    ('tta_sizes', '(100,)', (100,),
+     r"config\.eval\.tta_sizes: expected distinct multiples of 32 other than the input size 64 \(e\.g\. \(128,\)\), "
+     r"got \(100,\)$"),
+    ('tta_vote_iou', '1.0', 1.0, r'config\.eval\.tta_vote_iou=1\.0 must be in \[0, 1\) \(0: off\)$'),
 ]
 
 
 @pytest.mark.parametrize('field, _, value, message', BAD_FIELDS, ids=[f[0] for f in BAD_FIELDS])
 def test_detection_evaluator_checks_each_field_when_built(field, _, value, message):
     config = get_config('tiny,smoke')
-    check_eval_config(config.eval)  # the defaults pass
+    check_eval_config(config)  # the defaults pass
     config.eval[field] = value
     with pytest.raises(errors.ConfigError, match=message):
         DetectionMetrics(config, spec_of(config), model=None, batches=list)
@@ -92,7 +96,8 @@ def test_detection_evaluator_equals_the_metric_functions(tmp_path_factory):
 
 _MESSAGES = {f: m for f, _, _, m in BAD_FIELDS}
 CLI = [('train', 'voc_metric', 'elevenpoint'), ('train', 'nms_method', 'x'), ('train', 'max_detections', '0'),
-       ('eval', 'voc_metric', 'elevenpoint'), ('eval', 'tta', "('turn',)")]
+       ('eval', 'voc_metric', 'elevenpoint'), ('eval', 'tta', "('turn',)"), ('eval', 'tta_sizes', '(100,)'),
+       ('train', 'tta_vote_iou', '1.0')]
 
 
 @pytest.mark.parametrize('mode, field, value', CLI, ids=[f'{m}-{f}' for m, f, _ in CLI])

@@ -223,19 +223,28 @@ def test_test_time_flips_are_in_the_traced_function_and_refused_by_onnx(mnist_wo
     plain = _reference(model, variables, dataclasses.replace(cfg, tta=()), images)
     assert plain['count'].sum() > 0 and not np.allclose(ref['boxes'], plain['boxes'])  # the flips count
     _check_equal(jax.device_get(jax.jit(export.serving_fn(model, cfg))(variables, images)), ref, 'jax flips')
+    # config.eval.tta_sizes and tta_vote_iou: the traced function runs the other sizes and votes as predict does.
+    views = dataclasses.replace(cfg, tta_sizes=(96,), tta_vote_iou=0.6)
+    ref_views = _reference(model, variables, views, images)
+    assert ref_views['count'].sum() > 0 and not np.allclose(ref_views['boxes'], ref['boxes'])
+    _check_equal(jax.device_get(jax.jit(export.serving_fn(model, views))(variables, images)), ref_views, 'jax sizes')
     if HAS_ONNX:
         from yolo_jax import onnx_export
 
         with pytest.raises(ValueError, match=r"config\.eval\.tta=\('hflip', 'vflip'\): the ONNX graph has no"):
             onnx_export.build_onnx(model, variables, cfg)
-    # Through the command: the flips are recorded beside the StableHLO file; ONNX is one error line, exit 2.
+        with pytest.raises(ValueError, match=r"config\.eval\.tta_sizes=\(96,\): the ONNX graph has no test-time"):
+            onnx_export.build_onnx(model, variables, dataclasses.replace(views, tta=()))
+    # Through the command: the views are recorded beside the StableHLO file; ONNX is one error line, exit 2.
     base = [sys.executable, '-m', 'yolo_jax.export', '--config=configs/mnist.py:tiny,smoke',
             f'--workdir={mnist_workdir}', "--config.eval.tta=('hflip',)"]
     out = tmp_path / 'model.stablehlo'
-    proc = subprocess.run([*base, '--format=stablehlo', f'--output={out}'], cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([*base, '--format=stablehlo', f'--output={out}', '--config.eval.tta_sizes=(96,)',
+                           '--config.eval.tta_vote_iou=0.6'], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads((tmp_path / 'model.stablehlo.json').read_text())['test_time_flips'] == ['hflip']
+    meta = json.loads((tmp_path / 'model.stablehlo.json').read_text())
+    assert (meta['test_time_flips'], meta['test_time_sizes'], meta['test_time_vote_iou']) == (['hflip'], [96], 0.6)
     proc = subprocess.run([*base, '--format=onnx', f'--output={tmp_path / "model.onnx"}'], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=600)
     errors_ = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -235,3 +236,117 @@ def test_flips_pool_each_views_candidates_mapped_back_before_the_nms():
         single = oracle(flat[b], sizes[b], cfg)
         assert len(expect) > len(single) > 3  # the other views add boxes that survive the NMS
         assert_same(det, b, expect)
+
+
+def vote_oracle(rows: np.ndarray, iou_threshold: float, vote_iou: float, method: str = 'nms',
+                sigma: float = 0.3) -> np.ndarray:
+    """The reference's per-class NMS (`nms_numpy`), where each kept row's box becomes the mean of the boxes still
+    in play with IoU > vote_iou with it (itself included), weighted by their current scores; sorted by score."""
+    out = []
+    for cls in dict.fromkeys(rows[:, 5]):
+        left = rows[rows[:, 5] == cls].copy()
+        while len(left):
+            m = int(np.argmax(left[:, 4]))
+            best = left[m].copy()
+            voters = pp.bboxes_iou_numpy(best[None, :4], left[:, :4]) > vote_iou
+            voters[m] = True
+            box = (left[voters, 4:5] * left[voters, :4]).sum(0) / left[voters, 4].sum()
+            out.append([*box, best[4], cls])
+            left = np.delete(left, m, axis=0)
+            iou = pp.bboxes_iou_numpy(best[None, :4], left[:, :4])
+            weight = np.exp(-(iou**2) / sigma) if method == 'soft_nms' else np.where(iou > iou_threshold, 0.0, 1.0)
+            left[:, 4] *= weight
+            left = left[left[:, 4] > 0]
+    out = np.asarray(out, np.float64).reshape(-1, 6)
+    return out[np.argsort(-out[:, 4], kind='stable')]
+
+
+@pytest.mark.parametrize('method', ['nms', 'soft_nms'])
+def test_box_voting_equals_a_plain_oracle(method):
+    """nms(vote_iou=0.6): the picks and scores of plain NMS, each box the score-weighted mean of its voters."""
+    rng = np.random.default_rng(11)
+    cfg = cfg_for(method, 500, score_threshold=0.2)
+    pred = random_candidates(rng, 300, 3)
+    rows = pp.postprocess_boxes_numpy(pred, (64, 64), SIZE, cfg.score_threshold)
+    boxes, scores, classes = rows[None, :, :4], rows[None, :, 4], rows[None, :, 5].astype(np.int32)
+    mask = np.ones_like(scores, bool)
+    det = jax.device_get(jax.jit(functools.partial(pp.nms, method=method, max_detections=500, vote_iou=0.6))(
+        boxes, scores, classes, mask))
+    expect = vote_oracle(rows, 0.45, 0.6, method)
+    plain = oracle(pred, (64, 64), cfg)
+    np.testing.assert_allclose(expect[:, 4], plain[:, 4])  # voting moves boxes only
+    assert np.abs(expect[:, :4] - plain[:, :4]).max() > 0.5  # and it does move them
+    assert_same(det, 0, expect)
+
+
+def test_fuse_views_votes_over_each_views_own_detections():
+    """config.eval.tta_vote_iou > 0: each view is post-processed alone (the reference's steps), then one NMS with
+    box voting over the views' detections; 0: the views' candidates pooled before one NMS."""
+    rng = np.random.default_rng(5)
+    cfg = cfg_for('nms', 400, score_threshold=0.25, tta_vote_iou=0.55)
+    views = [random_candidates(rng, 150, 2)[None] for _ in range(3)]
+    sizes = np.array([[50, 90]], np.int32)
+    resize = pp.resize_params_batch(sizes, SIZE)
+    det = jax.device_get(jax.jit(functools.partial(pp.fuse_views, cfg=cfg))(views, resize, sizes.astype(np.float32)))
+    each = np.concatenate([oracle(v[0], sizes[0], cfg) for v in views])
+    assert_same(det, 0, vote_oracle(each, cfg.iou_threshold, cfg.tta_vote_iou))
+    pooled = dataclasses.replace(cfg, tta_vote_iou=0.0)
+    det = jax.device_get(jax.jit(functools.partial(pp.fuse_views, cfg=pooled))(views, resize,
+                                                                                sizes.astype(np.float32)))
+    assert_same(det, 0, oracle(np.concatenate([v[0] for v in views]), sizes[0], pooled))
+
+
+def fake_network(x, num_classes: int = 2, strides=(16, 32)):
+    """Raw maps (B, s/stride, s/stride, 3 * (5+C)) per stride from a (B, s, s, 3) batch: average-pooled pixels
+    through a fixed linear map, plus a fixed bias per grid cell and a term of the image's left-right tilt (so a
+    flipped view's maps are not the mirror image of the original's, which would tie their scores)."""
+    w = np.random.default_rng(3).normal(0, 2, (3, 3 * (5 + num_classes))).astype(np.float32)
+    tilt = (x * np.linspace(-4, 4, x.shape[2], dtype=np.float32)[:, None]).mean(axis=(1, 2, 3))[:, None, None, None]
+    out = []
+    for stride in strides:
+        b, g = x.shape[0], x.shape[1] // stride
+        pooled = x.reshape(b, g, stride, g, stride, 3).mean(axis=(2, 4))
+        bias = np.random.default_rng(g).normal(0, 1, (g, g, w.shape[1])).astype(np.float32)
+        out.append(pooled @ w + bias + tilt - 0.5)
+    return out
+
+
+def test_predict_views_runs_each_size_and_flip_and_maps_the_boxes_back():
+    """config.eval.tta_sizes + tta: the network also runs on the batch resized to each size (with its flips);
+    each view's decoded boxes are mapped back (flips) and scaled by S / s before the NMS, against the oracle
+    fed by hand."""
+    rng = np.random.default_rng(9)
+    cfg = cfg_for('nms', 500, score_threshold=0.2, tta=('hflip',), tta_sizes=(96, 32))
+    images = rng.uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    sizes = np.array([[50, 90], [64, 64]], np.int32)
+    resize = pp.resize_params_batch(sizes, SIZE)
+    det = jax.device_get(jax.jit(lambda im, r, o: pp.predict_views(fake_network, im, r, o, cfg))(
+        images, resize, sizes.astype(np.float32)))
+    for b in range(2):
+        views = []
+        for s in (SIZE, 96, 32):
+            x = images[b:b + 1]
+            x = x if s == SIZE else np.asarray(jax.image.resize(x, (1, s, s, 3), 'bilinear'))
+            for flip in (False, True):
+                raws = fake_network(x[:, :, ::-1] if flip else x)
+                flat = np.concatenate([ref.decode(r, a, st).reshape(-1, 7) for r, a, st in
+                                       zip(raws, cfg.anchors, cfg.strides)])
+                if flip:
+                    flat[:, 0] = s - flat[:, 0]
+                flat[:, :4] *= SIZE / s
+                views.append(flat)
+        expect = oracle(np.concatenate(views), sizes[b], cfg)
+        assert len(expect) > len(oracle(views[0], sizes[b], cfg)) > 3
+        assert_same(det, b, expect)
+
+
+def test_tta_sizes_and_vote_validation():
+    for bad in ((100,), (64,), (96, 96), (0,), ('96',)):
+        with pytest.raises(ValueError, match=r'config\.eval\.tta_sizes: expected distinct multiples of 32 other '
+                                             r'than the input size 64 \(e\.g\. \(128,\)\), got'):
+            cfg_for('nms', 10, tta_sizes=bad)
+    assert cfg_for('nms', 10, tta_sizes=96).tta_sizes == (96,)
+    assert cfg_for('nms', 10, tta_sizes=[128, 32]).tta_sizes == (128, 32)
+    for bad in (-0.1, 1.0, float('nan')):
+        with pytest.raises(ValueError, match=r'config\.eval\.tta_vote_iou=.* must be in \[0, 1\) \(0: off\)'):
+            cfg_for('nms', 10, tta_vote_iou=bad)

@@ -195,6 +195,13 @@ def default_config() -> ml_collections.ConfigDict:
     # Test-time flips for eval/detect/export: names from ('hflip', 'vflip', 'hvflip'); each adds one forward pass
     # of a flipped copy whose boxes are mapped back and pooled with the others before the NMS. () = off.
     e.tta = ()
+    # Test-time sizes (eval/detect/export): input sizes, multiples of 32, the network also runs at (the letterboxed
+    # batch resized), each with the flips above; their boxes are scaled back. () = off.
+    e.tta_sizes = ()
+    # How the test-time views are fused: 0 = their candidates pooled before one NMS (the best-scored box of each
+    # object wins); > 0 = box voting: each view NMS'd alone, then each box kept by an NMS over the views'
+    # detections becomes the score-weighted mean of the same-class ones with IoU > this (better-placed boxes).
+    e.tta_vote_iou = 0.0
     e.fold_batchnorm = True  # eval/detect: BatchNorm folded into the convs (same outputs, faster)
     # The evaluation protocol (mAP), separate from the drawing threshold above (VOC/COCO practice).
     e.map_score_threshold = 0.005  # detections kept for mAP

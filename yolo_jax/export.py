@@ -134,11 +134,9 @@ def serving_fn(model: Any, cfg: pp.PostprocessConfig) -> Callable[[dict, jax.Arr
     def fn(variables: dict, images: jax.Array) -> dict[str, jax.Array]:
         b, h, w, _ = images.shape
         canvas, resize = letterbox_images(images, cfg.input_size, cfg.resize_mode)
-        outputs = model.apply(variables, pp.tta_images(canvas, cfg), train=False)
         sizes = jnp.stack([jnp.asarray(h, jnp.int32), jnp.asarray(w, jnp.int32)]).astype(jnp.float32)
-        det = pp.postprocess(
-            outputs, jnp.broadcast_to(resize, (b, 4)), jnp.broadcast_to(sizes, (b, 2)), cfg
-        )
+        det = pp.predict_views(lambda x: model.apply(variables, x, train=False), canvas,
+                               jnp.broadcast_to(resize, (b, 4)), jnp.broadcast_to(sizes, (b, 2)), cfg)
         count = det.valid.astype(jnp.int32).sum(axis=1)
         return {'boxes': det.boxes, 'scores': det.scores, 'classes': det.classes, 'count': count}
 
@@ -155,6 +153,7 @@ def metadata(cfg: pp.PostprocessConfig, class_names: Sequence[str], fmt: str) ->
         'class_names': list(class_names), 'input_size': cfg.input_size, 'resize': cfg.resize_mode,
         'score_threshold': cfg.score_threshold, 'iou_threshold': cfg.iou_threshold, 'nms_method': cfg.method,
         'max_detections': cfg.max_detections, 'test_time_flips': list(cfg.tta),
+        'test_time_sizes': list(cfg.tta_sizes), 'test_time_vote_iou': cfg.tta_vote_iou,
     }
 
 

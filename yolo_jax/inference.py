@@ -178,8 +178,8 @@ def make_predict_fn(model: Any, cfg: pp.PostprocessConfig) -> Callable[..., pp.D
     """
 
     def fn(variables: dict, images: jax.Array, resize: jax.Array, orig_sizes: jax.Array) -> pp.Detections:
-        outputs = model.apply(variables, pp.tta_images(images, cfg), train=False)  # with cfg.tta's flipped copies
-        return pp.postprocess(outputs, resize, orig_sizes, cfg)
+        # with cfg's test-time views (flipped copies, other sizes), if any
+        return pp.predict_views(lambda x: model.apply(variables, x, train=False), images, resize, orig_sizes, cfg)
 
     return jax.jit(fn)
 

@@ -570,6 +570,9 @@ def build_onnx(model: Any, variables: dict, cfg: pp.PostprocessConfig) -> Any:
     if cfg.tta:
         raise ConfigError(f'config.eval.tta={cfg.tta!r}: the ONNX graph has no test-time flips; export it with '
                           '--config.eval.tta=() (the other formats keep them)')
+    if cfg.tta_sizes:
+        raise ConfigError(f'config.eval.tta_sizes={cfg.tta_sizes!r}: the ONNX graph has no test-time sizes; export it '
+                          'with --config.eval.tta_sizes=() (the other formats keep them)')
     g = _Graph()
     onnx = g.onnx
     s = cfg.input_size

@@ -26,7 +26,8 @@ from yolo_jax.evaluation.detection import DetectionMetrics, check_eval_config
 
 # The config.eval fields metrics.json records under 'settings'.
 SETTINGS = ('score_threshold', 'nms_iou_threshold', 'nms_method', 'soft_nms_sigma', 'max_detections',
-            'map_score_threshold', 'map_max_detections', 'voc_metric', 'voc_truncate_boxes', 'tta')
+            'map_score_threshold', 'map_max_detections', 'voc_metric', 'voc_truncate_boxes', 'tta', 'tta_sizes',
+            'tta_vote_iou')
 
 
 def jsonable(x: Any) -> Any:
@@ -59,7 +60,7 @@ def evaluate_checkpoint(
     """
     from yolo_jax.train import open_data  # noqa: PLC0415  (TensorFlow: only when data is needed)
 
-    check_eval_config(config.eval)  # DetectionMetrics checks it too; here before any loading
+    check_eval_config(config)  # DetectionMetrics checks it too; here before any loading
     model, variables, spec = inference.load_detector(config, workdir, weights, fold=config.eval.fold_batchnorm)
     split = config.eval.split
     data = open_data(config)

@@ -33,9 +33,10 @@ VOC_METRICS = ('all_point', '11_point')
 SCALARS = ('map50', 'coco_map', 'coco_map50', 'coco_map75', 'num_images', 'num_detections', 'num_gt')
 
 
-def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the first config.eval field that post-processing or the mAP protocol cannot use."""
-    e = eval_config
+def check_eval_config(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first config.eval field that post-processing or the mAP protocol cannot use (the
+    test-time sizes against config.model's input size and strides)."""
+    e = config.eval
     if str(e.nms_method).replace('-', '_') not in pp.NMS_METHODS:
         raise ConfigError(f'config.eval.nms_method: unknown method {e.nms_method!r}; expected one of {pp.NMS_METHODS}')
     if str(e.voc_metric) not in VOC_METRICS:
@@ -49,6 +50,9 @@ def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
     if not float(e.soft_nms_sigma) > 0.0:
         raise ConfigError(f'config.eval.soft_nms_sigma={e.soft_nms_sigma} must be > 0')
     pp.tta_names(e.tta)
+    pp.tta_sizes(e.tta_sizes, int(config.model.input_size), max(config.model.strides))
+    if not 0.0 <= float(e.tta_vote_iou) < 1.0:  # also NaN
+        raise ConfigError(f'config.eval.tta_vote_iou={e.tta_vote_iou} must be in [0, 1) (0: off)')
 
 
 def voc_options(eval_config: ml_collections.ConfigDict) -> dict[str, bool]:
@@ -75,7 +79,7 @@ class DetectionMetrics:
 
     def __init__(self, config: ml_collections.ConfigDict, spec: DetectionSpec, model: Any,
                  batches: Callable[[], Iterable[dict]], *, draw_images: int = 0):
-        check_eval_config(config.eval)
+        check_eval_config(config)
         self.spec, self.model, self.batches, self.draw_images = spec, model, batches, draw_images
         self.map_cfg = pp.map_postprocess_config(config, spec)
         self.draw_cfg = pp.postprocess_config(config, spec)  # the drawing threshold
