@@ -24,10 +24,13 @@ with a fixed K = max_detections and a valid mask. NMS is one `lax.while_loop` pe
 batch) that picks the best remaining candidate, records it and re-weights/suppresses the others: at most K
 iterations of O(N) vector work, no Python loop over boxes and no N x N IoU matrix.
 
-Test-time flips (config.eval.tta, off by default; not in the reference): `tta_images` puts flipped copies of the
-batch behind it, the network runs once on the whole stack, and `postprocess` maps each copy's decoded candidates
-back (a left-right flip of the S x S input maps x to S - x, exactly) and pools them with the original's before
-the NMS, which then keeps the best box of each object over all views.
+Test-time views (off by default; not in the reference): config.eval.tta's flips (`tta_images` puts flipped copies
+of the batch behind it and the network runs once on the whole stack; a left-right flip of the S x S input maps
+x to S - x, exactly) and config.eval.tta_sizes (the batch resized to s x s; boxes scale back by S / s, as the
+letterbox maps uniformly). `predict_views` runs them all, `view_list` maps each view's decoded candidates back and
+`fuse_views` fuses them: pooled before the NMS, which keeps the best-scored box of each object over all views, or
+with config.eval.tta_vote_iou > 0 by box voting (each view's own NMS first; each box the NMS over the views keeps
+becomes the score-weighted mean of the same-class boxes around it).
 
 `postprocess_boxes_numpy` and `nms_numpy` are the reference's straightforward algorithms in NumPy float64: the
 test oracle, also handy for one-off checks.
