@@ -318,3 +318,66 @@ def test_read_strict_collects_a_strict_readers_errors_and_warnings(tmp_path):
     read = check.read_strict(lambda: ann.read_annotations(path, NAMES), 'train')
     assert [i['kind'] for i in read.issues] == ['reader_warning'] and 'clipped' in read.issues[0]['detail']
     np.testing.assert_array_equal(read.records[0].boxes, [[10, 10, 50, 50], [150, 10, 160, 50]])
+
+
+def _labelled(path: str, classes: list[int]):
+    from yolo_jax.data.annotations import AnnotationRecord
+
+    boxes = np.tile(np.array([[0.0, 0.0, 10.0, 10.0]]), (len(classes), 1))
+    return AnnotationRecord(path=path, boxes=boxes, classes=np.asarray(classes, np.int64), width=100, height=100,
+                            line=1, image_format='PNG')
+
+
+def test_images_without_a_common_class_are_listed():
+    """20 labelled images (and one without boxes, not counted): cat in 19 of them (95% >= 90%), so the one without
+    it is listed; dog in 5 (25%): not common; bird in all 20: none missing. At the edge: 18 of 20 (90%) is common,
+    17 of 20 is not."""
+    records = [_labelled(f'im{i}', [2] + ([0] if i != 7 else []) + ([1] if i < 5 else [])) for i in range(20)]
+    records.append(_labelled('empty', []))
+    assert check.missing_common_classes(records, NAMES) == {'cat': {'share': 0.95, 'images': ['im7']}}
+    edge = [_labelled(f'im{i}', [0] if i >= 2 else [1]) for i in range(20)]
+    assert check.missing_common_classes(edge, NAMES) == {'cat': {'share': 0.9, 'images': ['im0', 'im1']}}
+    below = [_labelled(f'im{i}', [0] if i >= 3 else [1]) for i in range(20)]  # 17 of 20 (85%)
+    assert check.missing_common_classes(below, NAMES) == {}
+    # The run's one-line log names them.
+    split = {'images': 21, 'instances': 45, 'issues': {}, 'anchor_coverage': {'best_possible_recall': 1.0,
+                                                                               'mean_best_iou': 1.0},
+             'missing_common_class': check.missing_common_classes(records, NAMES)}
+    assert check.summary_line({'splits': {'train': split}}).endswith(
+        '; possibly half labelled (1 train images without cat, a class in >= 90% of them); anchors: best-possible '
+        'recall 1.000, mean best IoU 1.000')
+
+
+def test_bccd_photos_without_a_common_class_are_listed(shared_data, tmp_path):
+    """BCCD through the command: per split, the classes in >= 90% of the labelled photos and the photos without
+    them, counted here from the XML files, are what the report lists (red cells: 12 trainval and 3 test photos
+    with none labelled), and the summary says so."""
+    import xml.etree.ElementTree as ET
+
+    devkit = shared_data / 'bccd' / 'BCCD'
+    if not (devkit / 'Annotations').is_dir():
+        pytest.skip(f'BCCD not found under {devkit.parent}')
+
+    def oracle(split: str) -> dict[str, set[str]]:
+        names = (devkit / 'ImageSets' / 'Main' / f'{split}.txt').read_text().split()
+        trees = {n: ET.parse(devkit / 'Annotations' / f'{n}.xml') for n in names}
+        labels = {n: {o.findtext('name').strip() for o in tree.iter('object')} for n, tree in trees.items()}
+        labels = {n: c for n, c in labels.items() if c}
+        out = {}
+        for cls in ('Platelets', 'RBC', 'WBC'):
+            without = {n for n, c in labels.items() if cls not in c}
+            if 0 < len(without) <= 0.1 * len(labels):
+                out[cls] = without
+        return out
+
+    expect = {'train': oracle('trainval'), 'test': oracle('test')}
+    assert (len(expect['train']['RBC']), len(expect['test']['RBC'])) == (12, 3)
+    out = tmp_path / 'report'
+    done = _cli(f'--config={REPO}/configs/photos.py', f'--config.data.root={devkit.parent}', f'--output={out}')
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / 'report.json').read_text())
+    for split, classes in expect.items():
+        missing = report['splits'][split]['missing_common_class']
+        assert {c: {Path(p).stem for p in m['images']} for c, m in missing.items()} == classes
+    assert 'possibly half labelled: 12 images with boxes have no RBC' in done.stdout
+    assert 'possibly half labelled: 3 images with boxes have no RBC' in done.stdout

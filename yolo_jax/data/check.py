@@ -5,8 +5,9 @@
 prints a short summary and, with --output, writes `report.json` and three plots into DIR: `classes.png`
 (instances per class and split), `box_sizes.png` (box sizes sqrt(w * h) in input pixels, the configured anchors
 marked) and `aspect_ratios.png` (w / h). The report holds, per split: images and instances per class, images
-without boxes, and every problem found; across splits: duplicate images and how well config.model.anchors cover
-the boxes.
+without boxes, images possibly half labelled (`missing_common_class`: without a class that at least
+COMMON_CLASS_SHARE of the split's labelled images have), and every problem found; across splits: duplicate
+images and how well config.model.anchors cover the boxes.
 
 Problems are collected, never raised: a run would refuse some of them (the readers raise) and silently fix others
 (clip, drop); the check lists them all with the file and line (or JSON id) they come from. Kinds:
@@ -75,6 +76,10 @@ ANCHOR_RATIO_THRESHOLD = 4.0  # YOLOv5's anchor_t
 THUMB_SIDE = 32  # grey thumbnail side for the pHash and the near-duplicate confirmation
 _HASH_SIDE = 8  # low-frequency DCT block: 8 x 8 = 64 bits
 SUMMARY_LISTED = 5  # problems shown per kind in the printed summary (report.json lists all)
+# A class in at least this share of a split's labelled images is "common": the labelled images without it are
+# listed as possibly half labelled (BCCD: red cells fill every photo, but 12 trainval and 3 test photos have none
+# labelled; each detected red cell there counts as false, 0.008 of test mAP@0.5).
+COMMON_CLASS_SHARE = 0.9
 ISSUE_KINDS = ('bad_entry', 'missing_image', 'unreadable_image', 'unknown_class', 'degenerate_box', 'outside_box',
                'partly_outside_box', 'duplicate_box', 'reader_warning')
 
@@ -614,6 +619,21 @@ def class_table(records: Sequence[AnnotationRecord], class_names: Sequence[str])
     return out
 
 
+def missing_common_classes(records: Sequence[AnnotationRecord], class_names: Sequence[str],
+                           share: float = COMMON_CLASS_SHARE) -> dict[str, dict]:
+    """{class name: {'share': the fraction of the images with boxes that have one of it, 'images': the paths of
+    those that have none}} for each class with share >= `share` and < 1 (a hint, not a problem: such an image may
+    be half labelled, or really lack the class). Images without any box are left out (`images_without_boxes`)."""
+    labelled = [r for r in records if len(r.classes)]
+    out = {}
+    for c, name in enumerate(class_names):
+        has = [bool((np.asarray(r.classes) == c).any()) for r in labelled]
+        if labelled and share <= sum(has) / len(labelled) < 1:
+            out[name] = {'share': round(sum(has) / len(labelled), 4),
+                         'images': [r.path for r, h in zip(labelled, has, strict=True) if not h]}
+    return out
+
+
 def _histogram(values: np.ndarray, edges: np.ndarray) -> dict:
     counts, _ = np.histogram(values, edges)
     return {'edges': [round(float(e), 4) for e in edges], 'counts': counts.tolist()}
@@ -643,6 +663,7 @@ def analyse(config, splits: Sequence[SplitRecords], class_names: Sequence[str], 
             'difficult': int(sum(int(r.difficult_flags().sum()) for r in s.records)),
             'classes': class_table(s.records, class_names),
             'images_without_boxes': no_boxes,
+            'missing_common_class': missing_common_classes(s.records, class_names),
             'issues': {kind: [i for i in issues if i['kind'] == kind] for kind in ISSUE_KINDS},
             'anchor_coverage': anchor_coverage(wh, config.model.anchors),
             'box_size_histogram': _histogram(np.sqrt(wh.prod(axis=1)), SIZE_EDGES),
@@ -666,6 +687,10 @@ def summary_line(report: dict) -> str:
             counts[kind] = counts.get(kind, 0) + len(items)
     problems = ', '.join(f'{n} {k}' for k, n in counts.items() if n) or 'no problems'
     text = f"data check: {'; '.join(parts)}; {problems}"
+    missing = [f"{len(m['images'])} {split} images without {name}" for split, s in report['splits'].items()
+               for name, m in s['missing_common_class'].items()]
+    if missing:
+        text += f"; possibly half labelled ({', '.join(missing)}, a class in >= {COMMON_CLASS_SHARE:.0%} of them)"
     dup = report.get('duplicates')
     if dup is not None:
         text += (f"; duplicate images: {len(dup['exact'])} exact groups, {len(dup['near'])} near pairs, "
@@ -690,6 +715,12 @@ def summary_text(report: dict) -> str:
                      f"({a['num_boxes']} boxes)")
         lines.append('  ' + ', '.join(f"{c} {v['instances']}/{v['images']}" for c, v in s['classes'].items())
                      + '  (instances/images per class)')
+        for c, m in s['missing_common_class'].items():
+            n = len(m['images'])
+            lines.append(f"  possibly half labelled: {n} images with boxes have no {c}, a class in {m['share']:.1%} "
+                         'of them (or they really lack it):')
+            lines.append('    ' + ', '.join(Path(p).name for p in m['images'][:SUMMARY_LISTED])
+                         + (f' ... and {n - SUMMARY_LISTED} more (report.json)' if n > SUMMARY_LISTED else ''))
         for kind, items in s['issues'].items():
             if items:
                 lines.append(f'  {len(items)} {kind}:')
