@@ -87,6 +87,14 @@ def tta_sizes(sizes: Any, input_size: int, stride: int) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
+def tta_vote_iou(value: Any) -> float:
+    """config.eval.tta_vote_iou as a float in [0, 1) (0: off); ConfigError otherwise (NaN too)."""
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f'config.eval.tta_vote_iou={value} must be in [0, 1) (0: off)')
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig:
     """Everything post-processing needs; frozen and hashable, so it can be a static argument of jit.
@@ -114,8 +122,7 @@ class PostprocessConfig:
         object.__setattr__(self, 'method', _method(self.method))
         object.__setattr__(self, 'tta', tta_names(self.tta))
         object.__setattr__(self, 'tta_sizes', tta_sizes(self.tta_sizes, self.input_size, max(self.strides)))
-        if not 0.0 <= self.tta_vote_iou < 1.0:  # also NaN
-            raise ConfigError(f'config.eval.tta_vote_iou={self.tta_vote_iou} must be in [0, 1) (0: off)')
+        object.__setattr__(self, 'tta_vote_iou', tta_vote_iou(self.tta_vote_iou))
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f'config.data.resize: unknown mode {self.resize_mode!r}; expected one of {RESIZE_MODES}')
         if self.max_detections < 1:
@@ -136,7 +143,7 @@ class PostprocessConfig:
             max_detections=int(e.max_detections),
             tta=e.tta,
             tta_sizes=e.tta_sizes,
-            tta_vote_iou=float(e.tta_vote_iou),
+            tta_vote_iou=e.tta_vote_iou,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -248,11 +255,12 @@ def _nms_single(
         picked = picked.at[n].set(i)
         picked_scores = picked_scores.at[n].set(cur[i])
         iou = boxes_lib.iou_xyxy(boxes[i], boxes)  # (N,)
+        box = boxes[i]
         if vote_iou > 0:
             voters = alive & (classes == classes[i]) & (iou > vote_iou)
             weight = jnp.where(voters, cur, 0.0).at[i].set(cur[i])  # the pick votes even if IoU(i, i) rounds < 1
             box = (weight[:, None] * boxes).sum(axis=0) / weight.sum()
-            picked_boxes = picked_boxes.at[n].set(box)
+        picked_boxes = picked_boxes.at[n].set(box)
         if soft:
             weight = jnp.exp(-(iou * iou) / sigma)
         else:
@@ -266,7 +274,7 @@ def _nms_single(
             jnp.zeros((k, 4), jnp.float32))
     n, _, _, picked, picked_scores, picked_boxes = jax.lax.while_loop(cond, body, init)
     valid = jnp.arange(k) < n
-    out_boxes = jnp.where(valid[:, None], picked_boxes if vote_iou > 0 else boxes[picked], 0.0)
+    out_boxes = jnp.where(valid[:, None], picked_boxes, 0.0)
     out_scores = jnp.where(valid, picked_scores, 0.0)
     out_classes = jnp.where(valid, classes[picked], -1)
     return out_boxes, out_scores, out_classes, valid

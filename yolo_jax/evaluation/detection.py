@@ -51,8 +51,7 @@ def check_eval_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'config.eval.soft_nms_sigma={e.soft_nms_sigma} must be > 0')
     pp.tta_names(e.tta)
     pp.tta_sizes(e.tta_sizes, int(config.model.input_size), max(config.model.strides))
-    if not 0.0 <= float(e.tta_vote_iou) < 1.0:  # also NaN
-        raise ConfigError(f'config.eval.tta_vote_iou={e.tta_vote_iou} must be in [0, 1) (0: off)')
+    pp.tta_vote_iou(e.tta_vote_iou)
 
 
 def voc_options(eval_config: ml_collections.ConfigDict) -> dict[str, bool]:
