@@ -27,7 +27,7 @@ from clu import metric_writers, periodic_actions
 from yolo_jax import checkpointing, class_weights, lr_segments, run_config, steps
 from yolo_jax.config_checks import check_train_config
 from yolo_jax.errors import ConfigError, UserError
-from yolo_jax.loss import COMPONENTS, loss_kwargs
+from yolo_jax.loss import COMPONENTS, check_loss_config, loss_kwargs
 from yolo_jax.parallel import Parallel, check_batch_size, check_mode
 from yolo_jax.progress import Progress, format_train_line
 from yolo_jax.spec import DetectionSpec
@@ -263,6 +263,7 @@ def check_settings(config: ml_collections.ConfigDict, workdir: Path) -> tuple[st
     steps.check_grad_accum_steps(t.grad_accum_steps)
     lr_segments.check_extend_lr_fraction(t.extend_lr_fraction)
     class_weights.parse(config.loss.class_weights, config.model.num_classes)
+    check_loss_config(config.loss)
     check_eval_config(config)  # the evaluators check it again when built; here before a data set is built
     local_batch = check_batch_size('config.train.batch_size', t.batch_size, jax.device_count(), jax.process_count())
     eval_batch = check_batch_size('config.train.eval_batch_size', t.eval_batch_size, jax.device_count(),
