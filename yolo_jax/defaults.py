@@ -82,9 +82,6 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.ignore_thresh = 0.5  # background cells whose best IoU with a ground truth >= this are ignored
     config.loss.box_loss = 'giou'  # box term: 'giou' (the reference), 'diou' or 'ciou' (YOLOv4's)
-    # A positive cell's objectness target (1 - r) + r * IoU(predicted box, ground truth) (YOLOv5's `gr`): scores that
-    # rank boxes by how well placed they are. 0 = the reference's target 1.
-    config.loss.objectness_iou = 0.0
     # Rare classes (yolo_jax/class_weights.py): 'none' (the reference's loss), 'inverse_frequency' (w_c = N / (K n_c)
     # from the train split's box counts: weighted mean over boxes 1) or 'w0,w1,...' (one weight per class). A
     # positive cell's box, objectness and class terms are scaled by its class's weight; background stays unweighted.

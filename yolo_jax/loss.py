@@ -6,8 +6,6 @@ Per scale, with `respond` = 1 on cells/anchors responsible for a ground-truth bo
          component keeps the name 'giou')
   bgd  = (1 - respond) * (max IoU of the predicted box with this scale's ground-truth list < ignore_thresh)
   conf = (respond - sigmoid(t_conf))^2 * (respond + bgd) * BCE_logits(respond, t_conf)
-         (`objectness_iou` r > 0: a positive's target is q = (1 - r) + r * IoU(pred, label), the IoU with its
-         gradient stopped, in place of respond = 1 in both factors: YOLOv5's `gr`, GFL's quality focal loss)
   prob = respond * sum_c BCE_logits(smoothed_onehot_c, t_prob_c)
 Each term is summed over the grid, anchors (and classes), averaged over the batch, and summed over
 scales; total = giou + conf + prob. As upstream, gradients flow through the focal factor too.
@@ -21,7 +19,6 @@ class vector (the smoothed one-hot: w_cell = (1 - d) w_class + d mean(w) for lab
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -43,11 +40,9 @@ def _box_measure(box_loss: str):
 
 
 def check_loss_config(loss_config: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the config.loss field that is out of range (class_weights: class_weights.parse)."""
+    """ConfigError naming the config.loss field that is out of range, before any data is built (class_weights:
+    class_weights.parse)."""
     _box_measure(loss_config.box_loss)
-    if not 0.0 <= float(loss_config.objectness_iou) <= 1.0:
-        raise ConfigError(f'config.loss.objectness_iou must be in [0, 1] (0: the reference\'s objectness target 1), '
-                          f'got {loss_config.objectness_iou}')
 
 
 def bce_with_logits(labels: Array, logits: Array) -> Array:
@@ -66,7 +61,6 @@ def scale_loss_maps(
     scale_xy: float = 1.0,
     box_loss: str = 'giou',
     class_weights: Sequence[float] | None = None,
-    objectness_iou: float = 0.0,
 ) -> dict[str, Array]:
     """Per-cell loss terms of one scale.
 
@@ -79,8 +73,6 @@ def scale_loss_maps(
       scale_xy: Darknet's scale_x_y for decoding the predicted centres (decode.decode).
       box_loss: 'giou' (the reference), 'diou' or 'ciou': the box term is 1 - that measure.
       class_weights: (C,) per-class weights of the positive cells' terms (module doc); None = unweighted.
-      objectness_iou: r in [0, 1]: a positive cell's objectness target is (1 - r) + r * IoU(its decoded box, its
-        ground truth), the IoU a constant (stop_gradient); 0 = the reference's target 1.
 
     Returns:
       {'giou', 'conf', 'prob': (B, S, S, A) loss per cell and anchor, 'ignored': (B, S, S, A) 1 where a
@@ -99,13 +91,8 @@ def scale_loss_maps(
     iou = iou_xywh(pred_xywh[..., None, :], bboxes[:, None, None, None, :, :])  # (B, S, S, A, M)
     below = (jnp.max(iou, axis=-1) < ignore_thresh).astype(jnp.float32)
     background = (1.0 - respond) * below
-    target = respond
-    if objectness_iou:
-        # Well-placed boxes should outscore badly placed ones: their objectness learns how good the box is.
-        quality = jax.lax.stop_gradient(jnp.clip(iou_xywh(pred_xywh, label_xywh), 0.0, 1.0))
-        target = respond * ((1.0 - objectness_iou) + objectness_iou * jnp.where(respond > 0, quality, 0.0))
-    focal = (target - pred_conf) ** 2
-    conf = focal * (respond + background) * bce_with_logits(target, raw[..., 4])
+    focal = (respond - pred_conf) ** 2
+    conf = focal * (respond + background) * bce_with_logits(respond, raw[..., 4])
 
     prob = respond * jnp.sum(bce_with_logits(label_prob, raw[..., 5:]), axis=-1)
     if class_weights is not None:
@@ -114,7 +101,7 @@ def scale_loss_maps(
         cw = jnp.asarray(class_weights, jnp.float32)
         w = jnp.sum(label_prob * cw, axis=-1) / jnp.maximum(jnp.sum(label_prob, axis=-1), 1e-12)
         giou, prob = giou * w, prob * w
-        conf = focal * (respond * w + background) * bce_with_logits(target, raw[..., 4])
+        conf = focal * (respond * w + background) * bce_with_logits(respond, raw[..., 4])
     return {'giou': giou, 'conf': conf, 'prob': prob, 'ignored': (1.0 - respond) * (1.0 - below)}
 
 
@@ -129,13 +116,12 @@ def loss_maps(
     scale_xy: Sequence[float] | None = None,
     box_loss: str = 'giou',
     class_weights: Sequence[float] | None = None,
-    objectness_iou: float = 0.0,
 ) -> list[dict[str, Array]]:
     """`scale_loss_maps` for every scale (strides ascending); scale_xy one per scale (None: 1.0 everywhere)."""
     scale_xy = (1.0,) * len(strides) if scale_xy is None else scale_xy
     return [
         scale_loss_maps(o, lab, bb, anchors=a, stride=s, ignore_thresh=ignore_thresh, scale_xy=k, box_loss=box_loss,
-                        class_weights=class_weights, objectness_iou=objectness_iou)
+                        class_weights=class_weights)
         for o, lab, bb, a, s, k in zip(outputs, labels, bboxes, anchors, strides, scale_xy, strict=True)
     ]
 
@@ -159,17 +145,16 @@ def yolo_loss(
     scale_xy: Sequence[float] | None = None,
     box_loss: str = 'giou',
     class_weights: Sequence[float] | None = None,
-    objectness_iou: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
     """The reference loss: (total, {'giou', 'conf', 'prob', 'total'}) scalars, averaged over the batch.
 
     `weights` (B,) gives a weighted mean over examples instead (e.g. 0 for padding in a last eval batch).
-    `scale_xy` (per scale), `box_loss`, `class_weights` and `objectness_iou` as in `scale_loss_maps`; the defaults
-    are the reference's loss.
+    `scale_xy` (per scale), `box_loss` and `class_weights` as in `scale_loss_maps`; the defaults are the
+    reference's loss.
     """
     maps = loss_maps(
         outputs, labels, bboxes, anchors=anchors, strides=strides, ignore_thresh=ignore_thresh, scale_xy=scale_xy,
-        box_loss=box_loss, class_weights=class_weights, objectness_iou=objectness_iou,
+        box_loss=box_loss, class_weights=class_weights,
     )
     per_example = per_example_losses(maps)
     if weights is None:
@@ -185,8 +170,7 @@ def loss_kwargs(spec: DetectionSpec, loss_config: ml_collections.ConfigDict,
     """The keyword arguments of `yolo_loss` / `loss_maps`: geometry from the spec, the rest from config.loss, the
     class weights resolved from config.loss.class_weights by the caller (class_weights.resolve; None = none)."""
     kw = {'anchors': spec.anchors, 'strides': spec.strides, 'scale_xy': spec.scale_xy,
-          'ignore_thresh': float(loss_config.ignore_thresh), 'box_loss': str(loss_config.box_loss),
-          'objectness_iou': float(loss_config.objectness_iou)}
+          'ignore_thresh': float(loss_config.ignore_thresh), 'box_loss': str(loss_config.box_loss)}
     if class_weights is not None:
         kw['class_weights'] = tuple(float(w) for w in class_weights)
     return kw
