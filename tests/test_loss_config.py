@@ -1,5 +1,6 @@
-"""config.loss checked before any data is built (loss.check_loss_config): a bad `box_loss` is one `error:` line and
-exit code 2 through `python -m yolo_jax.main`, with nothing written (it used to fail at the first trace)."""
+"""config.loss checked before any data is built (loss.check_loss_config, box_loss and class_weights): a bad
+`box_loss` is one `error:` line and exit code 2 through `python -m yolo_jax.main`, with nothing written (it used to
+fail at the first trace; class_weights through the command: test_class_weights)."""
 
 import os
 import re
@@ -20,10 +21,14 @@ def test_check_loss_config_names_the_field():
     config = default_config()
     for name in BOX_LOSSES:  # every known box term passes
         config.loss.box_loss = name
-        check_loss_config(config.loss)
+        check_loss_config(config.loss, 10)
+    config.loss.class_weights = '1,2'
+    with pytest.raises(ConfigError, match=r'config\.loss\.class_weights=.*2 weights for 10 classes'):
+        check_loss_config(config.loss, 10)
+    check_loss_config(config.loss, 2)
     config.loss.box_loss = 'eiou'
     with pytest.raises(ConfigError, match=r"config\.loss\.box_loss: unknown 'eiou'; expected one of \['ciou'"):
-        check_loss_config(config.loss)
+        check_loss_config(config.loss, 2)
 
 
 def test_a_bad_box_loss_through_the_command_line(tmp_path):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import ml_collections
 
+from yolo_jax import class_weights as class_weights_lib
 from yolo_jax.boxes import ciou_xywh, diou_xywh, giou_xywh, iou_xywh
 from yolo_jax.decode import decode, split_raw
 from yolo_jax.errors import ConfigError
@@ -39,10 +40,10 @@ def _box_measure(box_loss: str):
     return BOX_LOSSES[box_loss]
 
 
-def check_loss_config(loss_config: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the config.loss field that is out of range, before any data is built (class_weights:
-    class_weights.parse)."""
+def check_loss_config(loss_config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """Every config.loss field a run reads, checked before any data is built: ConfigError naming the field."""
     _box_measure(loss_config.box_loss)
+    class_weights_lib.parse(loss_config.class_weights, num_classes)
 
 
 def bce_with_logits(labels: Array, logits: Array) -> Array:

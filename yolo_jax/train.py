@@ -262,8 +262,7 @@ def check_settings(config: ml_collections.ConfigDict, workdir: Path) -> tuple[st
     steps.check_ema(t)
     steps.check_grad_accum_steps(t.grad_accum_steps)
     lr_segments.check_extend_lr_fraction(t.extend_lr_fraction)
-    class_weights.parse(config.loss.class_weights, config.model.num_classes)
-    check_loss_config(config.loss)
+    check_loss_config(config.loss, config.model.num_classes)
     check_eval_config(config)  # the evaluators check it again when built; here before a data set is built
     local_batch = check_batch_size('config.train.batch_size', t.batch_size, jax.device_count(), jax.process_count())
     eval_batch = check_batch_size('config.train.eval_batch_size', t.eval_batch_size, jax.device_count(),
