@@ -625,13 +625,14 @@ def missing_common_classes(records: Sequence[AnnotationRecord], class_names: Seq
     those that have none}} for each class with share >= `share` and < 1 (a hint, not a problem: such an image may
     be half labelled, or really lack the class). Images without any box are left out (`images_without_boxes`)."""
     labelled = [r for r in records if len(r.classes)]
-    out = {}
-    for c, name in enumerate(class_names):
-        has = [bool((np.asarray(r.classes) == c).any()) for r in labelled]
-        if labelled and share <= sum(has) / len(labelled) < 1:
-            out[name] = {'share': round(sum(has) / len(labelled), 4),
-                         'images': [r.path for r, h in zip(labelled, has, strict=True) if not h]}
-    return out
+    if not labelled:
+        return {}
+    k = len(class_names)  # (images, classes): whether the image has a box of the class
+    present = np.stack([(np.asarray(r.classes)[:, None] == np.arange(k)).any(axis=0) for r in labelled])
+    shares = present.mean(axis=0)
+    return {name: {'share': round(float(shares[c]), 4),
+                   'images': [r.path for r, has in zip(labelled, present[:, c], strict=True) if not has]}
+            for c, name in enumerate(class_names) if share <= shares[c] < 1}
 
 
 def _histogram(values: np.ndarray, edges: np.ndarray) -> dict:
