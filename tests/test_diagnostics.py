@@ -261,11 +261,14 @@ def test_training_and_eval_write_the_diagnostics(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'diagnostics: ' in proc.stdout and 'at score >= 0.05: ' in proc.stdout, proc.stdout[-2000:]
+    assert 'mAP@0.5 with one error type fixed (count): ' in proc.stdout
     metrics = json.loads((out / 'metrics.json').read_text())['metrics']
     detections = json.loads((out / 'detections.json').read_text())
     above = sum(int((np.asarray(d['scores']) >= 0.05).sum()) for d in detections)
     diag = _check_written(out, metrics['num_gt'], above)
     assert [e['ap'] for e in diag['pr_curves']['per_class']] == pytest.approx([e['ap'] for e in metrics['per_class']])
+    assert diag['errors']['map'] == pytest.approx(metrics['map50'])
+    assert not (out / 'missed.png').exists()  # generated MNIST images are no files: no error pictures
 
     # Test-time flips through the command: the same split, the setting recorded, the views' boxes pooled.
     tta = subprocess.run([*common, '--mode=eval', "--config.eval.tta=('hflip',)", f'--output={tmp_path / "tta"}'],

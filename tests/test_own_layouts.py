@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detection_fixtures import CLASS_NAMES, TEST, TRAIN, write_coco, write_images, write_yolo
+from PIL import Image
 from test_voc_xml import SORTED, bccd_root, check, config_for, write_devkit, write_xml
 
 from configs.photos import get_config
@@ -225,6 +226,11 @@ def test_cli_trains_on_a_generated_folder_without_a_split_or_a_class_count(tmp_p
     metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
     assert metrics['class_names'] == list(SORTED) and metrics['metrics']['num_images'] == len(saved['test'])
     assert (workdir / 'split.json').read_text() == before
+    # The image ids are files: the error pictures too (a one-epoch network misses boxes), listed in the output.
+    diag = json.loads((tmp_path / 'eval' / 'diagnostics.json').read_text())
+    assert diag['errors']['counts']['missed'] > 0 and 'missed.png' in proc.stdout
+    with Image.open(tmp_path / 'eval' / 'missed.png') as picture:
+        assert picture.width >= 150 and picture.height >= 180
     # Nothing of the training command repeated: the run's own WORKDIR/config.py and the checkpoint's spec.
     proc = _run(f'--workdir={workdir}', '--mode=eval', f'--output={tmp_path / "eval2"}')
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -4,7 +4,8 @@
 
 Runs `detection.DetectionMetrics` (the evaluator the training loop reports mAP with) on the config.eval.split set,
 prints the per-class table and the diagnostics' summary, and writes metrics.json, detections.json and the
-diagnostics (diagnostics.json, pr_curves.png, confusion_matrix.png, f1_threshold.png, ap_by_size.png).
+diagnostics (diagnostics.json, pr_curves.png, confusion_matrix.png, f1_threshold.png, ap_by_size.png,
+error_types.png, and top_background.png and missed.png where the images are files).
 """
 
 from __future__ import annotations
@@ -81,9 +82,8 @@ def evaluate_checkpoint(
         }
         out = inference.output_dir(output, workdir, 'eval')
         write_files(out, record, {k: v for k, v in result.artifacts.items() if k != 'diagnostics'})
-        diagnostics.write_result(out, result)
-        print(f'wrote the diagnostics (diagnostics.json, {", ".join(f"{n}.png" for n in diagnostics.PNG_NAMES)}) '
-              f'into {out}')
+        written = diagnostics.write_result(out, result)
+        print(f'wrote the diagnostics ({", ".join(p.name for p in written)}) into {out}')
     return metrics
 
 

@@ -20,6 +20,8 @@ mAP table and the confusion matrix's diagonal is the TP count the F1 curve count
   ap_by_size        VOC AP@0.5 per COCO area range (small < 32^2, medium < 96^2, large, in original pixels^2):
                     ground truth outside the range is ignored (as difficult), and so is an unmatched detection
                     whose own area lies outside it (COCO's area-range rule, with VOC matching).
+  errors            TIDE's error types (duplicate, classification, localization, both, background, missed): how
+                    many of each and the mAP@0.5 gained by fixing each alone (`error_types.py`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from yolo_jax.evaluation import error_types
 from yolo_jax.evaluation.metrics import VOC_IOU_THRESHOLD, box_flags, voc_ap, voc_class_matches, voc_iou
 
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)  # recall points of the PR plot; score thresholds of the F1 plot
 SIZE_BUCKETS = (('small', 0.0, 32.0 ** 2), ('medium', 32.0 ** 2, 96.0 ** 2), ('large', 96.0 ** 2, math.inf))
-PNG_NAMES = ('pr_curves', 'confusion_matrix', 'f1_threshold', 'ap_by_size')
+PNG_NAMES = ('pr_curves', 'confusion_matrix', 'f1_threshold', 'ap_by_size', 'error_types')
 IMAGE_PREFIX = 'diagnostics/'  # of the Result's images (TensorBoard tags) holding the plots
 
 
@@ -277,7 +280,7 @@ def compute(detections: Sequence[dict], ground_truth: Sequence[dict], num_classe
             truncate_detections: bool = True, use_07_metric: bool = False,
             coco: dict | None = None) -> dict[str, Any]:
     """All diagnostics as one JSON-able dict (see the module docstring):
-    {'settings', 'pr_curves', 'f1', 'confusion_matrix', 'ap_by_size' (+ 'coco_ap_by_size': pycocotools'
+    {'settings', 'pr_curves', 'f1', 'confusion_matrix', 'ap_by_size', 'errors' (+ 'coco_ap_by_size': pycocotools'
     AP@[.5:.95] small / medium / large when `coco`, compute_metrics' 'coco' dict, is given)}.
     score_threshold: the confusion matrix's (the caller passes config.eval.score_threshold, the one detect draws).
     """
@@ -292,6 +295,8 @@ def compute(detections: Sequence[dict], ground_truth: Sequence[dict], num_classe
                                              truncate_detections),
         'ap_by_size': ap_by_size(detections, ground_truth, num_classes, truncate_detections=truncate_detections,
                                  use_07_metric=use_07_metric),
+        'errors': error_types.compute(detections, ground_truth, num_classes,
+                                      truncate_detections=truncate_detections, use_07_metric=use_07_metric),
     }
     if coco is not None:
         out['coco_ap_by_size'] = {k: coco[f'AP_{k}'] for k in ('small', 'medium', 'large')}
@@ -303,7 +308,8 @@ def _name(class_names: Sequence[str], c: int) -> str:
 
 
 def summary(diag: dict[str, Any], class_names: Sequence[str]) -> str:
-    """Two short lines: the best-F1 threshold, the biggest missed / spurious / confusion counts."""
+    """Three short lines: the best-F1 threshold, the biggest missed / spurious / confusion counts, and what fixing
+    each error type would gain."""
     best = diag['f1']['overall']['best']
     line = ('diagnostics: no detection is a true positive' if best['threshold'] is None else
             f"diagnostics: best F1 {best['f1']:.3f} at score >= {best['threshold']:.3f} "
@@ -325,11 +331,13 @@ def summary(diag: dict[str, Any], class_names: Sequence[str]) -> str:
             parts.append(f'top confusion {_name(class_names, int(t))} detected as {_name(class_names, int(p))} '
                          f'({off[p, t]})')
     where = f"at score >= {diag['confusion_matrix']['score_threshold']:g}: "
-    return line + '\n' + where + ('; '.join(parts) if parts else 'nothing missed, spurious or confused')
+    counts = where + ('; '.join(parts) if parts else 'nothing missed, spurious or confused')
+    return f"{line}\n{counts}\n{error_types.summary(diag['errors'])}"
 
 
 def scalars(diag: dict[str, Any]) -> dict[str, float]:
-    """TensorBoard scalars: the best F1 and its threshold, precision, recall; mAP@0.5 per size bucket."""
+    """TensorBoard scalars: the best F1 and its threshold, precision, recall; mAP@0.5 per size bucket; the mAP@0.5
+    gained by fixing each error type."""
     best = diag['f1']['overall']['best']
     out = {f'diagnostics/best_f1_{k}': float(best[k]) for k in ('f1', 'precision', 'recall')}
     if best['threshold'] is not None:
@@ -337,29 +345,37 @@ def scalars(diag: dict[str, Any]) -> dict[str, float]:
     for b in diag['ap_by_size']:
         if b['map'] is not None:
             out[f"diagnostics/map50_{b['name']}"] = float(b['map'])
+    if diag['errors']['map'] is not None:
+        out.update({f'diagnostics/map50_gain_{k}': float(v) for k, v in diag['errors']['delta_map'].items()})
     return out
 
 
 def images(diag: dict[str, Any], class_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """{PNG name: (H, W, 3) uint8} the four plots (plots.py, PIL)."""
+    """{PNG name: (H, W, 3) uint8} the five plots (plots.py, PIL)."""
     from yolo_jax.evaluation import plots  # noqa: PLC0415
 
     return {'pr_curves': plots.pr_curves(diag['pr_curves'], class_names),
             'confusion_matrix': plots.confusion_matrix(diag['confusion_matrix'], class_names),
             'f1_threshold': plots.f1_threshold(diag['f1'], class_names),
             'ap_by_size': plots.ap_by_size(diag['ap_by_size'],
-                                           diag['coco_ap_by_size'] if 'coco_ap_by_size' in diag else None)}
+                                           diag['coco_ap_by_size'] if 'coco_ap_by_size' in diag else None),
+            'error_types': plots.error_types(diag['errors'], class_names)}
 
 
 def add_to(result: Any, detections: Sequence[dict], ground_truth: Sequence[dict], class_names: Sequence[str], *,
            score_threshold: float, truncate_detections: bool = True, use_07_metric: bool = False) -> Any:
     """An `evaluator.Result` of the detection metrics with the diagnostics added: artifact 'diagnostics' (`compute`),
-    images 'diagnostics/<png name>' (1, H, W, 3), `scalars`, and `summary` after the per-class table."""
+    images 'diagnostics/<png name>' (1, H, W, 3) (the plots, and `gallery.pictures` where the image ids are image
+    files), `scalars`, and `summary` after the per-class table."""
+    from yolo_jax.evaluation import gallery  # noqa: PLC0415  (PIL and the image decoder)
+
     metrics = result.metrics
     diag = compute(detections, ground_truth, len(class_names), score_threshold=score_threshold,
                    truncate_detections=truncate_detections, use_07_metric=use_07_metric,
                    coco=metrics['coco'] if 'coco' in metrics else None)
-    pictures = {f'{IMAGE_PREFIX}{k}': v[None] for k, v in images(diag, class_names).items()}
+    pictures = {**images(diag, class_names),
+                **gallery.pictures(detections, ground_truth, class_names, truncate_detections=truncate_detections)}
+    pictures = {f'{IMAGE_PREFIX}{k}': v[None] for k, v in pictures.items()}
     return dataclasses.replace(result, scalars={**result.scalars, **scalars(diag)},
                                details=f'{result.details}\n{summary(diag, class_names)}'.lstrip('\n'),
                                images={**result.images, **pictures},
