@@ -223,5 +223,6 @@ def summary(errors: dict[str, Any]) -> str:
     if errors['map'] is None:
         return 'errors: no ground truth'
     ranked = sorted(TYPES, key=lambda k: -errors['delta_map'][k])
-    parts = [f"{k} +{errors['delta_map'][k]:.3f} ({errors['counts'][k]})" for k in ranked]
+    # Signed: a re-classed or moved detection can displace a true positive.
+    parts = [f"{k} {errors['delta_map'][k]:+.3f} ({errors['counts'][k]})" for k in ranked]
     return 'mAP@0.5 with one error type fixed (count): ' + ', '.join(parts)

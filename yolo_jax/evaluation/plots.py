@@ -194,7 +194,7 @@ def error_types(errors: dict[str, Any], class_names: Sequence[str]) -> np.ndarra
         for e in rows:
             _, ty = to_px(0.0, max(e['delta_ap'][name], 0.0))
             draw.line([(bx0, ty), (bx1, ty)], fill=class_color(e['class']), width=3)
-        draw.text(((bx0 + bx1) / 2, by1 - 2), f"+{errors['delta_map'][name]:.3f}\n{errors['counts'][name]} errors",
+        draw.text(((bx0 + bx1) / 2, by1 - 2), f"{errors['delta_map'][name]:+.3f}\n{errors['counts'][name]} errors",
                   fill=BLACK, font=font, anchor='md', align='center')
     _legend(draw, [(_name(class_names, e['class']), class_color(e['class'])) for e in rows],
             max(sum(e['ap'] is not None for e in errors['per_class']) - LEGEND_MAX, 0))
