@@ -124,6 +124,9 @@ def test_invariants_on_random_data(seed):
     dets, gts = random_case(seed, num_classes)
     out = E.compute(dets, gts, num_classes)
     matches = [voc_class_matches(dets, gts, c) for c in range(num_classes)]
+    for c, m in enumerate(matches):  # 'index' points each ranked detection back to its place in its image
+        for i, j, score in zip(m['image'], m['index'], m['scores'], strict=True):
+            assert dets[i]['classes'][j] == c and dets[i]['scores'][j] == score
     assert sum(out['counts'][k] for k in E.FP_TYPES) == sum(int(m['fp'].sum()) for m in matches)
     assert out['counts']['missed'] == sum(m['num_gt'] - int(m['tp'].sum()) for m in matches)
     ref = voc_map(dets, gts, num_classes, use_difficult=True)['map']

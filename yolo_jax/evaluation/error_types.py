@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from yolo_jax.evaluation.metrics import VOC_IOU_THRESHOLD, box_flags, voc_ap, voc_class_matches, voc_iou
+from yolo_jax.evaluation.metrics import VOC_IOU_THRESHOLD, box_flags, match_ap, voc_class_matches, voc_iou
 
 BACKGROUND_IOU = 0.1  # TIDE's background threshold: below it a detection overlaps nothing
 FP_TYPES = ('duplicate', 'classification', 'localization', 'both', 'background')
@@ -41,19 +41,6 @@ TYPES = (*FP_TYPES, 'missed')
 def _iou_matrix(boxes: np.ndarray, gts: np.ndarray) -> np.ndarray:
     """voc_iou of each box (k, 4) with each ground-truth box (g, 4) → (k, g); -1 where they do not overlap."""
     return voc_iou(boxes.T[..., None], gts) if len(boxes) and len(gts) else np.zeros((len(boxes), len(gts)))
-
-
-def _ranked_positions(detections: Sequence[dict], c: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image (k,), index in that image (k,)) of class c's detections in voc_class_matches' order (score
-    descending, stable over images in order, then positions in order)."""
-    images, positions, scores = [], [], []
-    for i, d in enumerate(detections):
-        j = np.flatnonzero(np.asarray(d['classes']).reshape(-1) == c)
-        images.append(np.full(len(j), i))
-        positions.append(j)
-        scores.append(np.asarray(d['scores'], np.float64).reshape(-1)[j])
-    order = np.argsort(-np.concatenate(scores), kind='stable') if scores else np.zeros(0, np.int64)
-    return (np.concatenate(images)[order], np.concatenate(positions)[order]) if scores else (order, order)
 
 
 def _masked_best(iou: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +60,7 @@ def _matches(detections: Sequence[dict], ground_truth: Sequence[dict], num_class
 
 
 def _aps(matches: Sequence[dict], use_07_metric: bool) -> list[float | None]:
-    """voc_map's AP per class (None without ground truth)."""
-    out = []
-    for m in matches:
-        if m['num_gt'] == 0:
-            out.append(None)
-            continue
-        ctp, cfp = np.cumsum(m['tp']), np.cumsum(m['fp'])
-        out.append(voc_ap(list(ctp / m['num_gt']), list(ctp / np.maximum(ctp + cfp, 1e-12)), use_07_metric))
-    return out
+    return [match_ap(m, use_07_metric) for m in matches]
 
 
 def classify(detections: Sequence[dict], ground_truth: Sequence[dict], num_classes: int,
@@ -96,11 +75,14 @@ def classify(detections: Sequence[dict], ground_truth: Sequence[dict], num_class
     if len(detections) != len(ground_truth):
         raise ValueError(f'{len(detections)} detection entries for {len(ground_truth)} ground-truth entries')
     matches = _matches(detections, ground_truth, num_classes, truncate_detections)
-    status = [np.full(len(np.asarray(d['scores']).reshape(-1)), 'fp', dtype=object) for d in detections]
-    for c, m in enumerate(matches):  # voc_map's verdicts, back in each image's detection order
-        images, positions = _ranked_positions(detections, c)
-        for i, j, tp, fp in zip(images, positions, m['tp'], m['fp'], strict=True):
-            status[i][j] = 'tp' if tp else ('fp' if fp else 'ignored')
+    sizes = [len(np.asarray(d['scores']).reshape(-1)) for d in detections]
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    flat = np.full(start[-1], 'fp', dtype=object)  # voc_map's verdicts, back in each image's detection order
+    for m in matches:
+        at = start[m['image']] + m['index']
+        flat[at[m['tp'] > 0]] = 'tp'
+        flat[at[(m['tp'] == 0) & (m['fp'] == 0)]] = 'ignored'
+    status = [flat[start[i]:start[i + 1]] for i in range(len(detections))]
     outcome, target, matched = [], [], []
     for d, g, st in zip(detections, ground_truth, status, strict=True):
         boxes = np.asarray(d['boxes'], np.float64).reshape(-1, 4)

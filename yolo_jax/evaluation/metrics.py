@@ -114,12 +114,11 @@ def voc_map(
     aps = []
     for c in range(num_classes):
         m = voc_class_matches(detections, ground_truth, c, iou_threshold, truncate_detections, use_difficult)
-        tp, fp, num_gt, num_difficult = m['tp'], m['fp'], m['num_gt'], m['num_difficult']
+        tp, num_gt, num_difficult = m['tp'], m['num_gt'], m['num_difficult']
         entry = {'class': c, 'ap': None, 'num_gt': int(num_gt), 'num_det': int(len(tp)), 'num_tp': int(tp.sum()),
                  'num_difficult': num_difficult}
         if num_gt > 0:
-            ctp, cfp = np.cumsum(tp), np.cumsum(fp)
-            entry['ap'] = voc_ap(list(ctp / num_gt), list(ctp / np.maximum(ctp + cfp, 1e-12)), use_07_metric)
+            entry['ap'] = match_ap(m, use_07_metric)
             aps.append(entry['ap'])
         per_class.append(entry)
     return {
@@ -127,6 +126,14 @@ def voc_map(
         'per_class': per_class,
         'num_classes_with_gt': len(aps),
     }
+
+
+def match_ap(match: dict, use_07_metric: bool = False) -> float | None:
+    """voc_ap of one class's `voc_class_matches` (None without ground truth)."""
+    if match['num_gt'] == 0:
+        return None
+    ctp, cfp = np.cumsum(match['tp']), np.cumsum(match['fp'])
+    return voc_ap(list(ctp / match['num_gt']), list(ctp / np.maximum(ctp + cfp, 1e-12)), use_07_metric)
 
 
 def voc_class_matches(
@@ -141,7 +148,8 @@ def voc_class_matches(
     order (stable), each TP, FP or neither (matched a difficult box).
 
     Returns {'scores' (k,) descending, 'tp' (k,) and 'fp' (k,) 0/1 floats (both 0: ignored), 'image' (k,) int
-    image positions, 'boxes' (k, 4) xyxy original pixels as matched (truncated when `truncate_detections`),
+    image positions, 'index' (k,) int positions in their image's detections, 'boxes' (k, 4) xyxy original pixels
+    as matched (truncated when `truncate_detections`),
     'num_gt' (non-difficult boxes of c), 'num_difficult'}.
     """
     gts, diffs = [], []  # per image: that class's ground-truth boxes and difficult flags
@@ -152,12 +160,13 @@ def voc_class_matches(
                      else np.zeros(len(gts[-1]), bool))
     num_gt = sum(int((~d).sum()) for d in diffs)
     num_difficult = sum(int(d.sum()) for d in diffs)
-    det_img, det_box, det_score = [], [], []
+    det_img, det_index, det_box, det_score = [], [], [], []
     for i, d in enumerate(detections):
         cls = np.asarray(d['classes']).reshape(-1)
         m = cls == c
         boxes = np.asarray(d['boxes'], np.float64).reshape(-1, 4)[m]
         det_img += [i] * int(m.sum())
+        det_index.append(np.flatnonzero(m))
         det_box.append(np.trunc(boxes) if truncate_detections else boxes)  # upstream's np.int32 cast
         det_score.append(np.asarray(d['scores'], np.float64).reshape(-1)[m])
     scores = np.concatenate(det_score) if det_score else np.zeros(0)
@@ -178,7 +187,9 @@ def voc_class_matches(
             elif not used[img][best]:
                 tp[rank], fp[rank] = 1, 0
                 used[img][best] = True
+    index = np.concatenate(det_index) if det_index else np.zeros(0, np.int64)
     return {'scores': scores[order], 'tp': tp, 'fp': fp, 'image': np.asarray(det_img, np.int64)[order],
+            'index': index[order].astype(np.int64),
             'boxes': boxes[order], 'num_gt': num_gt, 'num_difficult': num_difficult}
 
 
